@@ -1,0 +1,19 @@
+"""One log line per event, key=value, to stderr: greppable by a person, parseable by a tool."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+FORMAT = "time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure the `ds01` loggers only, never the root logger's other users."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%S%z"))
+    for name in ("ds01", "exporter", "enforcer", "allocator"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(level.upper())
+        log.propagate = False

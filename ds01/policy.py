@@ -1,0 +1,488 @@
+"""The admin-owned policy file, loaded once into frozen dataclasses and validated key by key.
+
+Every error names the file, the key path and the reason (`ds01.yaml: groups.student.max_gpus:
+must be a whole number >= 0 or null`); nothing falls back to defaults silently.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .durations import parse_duration
+
+DEFAULT_POLICY_PATH = "/etc/ds01/ds01.yaml"
+CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
+EXEMPTION_KINDS = ("idle", "max_runtime", "unmanaged")
+INF = math.inf
+
+
+class PolicyError(ValueError):
+    """An invalid policy: `str()` is the one line to show the admin."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source, self.key, self.reason = source, key, reason
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    name: str
+    max_gpus: int | None = 2
+    max_runtime: float = 24 * 3600
+    idle_timeout: float | None = None  # None: the global idle_timeout
+    allow_full_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """Granted by the admin only; `until` is inclusive (the whole day, UTC)."""
+
+    kinds: frozenset[str]
+    reason: str
+    user: str | None = None
+    group: str | None = None
+    until: datetime | None = None
+
+    def applies(self, *, user: str, group: str, kind: str, at: datetime) -> bool:
+        if kind not in self.kinds:
+            return False
+        if self.user is not None and self.user != user:
+            return False
+        if self.group is not None and self.group != group:
+            return False
+        return self.until is None or at < self.until
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    path: str = "/workspace/.keep-alive"
+    max_age: float = 24 * 3600
+
+
+@dataclass(frozen=True)
+class UnmanagedGpu:
+    action: str = "stop"  # stop | notify | ignore
+    grace: float = 600.0
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    backend: str = "auto"
+    sim_topology: str | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where each service listens; every one has a working default for `ds01 up`."""
+
+    node: str = ""
+    state_dir: str = "/var/lib/ds01"
+    exporter_listen: str = "127.0.0.1:9101"
+    enforcer_listen: str = "127.0.0.1:9102"
+    allocator_socket: str = "/run/ds01/allocator.sock"
+    allocator_listen: str | None = None
+    prometheus_url: str = "http://127.0.0.1:9090"
+    alertmanager_url: str = "http://127.0.0.1:9093"
+    exporter_url: str = "http://127.0.0.1:9101"
+    token_file: str = "/etc/ds01/enforcer.token"
+    notice_path: str = "/workspace/.ds01-alerts"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What applies to one (user, container type) at one moment."""
+
+    user: str
+    group: str
+    container_type: str
+    max_gpus: int | None
+    idle_timeout: float
+    max_runtime: float
+    stop_grace: float
+    idle_exempt: bool
+    runtime_exempt: bool
+    unmanaged_exempt: bool
+    exemptions: tuple[Exemption, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str = "<defaults>"
+    default_group: str = "student"
+    groups: Mapping[str, GroupPolicy] = field(default_factory=dict)
+    users: Mapping[str, str] = field(default_factory=dict)
+    idle_timeout: float = 1800.0
+    idle_warning: float = 600.0
+    runtime_warning: float = 3600.0
+    gpu_wait: float = 180.0
+    gpu_hold_after_stop: float = 900.0
+    container_hold_after_stop: float | None = 1800.0
+    reservation_ttl: float = 60.0
+    busy_threshold: float = 0.05
+    container_types: Mapping[str, float | None] = field(default_factory=dict)  # None = group
+    keep_alive: KeepAlive = field(default_factory=KeepAlive)
+    exemptions: tuple[Exemption, ...] = ()
+    protected_names: frozenset[str] = frozenset()
+    protected_users: frozenset[str] = frozenset()
+    stop_grace: float = 60.0
+    unmanaged_gpu: UnmanagedGpu = field(default_factory=UnmanagedGpu)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    services: Services = field(default_factory=Services)
+
+    def group_of(self, user: str) -> GroupPolicy:
+        return self.groups[self.users.get(user, self.default_group)]
+
+    def limits_for(self, user: str, container_type: str, at: datetime) -> Limits:
+        """Resolve group, quota, timeouts, grace and exemptions in force at `at`."""
+        group = self.group_of(user)
+        type_runtime = self.container_types.get(container_type)
+        max_runtime = group.max_runtime if type_runtime is None else type_runtime
+        in_force = tuple(
+            e
+            for e in self.exemptions
+            if any(e.applies(user=user, group=group.name, kind=k, at=at) for k in e.kinds)
+        )
+
+        def exempt(kind: str) -> bool:
+            return any(e.applies(user=user, group=group.name, kind=kind, at=at) for e in in_force)
+
+        return Limits(
+            user=user,
+            group=group.name,
+            container_type=container_type,
+            max_gpus=group.max_gpus,
+            idle_timeout=group.idle_timeout
+            if group.idle_timeout is not None
+            else self.idle_timeout,
+            max_runtime=max_runtime,
+            stop_grace=self.stop_grace,
+            idle_exempt=exempt("idle"),
+            runtime_exempt=exempt("max_runtime"),
+            unmanaged_exempt=exempt("unmanaged"),
+            exemptions=in_force,
+        )
+
+    def is_protected(self, *, name: str, user: str) -> bool:
+        return name.lstrip("/") in self.protected_names or user in self.protected_users
+
+    def with_overrides(self, **changes: Any) -> Policy:
+        """A copy with some top-level values replaced (used by `ds01 up --demo`)."""
+        return replace(self, **changes)
+
+
+DEFAULT_GROUPS = {
+    "student": GroupPolicy("student", 2, 24 * 3600),
+    "researcher": GroupPolicy("researcher", 4, 48 * 3600),
+    "faculty": GroupPolicy("faculty", 4, 72 * 3600, idle_timeout=3600),
+    "admin": GroupPolicy("admin", None, 72 * 3600, allow_full_gpu=True),
+}
+DEFAULT_CONTAINER_TYPES: dict[str, float | None] = {
+    "ds01": None,
+    "devcontainer": 7 * 86400,
+    "compose": 3 * 86400,
+    "docker": 2 * 86400,
+}
+
+
+def default_policy() -> Policy:
+    return Policy(groups=dict(DEFAULT_GROUPS), container_types=dict(DEFAULT_CONTAINER_TYPES))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Walks the YAML with the current key path, so every error can name it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, reason: str) -> PolicyError:
+        return PolicyError(self.source, key, reason)
+
+    def mapping(self, value: Any, key: str, allowed: tuple[str, ...] | None) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        for name in value:
+            if not isinstance(name, str):
+                raise self.fail(key, f"keys must be strings, got {name!r}")
+            if allowed is not None and name not in allowed:
+                where = f"{key}.{name}" if key else name
+                raise self.fail(where, f"unknown key (expected one of: {', '.join(allowed)})")
+        return value
+
+    def duration(self, value: Any, key: str) -> float:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                return parse_duration(value)
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        raise self.fail(key, f"expected a duration like 90s, 30m, 1.5h or 7d, got {value!r}")
+
+    def optional_duration(self, value: Any, key: str) -> float | None:
+        return None if value is None else self.duration(value, key)
+
+    def count(self, value: Any, key: str, *, nullable: bool) -> int | None:
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            suffix = " or null" if nullable else ""
+            raise self.fail(key, f"must be a whole number >= 0{suffix}, got {value!r}")
+        return value
+
+    def ratio(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise self.fail(key, f"must be a number between 0 and 1, got {value!r}")
+        return float(value)
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def names(self, value: Any, key: str) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "must be a list of names")
+        return frozenset(value)
+
+
+_TOP_KEYS = (
+    "default_group",
+    "groups",
+    "users",
+    "idle_timeout",
+    "idle_warning",
+    "runtime_warning",
+    "gpu_wait",
+    "gpu_hold_after_stop",
+    "container_hold_after_stop",
+    "reservation_ttl",
+    "busy_threshold",
+    "container_types",
+    "keep_alive",
+    "exemptions",
+    "protected",
+    "stop_grace",
+    "unmanaged_gpu",
+    "gpu",
+    "services",
+)
+_GROUP_KEYS = ("max_gpus", "max_runtime", "idle_timeout", "allow_full_gpu")
+_SERVICE_KEYS = tuple(f for f in Services.__dataclass_fields__)
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> Policy:
+    """Validate an already-parsed YAML document."""
+    r = _Reader(source)
+    top = r.mapping(data, "", _TOP_KEYS)
+    base = default_policy()
+
+    groups: dict[str, GroupPolicy] = dict(base.groups)
+    if "groups" in top:
+        raw_groups = r.mapping(top["groups"], "groups", None)
+        if not raw_groups:
+            raise r.fail("groups", "must define at least one group")
+        groups = {}
+        for name, raw in raw_groups.items():
+            key = f"groups.{name}"
+            g = r.mapping(raw, key, _GROUP_KEYS)
+            groups[name] = GroupPolicy(
+                name=name,
+                max_gpus=r.count(g.get("max_gpus", 2), f"{key}.max_gpus", nullable=True),
+                max_runtime=r.duration(g.get("max_runtime", "24h"), f"{key}.max_runtime"),
+                idle_timeout=r.optional_duration(g.get("idle_timeout"), f"{key}.idle_timeout"),
+                allow_full_gpu=r.boolean(g.get("allow_full_gpu", False), f"{key}.allow_full_gpu"),
+            )
+
+    default_group = r.text(top.get("default_group", base.default_group), "default_group")
+    if default_group not in groups:
+        raise r.fail("default_group", f"unknown group {default_group!r}")
+
+    users: dict[str, str] = {}
+    for user, group in r.mapping(top.get("users"), "users", None).items():
+        if not isinstance(group, str) or group not in groups:
+            raise r.fail(f"users.{user}", f"unknown group {group!r}")
+        users[user] = group
+
+    container_types: dict[str, float | None] = dict(base.container_types)
+    for ctype, raw in r.mapping(
+        top.get("container_types"), "container_types", CONTAINER_TYPES
+    ).items():
+        key = f"container_types.{ctype}"
+        spec = r.mapping(raw, key, ("max_runtime",))
+        value = spec.get("max_runtime", "group")
+        container_types[ctype] = (
+            None if value == "group" else r.duration(value, f"{key}.max_runtime")
+        )
+
+    ka = r.mapping(top.get("keep_alive"), "keep_alive", ("path", "max_age"))
+    keep_alive = KeepAlive(
+        path=r.text(ka.get("path", KeepAlive.path), "keep_alive.path"),
+        max_age=r.duration(ka.get("max_age", "24h"), "keep_alive.max_age"),
+    )
+    if not keep_alive.path.startswith("/"):
+        raise r.fail("keep_alive.path", "must be an absolute path inside the container")
+
+    exemptions = tuple(
+        _exemption(r, raw, f"exemptions[{i}]", groups)
+        for i, raw in enumerate(_list(r, top.get("exemptions"), "exemptions"))
+    )
+
+    prot = r.mapping(top.get("protected"), "protected", ("names", "users"))
+    un = r.mapping(top.get("unmanaged_gpu"), "unmanaged_gpu", ("action", "grace"))
+    action = un.get("action", "stop")
+    if action not in ("stop", "notify", "ignore"):
+        raise r.fail("unmanaged_gpu.action", f"must be stop, notify or ignore, got {action!r}")
+    gpu = r.mapping(top.get("gpu"), "gpu", ("backend", "sim_topology"))
+    backend = gpu.get("backend", "auto")
+    if backend not in ("auto", "nvml", "sim"):
+        raise r.fail("gpu.backend", f"must be auto, nvml or sim, got {backend!r}")
+    topology = gpu.get("sim_topology")
+    if topology is not None:
+        topology = r.text(topology, "gpu.sim_topology")
+
+    svc = r.mapping(top.get("services"), "services", _SERVICE_KEYS)
+    services_values: dict[str, Any] = {}
+    for name, value in svc.items():
+        if value is None and name == "allocator_listen":
+            services_values[name] = None
+        else:
+            services_values[name] = r.text(value, f"services.{name}")
+
+    hold = top.get("container_hold_after_stop", "30m")
+    return Policy(
+        source=source,
+        default_group=default_group,
+        groups=groups,
+        users=users,
+        idle_timeout=r.duration(top.get("idle_timeout", "30m"), "idle_timeout"),
+        idle_warning=r.duration(top.get("idle_warning", "10m"), "idle_warning"),
+        runtime_warning=r.duration(top.get("runtime_warning", "1h"), "runtime_warning"),
+        gpu_wait=r.duration(top.get("gpu_wait", "3m"), "gpu_wait"),
+        gpu_hold_after_stop=r.duration(
+            top.get("gpu_hold_after_stop", "15m"), "gpu_hold_after_stop"
+        ),
+        container_hold_after_stop=r.optional_duration(hold, "container_hold_after_stop"),
+        reservation_ttl=r.duration(top.get("reservation_ttl", "60s"), "reservation_ttl"),
+        busy_threshold=r.ratio(top.get("busy_threshold", 0.05), "busy_threshold"),
+        container_types=container_types,
+        keep_alive=keep_alive,
+        exemptions=exemptions,
+        protected_names=r.names(prot.get("names"), "protected.names"),
+        protected_users=r.names(prot.get("users"), "protected.users"),
+        stop_grace=r.duration(top.get("stop_grace", "60s"), "stop_grace"),
+        unmanaged_gpu=UnmanagedGpu(
+            action, r.duration(un.get("grace", "10m"), "unmanaged_gpu.grace")
+        ),
+        gpu=GpuSettings(backend, topology),
+        services=Services(**services_values),
+    )
+
+
+def _list(r: _Reader, value: Any, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise r.fail(key, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _exemption(r: _Reader, raw: Any, key: str, groups: Mapping[str, GroupPolicy]) -> Exemption:
+    e = r.mapping(raw, key, ("user", "group", "from", "until", "reason"))
+    user = r.text(e["user"], f"{key}.user") if "user" in e else None
+    group = r.text(e["group"], f"{key}.group") if "group" in e else None
+    if user is None and group is None:
+        raise r.fail(key, "needs a user or a group")
+    if group is not None and group not in groups:
+        raise r.fail(f"{key}.group", f"unknown group {group!r}")
+    kinds = e.get("from")
+    if not isinstance(kinds, list) or not kinds or any(k not in EXEMPTION_KINDS for k in kinds):
+        raise r.fail(f"{key}.from", f"must be a non-empty list of {', '.join(EXEMPTION_KINDS)}")
+    reason = r.text(e.get("reason"), f"{key}.reason")
+    return Exemption(frozenset(kinds), reason, user, group, _until(r, e.get("until"), key))
+
+
+def _until(r: _Reader, value: Any, key: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return _until(r, date.fromisoformat(value), key)
+        except ValueError:
+            pass
+        try:
+            return _until(r, datetime.fromisoformat(value), key)
+        except ValueError:
+            pass
+    raise r.fail(f"{key}.until", f"must be a date like 2027-01-31, got {value!r}")
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate a policy file; raise PolicyError naming the file, key and reason."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise PolicyError(source, "", "file not found") from None
+    except OSError as exc:
+        raise PolicyError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(source, where, f"YAML syntax error: {problem}") from None
+    return parse_policy(data if data is not None else {}, source)
+
+
+def policy_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("DS01_POLICY") or DEFAULT_POLICY_PATH
+
+
+def load_policy_or_default(path: str | None) -> Policy:
+    """The policy file when one is named or exists; the built-in defaults otherwise."""
+    chosen = policy_path(path)
+    if path is None and "DS01_POLICY" not in os.environ and not Path(chosen).exists():
+        return default_policy()
+    return load_policy(chosen)
+
+
+def summary(policy: Policy) -> str:
+    """A few lines for `ds01 check-config`."""
+    from .durations import format_duration as fmt
+
+    lines = [f"{policy.source}: OK"]
+    for g in policy.groups.values():
+        quota = "unlimited" if g.max_gpus is None else str(g.max_gpus)
+        idle = fmt(g.idle_timeout if g.idle_timeout is not None else policy.idle_timeout)
+        lines.append(
+            f"  group {g.name}: max_gpus {quota}, max_runtime {fmt(g.max_runtime)}, idle {idle}"
+            + (", full GPUs allowed" if g.allow_full_gpu else "")
+        )
+    lines.append(
+        f"  {len(policy.users)} users mapped (default group {policy.default_group}), "
+        f"{len(policy.exemptions)} exemptions, {len(policy.protected_names)} protected names"
+    )
+    return "\n".join(lines)

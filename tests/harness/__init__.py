@@ -1,0 +1,1 @@
+"""Test harness: real dockerd, Prometheus and Alertmanager, started and stopped by fixtures."""
