@@ -90,10 +90,11 @@ def gpu_device_specs(inspect: Mapping[str, Any]) -> tuple[str, ...]:
     elif host.get("Runtime") == "nvidia" and visible is None:
         specs.append("all")  # the nvidia runtime's default with no variable set
     for device in host.get("Devices") or ():
-        path = device.get("PathOnHost", "")
-        match = re.fullmatch(r"/dev/nvidia(\d+)", path)
-        if match:
-            specs.append(match.group(1))
+        for path in (device.get("PathOnHost", ""), device.get("PathInContainer", "")):
+            match = re.fullmatch(r"/dev/nvidia(\d+)", path)
+            if match:
+                specs.append(match.group(1))
+                break
     return tuple(specs)
 
 

@@ -190,6 +190,9 @@ def start_dockerd(root: str | os.PathLike[str], *, timeout: float = 60.0) -> Doc
         f"--host=unix://{base / 'docker.sock'}",
         "--storage-driver=vfs",
     ]
+    runc = find_binary("runc")
+    if runc:  # lets `--runtime=nvidia` containers run here as they would on a GPU host
+        argv.append(f"--add-runtime=nvidia={runc}")
     child = ChildProcess("dockerd", argv, base / "dockerd.log", env=env).start()
     engine = Dockerd(base, child)
     try:

@@ -1,0 +1,96 @@
+"""Classification of inspect data captured from a real dockerd (tests/fixtures/inspect)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ds01.containers import classify, container_owner, container_type, parse_docker_time
+
+INSPECT = Path(__file__).parent.parent / "fixtures" / "inspect"
+
+
+def inspect(name: str) -> dict:
+    return json.loads((INSPECT / f"{name}.json").read_text())
+
+
+def test_ds01_labelled_mig_container(sim_inventory):
+    facts = classify(inspect("gpus_mig"), sim_inventory)
+    assert facts.type == "ds01"
+    assert facts.user == "alice"
+    assert facts.managed is True
+    assert facts.allocation == "a-1"
+    assert facts.gpu_devices == ("MIG-df54b576-e39a-549f-be90-6e647bd0abce",)
+    assert facts.running and facts.started_at and facts.name == "gpus_mig"
+
+
+def test_gpus_all_resolves_to_every_device(sim_inventory):
+    facts = classify(inspect("gpus_all"), sim_inventory)
+    assert facts.type == "docker"
+    assert set(facts.gpu_devices) == {d.device_uuid for d in sim_inventory}
+
+
+def test_gpus_count_takes_first_devices(sim_inventory):
+    facts = classify(inspect("gpus_count2"), sim_inventory)
+    assert facts.gpu_devices == tuple(d.device_uuid for d in sim_inventory[:2])
+
+
+def test_index_list_resolves_mig_index_and_whole_gpu(sim_inventory):
+    facts = classify(inspect("gpus_index_list"), sim_inventory)
+    by_index = {d.index: d.device_uuid for d in sim_inventory}
+    assert facts.gpu_devices == (by_index["0:2"], by_index["1"])
+
+
+def test_compose_env_var_owner_from_working_dir(sim_inventory):
+    facts = classify(inspect("compose_env"), sim_inventory)
+    assert (facts.type, facts.user, facts.managed) == ("compose", "bob", False)
+    assert facts.gpu_devices == (next(d for d in sim_inventory if d.index == "1").device_uuid,)
+
+
+def test_devcontainer_with_nvidia_runtime_gets_all(sim_inventory):
+    facts = classify(inspect("devcontainer_runtime"), sim_inventory)
+    assert (facts.type, facts.user) == ("devcontainer", "carol")
+    assert len(facts.gpu_devices) == len(sim_inventory)
+
+
+def test_device_node_and_home_bind_mount(sim_inventory):
+    facts = classify(inspect("device_node"), sim_inventory)
+    assert facts.user == "alice"
+    assert facts.gpu_devices == tuple(d.device_uuid for d in sim_inventory if d.gpu_index == 0)
+
+
+def test_non_gpu_container_has_no_gpu(sim_inventory):
+    facts = classify(inspect("no_gpu"), sim_inventory)
+    assert facts.has_gpu is False
+    assert facts.user == "alice"
+
+
+def test_forged_managed_label_only_claims():
+    """A label decides the type it claims, nothing more: exemptions never come from labels."""
+    assert container_type({"ds01.managed": "true"}) == "ds01"
+    assert container_type({"ds01.managed": "yes"}) == "docker"
+
+
+def test_unknown_owner():
+    assert container_owner({}, [{"Type": "volume", "Source": "/home/x"}]) == "unknown"
+
+
+def test_unknown_device_name_is_kept_so_gpu_access_stays_visible(sim_inventory):
+    data = inspect("gpus_mig")
+    data["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] = ["MIG-not-in-inventory"]
+    assert classify(data, sim_inventory).gpu_devices == ("MIG-not-in-inventory",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-29T16:30:20.123456789Z", 1795969820.123456),
+        ("0001-01-01T00:00:00Z", None),
+        ("", None),
+    ],
+)
+def test_docker_time(text, expected):
+    result = parse_docker_time(text)
+    assert result == pytest.approx(expected) if expected else result is None
