@@ -1,0 +1,180 @@
+"""`ds01 allocator`: serve the allocator on a Unix socket (and optionally TCP for admins)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ds01.cliflags import add_common_flags, load_policy_for, split_listen
+from ds01.durations import format_duration, parse_duration
+from ds01.gpu import open_backend
+from ds01.logs import setup_logging
+
+from .runtime import build_runtime
+from .service import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ds01 allocator",
+        description="Hand out GPUs and MIG instances under quotas, with a fair wait queue.",
+    )
+    add_common_flags(parser, default_listen="none (TCP is off unless given)")
+    parser.add_argument(
+        "--socket",
+        default=None,
+        help="Unix socket to serve on, mode 0666 (default: the policy's "
+        "services.allocator_socket, /run/ds01/allocator.sock)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the bearer token that TCP callers (admins) must send; "
+        "required with --listen",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="SQLite state file (default <state-dir>/allocator.sqlite)",
+    )
+    parser.add_argument(
+        "--gpu-backend",
+        choices=["auto", "nvml", "sim"],
+        default=None,
+        help="GPU inventory source (default: the policy's gpu.backend, auto)",
+    )
+    parser.add_argument("--sim-topology", default=None, help="sim topology YAML (sim backend)")
+    parser.add_argument(
+        "--sim-state",
+        default=None,
+        help="sim activity file (default <state-dir>/sim-gpu-state.json)",
+    )
+    parser.add_argument("--threads", type=int, default=64, help="HTTP worker threads (default 64)")
+    parser.add_argument(
+        "--tick",
+        type=_duration,
+        default=0.1,
+        help="how often expiries are checked, e.g. 100ms (default 100ms)",
+    )
+    parser.add_argument(
+        "--inventory-refresh",
+        type=_duration,
+        default=1.0,
+        help="how long a GPU inventory reading is reused (default 1s)",
+    )
+    parser.add_argument(
+        "--ticket-grace",
+        type=_duration,
+        default=10.0,
+        help="a queued request nobody polls for this long leaves the queue (default 10s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    policy = load_policy_for(parser, args)
+    if args.threads < 1:
+        parser.error("--threads: must be at least 1")
+    listen = None
+    token = None
+    listen_text = args.listen or policy.services.allocator_listen
+    if listen_text:
+        try:
+            listen = split_listen(listen_text)
+        except ValueError as exc:
+            parser.error(f"--listen: {exc}")
+        if not args.token_file:
+            parser.error("--listen needs --token-file: TCP callers are admins with a token")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            parser.error(f"--token-file: cannot read {args.token_file}: {exc.strerror}")
+        if not token:
+            parser.error(f"--token-file: {args.token_file} is empty")
+    state_dir = Path(args.state_dir or policy.services.state_dir)
+    socket_path = (
+        args.socket or os.environ.get("DS01_ALLOCATOR_SOCKET") or (policy.services.allocator_socket)
+    )
+    kind = args.gpu_backend or policy.gpu.backend
+    try:
+        backend = open_backend(
+            kind,
+            sim_topology=args.sim_topology or policy.gpu.sim_topology,
+            sim_state=args.sim_state or state_dir / "sim-gpu-state.json",
+        )
+    except (OSError, ValueError) as exc:
+        parser.error(f"--gpu-backend {kind}: {exc}")
+    docker_client = None
+    try:
+        from ds01.dockerio import connect
+
+        docker_client = connect(args.docker_host)
+    except Exception:
+        logger.exception("cannot reach Docker; lifecycle follows once it answers")
+    runtime = build_runtime(
+        policy,
+        db_path=args.db or state_dir / "allocator.sqlite",
+        socket_path=socket_path,
+        backend=backend,
+        docker_client=docker_client,
+        listen=listen,
+        token=token,
+        threads=args.threads,
+        tick=args.tick,
+        settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
+    )
+    logger.info(
+        "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
+        "hold_after_stop=%s reservation_ttl=%s db=%s",
+        socket_path,
+        "{}:{}".format(*runtime.server.tcp_address) if runtime.server.tcp_address else "off",
+        policy.source,
+        backend.name,
+        len(backend.devices()),
+        format_duration(policy.gpu_wait),
+        format_duration(policy.gpu_hold_after_stop),
+        format_duration(policy.reservation_ttl),
+        runtime.store.path,
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d: stopping", signum)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if runtime.watcher is not None:
+        runtime.watcher.start()
+    runtime.ticker.start()
+    try:
+        runtime.server.run()
+    finally:
+        runtime.ticker.stop()
+        if runtime.watcher is not None:
+            runtime.watcher.stop()
+        runtime.store.close()
+        backend.close()
+    logger.info("allocator stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

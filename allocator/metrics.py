@@ -1,0 +1,100 @@
+"""The allocator's Prometheus series: counters it bumps, and gauges read from a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .model import DENIAL_REASONS, Allocation
+
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
+
+
+@dataclass(frozen=True)
+class AllocatorSnapshot:
+    """What the gauges show: live allocations, queue length, free devices per profile."""
+
+    allocations: tuple[Allocation, ...]
+    queue_length: int
+    free_by_profile: dict[str, int]
+
+
+class AllocatorMetrics:
+    """Counters and the wait histogram; `registry=None` creates them unregistered."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.grants = Counter(
+            "ds01_allocator_grants",
+            "Allocations granted (each grant counts once, whatever its device count).",
+            registry=registry,
+        )
+        self.denials = Counter(
+            "ds01_allocator_denials",
+            "Allocation requests refused, by reason (quota, timeout, impossible, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DENIAL_REASONS:
+            self.denials.labels(reason=reason)
+        self.queue_wait = Histogram(
+            "ds01_allocator_queue_wait_seconds",
+            "Seconds a request spent in the wait queue until granted or timed out "
+            "(0 for a request granted at once).",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+
+    def granted(self, waited: float) -> None:
+        self.grants.inc()
+        self.queue_wait.observe(max(0.0, waited))
+
+    def denied(self, reason: str, waited: float | None = None) -> None:
+        self.denials.labels(reason=reason).inc()
+        if waited is not None:
+            self.queue_wait.observe(max(0.0, waited))
+
+
+class AllocatorCollector(Collector):
+    """Gauges built fresh from `snapshot()` on each scrape."""
+
+    def __init__(self, snapshot: Callable[[], AllocatorSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return list(self._families(self._snapshot()))
+
+    @staticmethod
+    def _families(snap: AllocatorSnapshot | None) -> Iterable[GaugeMetricFamily]:
+        devices = GaugeMetricFamily(
+            "ds01_allocation_device",
+            "1 per device of each live allocation; state is reserved, bound or held.",
+            labels=["allocation", "user", "group", "container_id", "device_uuid", "state"],
+        )
+        queue = GaugeMetricFamily(
+            "ds01_allocator_queue_length", "Requests waiting in the allocator queue."
+        )
+        free = GaugeMetricFamily(
+            "ds01_allocator_devices_free",
+            "Devices the allocator could hand out now, by MIG profile (empty = whole GPU).",
+            labels=["profile"],
+        )
+        if snap is not None:
+            for alloc in snap.allocations:
+                for uuid in alloc.devices:
+                    devices.add_metric(
+                        [alloc.id, alloc.user, alloc.group, alloc.container_id, uuid, alloc.state],
+                        1.0,
+                    )
+            queue.add_metric([], float(snap.queue_length))
+            for profile, count in sorted(snap.free_by_profile.items()):
+                free.add_metric([profile], float(count))
+        yield devices
+        yield queue
+        yield free

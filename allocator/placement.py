@@ -1,0 +1,92 @@
+"""Placement: which devices a request may use, in a deterministic order (pure, no I/O).
+
+MIG instances come before whole GPUs, smallest first, so a big slice stays free for whoever
+asks for it by profile; whole GPUs go only to groups with `allow_full_gpu`, and with
+`full_gpu` only whole GPUs are considered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from ds01.gpu import GpuDevice
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """Whether a request could ever be served on this host (else: refuse, do not queue)."""
+
+    ok: bool
+    reason: str = ""  # "not_allowed" | "impossible"
+    message: str = ""
+
+
+def device_order(device: GpuDevice) -> tuple:
+    return (
+        0 if device.kind == "mig" else 1,
+        device.memory_total_bytes,
+        device.gpu_index,
+        device.mig_index if device.mig_index is not None else -1,
+        device.device_uuid,
+    )
+
+
+def eligible_devices(
+    inventory: Iterable[GpuDevice], *, profile: str | None, full_gpu: bool, allow_full_gpu: bool
+) -> tuple[GpuDevice, ...]:
+    """Every device of the inventory that this kind of request may be given, best first."""
+    chosen = []
+    for device in inventory:
+        if full_gpu:
+            ok = device.kind == "gpu"
+        elif profile:
+            ok = device.kind == "mig" and device.profile == profile
+        else:
+            ok = device.kind == "mig" or allow_full_gpu
+        if ok:
+            chosen.append(device)
+    return tuple(sorted(chosen, key=device_order))
+
+
+def feasibility(
+    inventory: Sequence[GpuDevice],
+    *,
+    count: int,
+    profile: str | None,
+    full_gpu: bool,
+    allow_full_gpu: bool,
+    group: str,
+) -> Feasibility:
+    """Refuse requests no amount of waiting can serve: not allowed, unknown profile, too many."""
+    if full_gpu and not allow_full_gpu:
+        return Feasibility(
+            False,
+            "not_allowed",
+            f"whole GPUs are not available to group {group}; ask for MIG instances "
+            "(leave out --full-gpu) or ask an admin",
+        )
+    if full_gpu and profile:
+        return Feasibility(False, "impossible", "ask for either a profile or a whole GPU")
+    eligible = eligible_devices(
+        inventory, profile=profile, full_gpu=full_gpu, allow_full_gpu=allow_full_gpu
+    )
+    if len(eligible) >= count:
+        return Feasibility(True)
+    if profile:
+        known = sorted({d.profile for d in inventory if d.kind == "mig"})
+        have = ", ".join(known) or "none"
+        what = f"{len(eligible)} device(s) with MIG profile {profile} (profiles here: {have})"
+    elif full_gpu:
+        what = f"{len(eligible)} whole GPU(s)"
+    else:
+        what = f"{len(eligible)} device(s) available to group {group}"
+    return Feasibility(False, "impossible", f"asked for {count}, but this host has only {what}")
+
+
+def choose_devices(
+    eligible: Sequence[GpuDevice], *, count: int, unavailable: Collection[str]
+) -> tuple[str, ...] | None:
+    """The first `count` eligible devices not unavailable, or None when there are too few."""
+    picked = [d.device_uuid for d in eligible if d.device_uuid not in unavailable][:count]
+    return tuple(picked) if len(picked) == count else None

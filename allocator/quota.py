@@ -1,0 +1,28 @@
+"""Quota: `max_gpus` counts every device a user holds (reserved, bound, held) or waits for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    allowed: bool
+    message: str = ""
+
+
+def check_quota(
+    *, user: str, group: str, max_gpus: int | None, holding: int, waiting: int, count: int
+) -> QuotaDecision:
+    """Refuse at once, with the numbers, when holding + waiting + count would pass max_gpus."""
+    if max_gpus is None or holding + waiting + count <= max_gpus:
+        return QuotaDecision(True)
+    unit = "GPU" if max_gpus == 1 else "GPUs"
+    message = (
+        f"GPU quota exceeded: {user} (group {group}) holds {holding} of {max_gpus} {unit}"
+        + (f" and waits for {waiting} more" if waiting else "")
+        + f"; this request asks for {count} more.\n"
+        "Release one first: container retire <name> (or container stop <name>, which frees "
+        "it after the hold period)."
+    )
+    return QuotaDecision(False, message)

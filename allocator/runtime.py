@@ -1,0 +1,124 @@
+"""Assembles one running allocator: store, service, Docker watcher, ticker, HTTP server.
+
+Used by `ds01 allocator` and by tests, so both run exactly the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.gpu import GpuBackend
+from ds01.policy import Policy
+
+from .api import create_app
+from .lifecycle import DockerWatcher
+from .metrics import AllocatorCollector, AllocatorMetrics
+from .server import AllocatorServer
+from .service import Allocator, Settings
+from .store import SqliteAllocationStore
+
+logger = logging.getLogger(__name__)
+
+
+class Ticker:
+    """Calls allocator.tick() every `interval` seconds until stopped; a failed pass is logged."""
+
+    def __init__(self, allocator: Allocator, interval: float) -> None:
+        self.allocator, self.interval = allocator, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="allocator-ticker", daemon=True)
+        self.errors = 0
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.allocator.tick()
+            except Exception:
+                self.errors += 1
+                logger.exception("allocator tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@dataclass
+class AllocatorRuntime:
+    allocator: Allocator
+    store: SqliteAllocationStore
+    server: AllocatorServer
+    ticker: Ticker
+    watcher: DockerWatcher | None
+    registry: CollectorRegistry
+
+    @property
+    def socket_path(self) -> Path:
+        return self.server.socket_path
+
+    def stop(self) -> None:
+        self.server.close()
+        self.ticker.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.store.close()
+
+
+def build_runtime(
+    policy: Policy,
+    *,
+    db_path: str | os.PathLike[str],
+    socket_path: str | os.PathLike[str],
+    backend: GpuBackend,
+    docker_client: Any = None,
+    listen: tuple[str, int] | None = None,
+    token: str | None = None,
+    threads: int = 64,
+    tick: float = 0.1,
+    settings: Settings = Settings(),
+    clock: Clock = SYSTEM_CLOCK,
+    max_poll: float = 30.0,
+) -> AllocatorRuntime:
+    """Everything wired and reconciled, not yet serving (call .server.run() or start_in_thread)."""
+    registry = CollectorRegistry()
+    store = SqliteAllocationStore(db_path)
+    allocator = Allocator(
+        store=store,
+        backend=backend,
+        policy=policy,
+        clock=clock,
+        metrics=AllocatorMetrics(registry),
+        settings=settings,
+    )
+    registry.register(AllocatorCollector(allocator.snapshot))
+    watcher = None
+    if docker_client is not None:
+        watcher = DockerWatcher(allocator, docker_client)
+        try:
+            watcher.reconcile_now()
+        except Exception:
+            logger.exception("reconciling with Docker at start failed; the events loop retries")
+    app = create_app(allocator, registry=registry, token=token, max_poll=max_poll)
+    server = AllocatorServer(app, socket_path, listen=listen, threads=threads)
+    ticker = Ticker(allocator, tick)
+    return AllocatorRuntime(allocator, store, server, ticker, watcher, registry)
+
+
+def start_runtime(runtime: AllocatorRuntime) -> AllocatorRuntime:
+    """Start the background pieces and serve from a thread (tests, benchmarks)."""
+    if runtime.watcher is not None:
+        runtime.watcher.start()
+    runtime.ticker.start()
+    runtime.server.start_in_thread()
+    return runtime

@@ -1,0 +1,547 @@
+"""The allocator: quota, placement and the FIFO queue decided together under one writer lock.
+
+Every decision (quota check, device choice, insert) happens in one store transaction while
+the allocator lock is held, so no device is ever in two allocations and no user passes quota.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.gpu import GpuBackend, GpuReading
+from ds01.policy import Policy
+
+from .lifecycle import ContainerEvent, ContainerView, reconcile, released, transition
+from .metrics import AllocatorMetrics, AllocatorSnapshot
+from .model import (
+    HELD,
+    RESERVED,
+    Allocation,
+    AllocationRequest,
+    AllocatorError,
+    Denial,
+)
+from .placement import eligible_devices, feasibility
+from .queue import Candidate, Waiter, WaitQueue, plan_fifo
+from .quota import check_quota
+from .store import AllocationStore, StoreTx
+
+logger = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    """No such allocation or ticket."""
+
+
+class Forbidden(PermissionError):
+    """The caller does not own it."""
+
+
+def wait_failed_message(gpu_wait: float) -> str:
+    """The message of DESIGN.md, with the configured wait."""
+    if gpu_wait >= 60 and gpu_wait % 60 == 0:
+        minutes = int(gpu_wait // 60)
+        span = f"{minutes} minute" + ("s" if minutes != 1 else "")
+    else:
+        span = f"{gpu_wait:g} second" + ("s" if gpu_wait != 1 else "")
+    return (
+        f"GPU allocation failed after {span}.\n\n"
+        "Suggestions:\n"
+        "  1. Stop an idle container: container stop <name>\n"
+        "  2. Wait for system cleanup\n"
+        "  3. Check GPU status: gpu-status"
+    )
+
+
+def process_owner(pid: int) -> str | None:
+    """The user name owning a host PID (None when the process is gone)."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class CachedInventory:
+    """The GPU backend's last reading, refreshed at most every `refresh` seconds."""
+
+    def __init__(self, backend: GpuBackend, refresh: float = 1.0) -> None:
+        self.backend, self.refresh = backend, refresh
+        self._reading: GpuReading | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def current(self) -> GpuReading:
+        with self._lock:
+            now = time.monotonic()
+            if self._reading is None or now - self._read_at >= self.refresh:
+                try:
+                    self._reading = self.backend.read()
+                except Exception:
+                    self.errors += 1
+                    logger.exception("reading the GPU inventory failed")
+                    if self._reading is None:
+                        self._reading = GpuReading(self.backend.devices())
+                self._read_at = now
+            return self._reading
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables that are not policy: ticket grace and inventory refresh, in seconds."""
+
+    ticket_grace: float = 10.0
+    inventory_refresh: float = 1.0
+
+
+class Allocator:
+    def __init__(
+        self,
+        *,
+        store: AllocationStore,
+        backend: GpuBackend,
+        policy: Policy,
+        clock: Clock = SYSTEM_CLOCK,
+        metrics: AllocatorMetrics | None = None,
+        settings: Settings = Settings(),
+        owner_of_pid: Callable[[int], str | None] = process_owner,
+    ) -> None:
+        self.store, self.policy, self.clock = store, policy, clock
+        self.metrics = metrics or AllocatorMetrics(None)
+        self.settings = settings
+        self.inventory = CachedInventory(backend, settings.inventory_refresh)
+        self.owner_of_pid = owner_of_pid
+        self.queue = WaitQueue()
+        self._lock = threading.RLock()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def submit(self, request: AllocationRequest, *, wait: bool = True) -> Allocation | Waiter:
+        """Grant now, or return the queued Waiter; raise AllocatorError for a refusal."""
+        if request.count < 1:
+            self._deny("invalid", "count must be at least 1")
+        group = self.policy.group_of(request.user)
+        reading = self.inventory.current()
+        verdict = feasibility(
+            reading.devices,
+            count=request.count,
+            profile=request.profile,
+            full_gpu=request.full_gpu,
+            allow_full_gpu=group.allow_full_gpu,
+            group=group.name,
+        )
+        if not verdict.ok:
+            self._deny(verdict.reason, verdict.message)
+        now = self.clock.time()
+        with self._lock:
+            with self.store.transaction() as tx:
+                live = tx.live()
+                holding = sum(len(a.devices) for a in live if a.user == request.user)
+                waiting = self.queue.waiting_for(request.user)
+                quota = check_quota(
+                    user=request.user,
+                    group=group.name,
+                    max_gpus=group.max_gpus,
+                    holding=holding,
+                    waiting=waiting,
+                    count=request.count,
+                )
+                if not quota.allowed:
+                    self._deny(
+                        "quota",
+                        quota.message,
+                        holding=holding,
+                        waiting=waiting,
+                        max_gpus=group.max_gpus,
+                    )
+                waiter = Waiter(
+                    ticket=f"t-{uuid.uuid4().hex[:16]}",
+                    request=request,
+                    group=group.name,
+                    enqueued_at=now,
+                    deadline=now + self.policy.gpu_wait,
+                    last_seen=now,
+                )
+                self.queue.add(waiter)
+                woken = self._serve(tx, live, reading, now)
+                if not waiter.resolved and not wait:
+                    self.queue.drop(waiter.ticket, self.clock.time())
+            self._wake(woken)
+        if isinstance(waiter.outcome, Allocation):
+            return waiter.outcome
+        if not wait:
+            self._deny("no_capacity", "no free device matches the request right now")
+        logger.info(
+            "queued ticket=%s user=%s count=%d profile=%s position=%d",
+            waiter.ticket,
+            request.user,
+            request.count,
+            request.profile or "-",
+            self.queue.position(waiter.ticket),
+        )
+        return waiter
+
+    def wait(
+        self,
+        ticket: str,
+        timeout: float,
+        *,
+        user: str,
+        admin: bool = False,
+        disconnected: Callable[[], bool] | None = None,
+    ) -> Waiter | None:
+        """Block until the ticket is resolved or `timeout` passes; None if the client left."""
+        with self._lock:
+            waiter = self._ticket(ticket, user, admin)
+            waiter.attached += 1
+        try:
+            end = time.monotonic() + max(0.0, timeout)
+            while not waiter.event.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                if waiter.event.wait(min(0.05, left)):
+                    break
+                if disconnected is not None and disconnected():
+                    self._drop(waiter, "client disconnected")
+                    return None
+        finally:
+            with self._lock:
+                waiter.attached -= 1
+                waiter.last_seen = self.clock.time()
+        return waiter
+
+    def position(self, ticket: str) -> int:
+        with self._lock:
+            return self.queue.position(ticket)
+
+    def cancel(self, ticket: str, *, user: str, admin: bool = False) -> None:
+        with self._lock:
+            waiter = self._ticket(ticket, user, admin)
+            if not waiter.resolved:
+                self._drop(waiter, "cancelled by the client")
+
+    def release(
+        self, allocation_id: str, *, user: str, admin: bool = False, reason: str = "released"
+    ) -> Allocation:
+        """Free an allocation's devices now (idempotent) and serve the queue."""
+        reading = self.inventory.current()
+        now = self.clock.time()
+        with self._lock:
+            with self.store.transaction() as tx:
+                alloc = tx.get(allocation_id)
+                if alloc is None:
+                    raise NotFound(f"no allocation {allocation_id}")
+                if not admin and alloc.user != user:
+                    raise Forbidden(f"allocation {allocation_id} belongs to {alloc.user}")
+                if not alloc.live:
+                    return alloc
+                done = released(alloc, at=now, reason=reason)
+                tx.update(done)
+                logger.info(
+                    "released allocation=%s user=%s devices=%s reason=%s",
+                    alloc.id,
+                    alloc.user,
+                    ",".join(alloc.devices),
+                    reason,
+                )
+                woken = self._serve(tx, tx.live(), reading, now)
+            self._wake(woken)
+        return done
+
+    def get(self, allocation_id: str, *, user: str, admin: bool = False) -> Allocation:
+        with self._lock, self.store.transaction() as tx:
+            alloc = tx.get(allocation_id)
+        if alloc is None:
+            raise NotFound(f"no allocation {allocation_id}")
+        if not admin and alloc.user != user:
+            raise Forbidden(f"allocation {allocation_id} belongs to {alloc.user}")
+        return alloc
+
+    def live(self, user: str | None = None) -> list[Allocation]:
+        with self._lock, self.store.transaction() as tx:
+            allocations = tx.live()
+        return [a for a in allocations if user is None or a.user == user]
+
+    def usage(self, user: str) -> dict:
+        group = self.policy.group_of(user)
+        mine = self.live(user)
+        with self._lock:
+            waiting = self.queue.waiting_for(user)
+        return {
+            "user": user,
+            "group": group.name,
+            "holding": sum(len(a.devices) for a in mine),
+            "waiting": waiting,
+            "max_gpus": group.max_gpus,
+            "allow_full_gpu": group.allow_full_gpu,
+            "allocations": [a.to_json() for a in mine],
+            "gpu_wait": self.policy.gpu_wait,
+            "gpu_hold_after_stop": self.policy.gpu_hold_after_stop,
+        }
+
+    def devices(self) -> list[dict]:
+        """Every device with its holder and state (free, busy, reserved, bound, held, vanished)."""
+        reading = self.inventory.current()
+        holders = {uuid: a for a in self.live() for uuid in a.devices}
+        rows = []
+        for device in reading.devices:
+            alloc = holders.pop(device.device_uuid, None)
+            sample = reading.samples.get(device.device_uuid)
+            pids = list(sample.process_pids) if sample else []
+            state = alloc.state if alloc else ("busy" if pids else "free")
+            rows.append(
+                {
+                    "device_uuid": device.device_uuid,
+                    "index": device.index,
+                    "kind": device.kind,
+                    "profile": device.profile,
+                    "model": device.model,
+                    "state": state,
+                    "allocation": alloc.id if alloc else "",
+                    "user": alloc.user if alloc else "",
+                    "container_id": alloc.container_id if alloc else "",
+                    "container_name": alloc.container_name if alloc else "",
+                    "pids": pids,
+                }
+            )
+        for gone_uuid, alloc in holders.items():
+            rows.append(
+                {
+                    "device_uuid": gone_uuid,
+                    "index": "",
+                    "kind": "",
+                    "profile": "",
+                    "model": "",
+                    "state": "vanished",
+                    "allocation": alloc.id,
+                    "user": alloc.user,
+                    "container_id": alloc.container_id,
+                    "container_name": alloc.container_name,
+                    "pids": [],
+                }
+            )
+        return rows
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def apply_event(self, event: ContainerEvent) -> Allocation | None:
+        """Apply one Docker container event to the allocation it names."""
+        reading = self.inventory.current()
+        with self._lock:
+            with self.store.transaction() as tx:
+                alloc = tx.get(event.container.allocation)
+                if alloc is None:
+                    logger.debug("event %s for unknown allocation", event.action)
+                    return None
+                changed = transition(alloc, event, hold=self.policy.gpu_hold_after_stop)
+                if changed is None:
+                    if alloc.live and event.container.user != alloc.user:
+                        logger.warning(
+                            "container %s (user label %r) claims allocation %s of %s; ignored",
+                            event.container.container_id[:12],
+                            event.container.user,
+                            alloc.id,
+                            alloc.user,
+                        )
+                    return None
+                tx.update(changed)
+                logger.info(
+                    "allocation=%s %s -> %s container=%s event=%s",
+                    alloc.id,
+                    alloc.state,
+                    changed.state,
+                    event.container.container_id[:12],
+                    event.action,
+                )
+                woken = self._serve(tx, tx.live(), reading, self.clock.time())
+            self._wake(woken)
+        return changed
+
+    def reconcile(self, containers: Mapping[str, ContainerView]) -> int:
+        """Bring the store in line with Docker's labelled containers and the GPU inventory."""
+        reading = self.inventory.current()
+        present = {d.device_uuid for d in reading.devices}
+        now = self.clock.time()
+        with self._lock:
+            with self.store.transaction() as tx:
+                live = tx.live()
+                changes = reconcile(live, containers, now=now, hold=self.policy.gpu_hold_after_stop)
+                changed_ids = {c.id for c in changes}
+                for alloc in live:
+                    gone = tuple(u for u in alloc.devices if u not in present)
+                    if gone != alloc.vanished and alloc.id not in changed_ids:
+                        changes.append(replace(alloc, vanished=gone))
+                    elif alloc.id in changed_ids:
+                        index = next(i for i, c in enumerate(changes) if c.id == alloc.id)
+                        changes[index] = replace(changes[index], vanished=gone)
+                for change in changes:
+                    tx.update(change)
+                    if change.vanished:
+                        logger.warning(
+                            "allocation=%s holds devices missing from the inventory: %s",
+                            change.id,
+                            ",".join(change.vanished),
+                        )
+                woken = self._serve(tx, tx.live(), reading, now)
+            self._wake(woken)
+        logger.info("reconciled: %d live allocations, %d changed", len(live), len(changes))
+        return len(changes)
+
+    def tick(self) -> None:
+        """Expire reservations, holds and overdue or abandoned tickets; serve the queue."""
+        reading = self.inventory.current()
+        now = self.clock.time()
+        with self._lock:
+            with self.store.transaction() as tx:
+                live = tx.live()
+                for alloc in live:
+                    if alloc.expires_at is None or now < alloc.expires_at:
+                        continue
+                    if alloc.state in (RESERVED, HELD):
+                        reason = (
+                            "reservation_expired" if alloc.state == RESERVED else "hold_expired"
+                        )
+                        tx.update(released(alloc, at=now, reason=reason))
+                        logger.info(
+                            "released allocation=%s user=%s reason=%s", alloc.id, alloc.user, reason
+                        )
+                woken = []
+                for waiter in self.queue.overdue(now):
+                    message = wait_failed_message(self.policy.gpu_wait)
+                    self.queue.resolve(waiter.ticket, Denial("timeout", message), now)
+                    self.metrics.denied("timeout", now - waiter.enqueued_at)
+                    woken.append(waiter)
+                    logger.info("timed out ticket=%s user=%s", waiter.ticket, waiter.request.user)
+                for waiter in self.queue.abandoned(now, self.settings.ticket_grace):
+                    self._drop(waiter, "not polled for too long")
+                self.queue.forget_old(now)
+                woken += self._serve(tx, tx.live(), reading, now)
+            self._wake(woken)
+
+    def snapshot(self) -> AllocatorSnapshot:
+        reading = self.inventory.current()
+        allocations = tuple(self.live())
+        held = {u for a in allocations for u in a.devices}
+        free: dict[str, int] = {d.profile: 0 for d in reading.devices}
+        for device in reading.devices:
+            sample = reading.samples.get(device.device_uuid)
+            if device.device_uuid not in held and not (sample and sample.process_pids):
+                free[device.profile] += 1
+        with self._lock:
+            length = len(self.queue)
+        return AllocatorSnapshot(allocations, length, free)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _deny(self, reason: str, message: str, **details: object) -> None:
+        self.metrics.denied(reason)
+        logger.info("denied reason=%s: %s", reason, message.splitlines()[0])
+        raise AllocatorError(Denial(reason, message, dict(details)))
+
+    def _ticket(self, ticket: str, user: str, admin: bool) -> Waiter:
+        waiter = self.queue.get(ticket)
+        if waiter is None:
+            raise NotFound(f"no ticket {ticket} (it expired, or the allocator restarted)")
+        if not admin and waiter.request.user != user:
+            raise Forbidden(f"ticket {ticket} belongs to {waiter.request.user}")
+        return waiter
+
+    def _drop(self, waiter: Waiter, why: str) -> None:
+        with self._lock:
+            if self.queue.drop(waiter.ticket, self.clock.time()) is not None:
+                logger.info(
+                    "left queue ticket=%s user=%s: %s", waiter.ticket, waiter.request.user, why
+                )
+
+    @staticmethod
+    def _wake(waiters: list[Waiter]) -> None:
+        for waiter in waiters:
+            waiter.event.set()
+
+    def _serve(
+        self, tx: StoreTx, live: list[Allocation], reading: GpuReading, now: float
+    ) -> list[Waiter]:
+        """Grant what the FIFO plan allows, inside the caller's transaction; returns the woken."""
+        if not len(self.queue):
+            return []
+        held = {u for a in live for u in a.devices}
+        free = [d.device_uuid for d in reading.devices if d.device_uuid not in held]
+        owners = self._process_owners(reading, free)
+        waiters = list(self.queue)
+        candidates = []
+        for waiter in waiters:
+            req = waiter.request
+            group = self.policy.group_of(req.user)
+            eligible = eligible_devices(
+                reading.devices,
+                profile=req.profile,
+                full_gpu=req.full_gpu,
+                allow_full_gpu=group.allow_full_gpu,
+            )
+            usable = tuple(
+                d.device_uuid
+                for d in eligible
+                if not (owners.get(d.device_uuid, set()) - {req.user})
+            )
+            candidates.append(Candidate(waiter.ticket, req.count, usable))
+        woken = []
+        holding: dict[str, int] = {}
+        for alloc in live:
+            holding[alloc.user] = holding.get(alloc.user, 0) + len(alloc.devices)
+        for ticket, devices in plan_fifo(candidates, free):
+            waiter = next(w for w in waiters if w.ticket == ticket)
+            req = waiter.request
+            limit = self.policy.group_of(req.user).max_gpus
+            if limit is not None and holding.get(req.user, 0) + req.count > limit:
+                denial = Denial("quota", f"GPU quota exceeded for {req.user} while waiting")
+                self.queue.resolve(ticket, denial, now)
+                self.metrics.denied("quota", now - waiter.enqueued_at)
+                woken.append(waiter)
+                continue
+            alloc = Allocation(
+                id=uuid.uuid4().hex[:16],
+                user=req.user,
+                group=waiter.group,
+                devices=devices,
+                state=RESERVED,
+                created_at=now,
+                expires_at=now + self.policy.reservation_ttl,
+                container_name=req.container_name,
+                container_type=req.container_type,
+                profile=req.profile or "",
+            )
+            tx.insert(alloc)
+            holding[req.user] = holding.get(req.user, 0) + req.count
+            self.queue.resolve(ticket, alloc, now)
+            self.metrics.granted(now - waiter.enqueued_at)
+            woken.append(waiter)
+            logger.info(
+                "granted allocation=%s user=%s devices=%s waited=%.3fs",
+                alloc.id,
+                req.user,
+                ",".join(devices),
+                now - waiter.enqueued_at,
+            )
+        return woken
+
+    def _process_owners(self, reading: GpuReading, uuids: list[str]) -> dict[str, set[str]]:
+        """For free devices with compute processes: who runs them ("?" when unknown)."""
+        owners: dict[str, set[str]] = {}
+        for uuid_ in uuids:
+            sample = reading.samples.get(uuid_)
+            if sample and sample.process_pids:
+                owners[uuid_] = {self.owner_of_pid(pid) or "?" for pid in sample.process_pids}
+        return owners

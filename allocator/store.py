@@ -1,0 +1,228 @@
+"""Allocation state behind an interface; the single-host implementation is SQLite in WAL mode.
+
+One writer: every decision runs inside `store.transaction()` (BEGIN IMMEDIATE, one lock), and
+a partial unique index makes "a device in two live allocations" impossible even for a bug.
+A cluster implementation would put the same operations on PostgreSQL (SERIALIZABLE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from .model import RELEASED, Allocation
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS allocations (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    container_id TEXT NOT NULL DEFAULT '',
+    container_name TEXT NOT NULL DEFAULT '',
+    container_type TEXT NOT NULL DEFAULT 'docker',
+    profile TEXT NOT NULL DEFAULT '',
+    released_at REAL,
+    release_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS allocations_by_state ON allocations(state);
+CREATE TABLE IF NOT EXISTS allocation_devices (
+    allocation_id TEXT NOT NULL REFERENCES allocations(id) ON DELETE CASCADE,
+    device_uuid TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    vanished INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (allocation_id, device_uuid)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_live_holder_per_device
+    ON allocation_devices(device_uuid) WHERE live = 1;
+"""
+
+
+class StoreConflict(RuntimeError):
+    """A write that would put a device in two live allocations."""
+
+
+class StoreTx(Protocol):
+    """The operations one transaction offers."""
+
+    def live(self) -> list[Allocation]: ...
+
+    def get(self, allocation_id: str) -> Allocation | None: ...
+
+    def history(self) -> list[Allocation]: ...
+
+    def insert(self, allocation: Allocation) -> None: ...
+
+    def update(self, allocation: Allocation) -> None: ...
+
+
+class AllocationStore(Protocol):
+    def transaction(self) -> contextlib.AbstractContextManager[StoreTx]: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _load(self, where: str, args: tuple = ()) -> list[Allocation]:
+        rows = self._conn.execute(
+            "SELECT id, user, grp, state, created_at, expires_at, container_id, container_name,"
+            " container_type, profile, released_at, release_reason FROM allocations "
+            f"{where} ORDER BY created_at, id",
+            args,
+        ).fetchall()
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        devices: dict[str, list[tuple[int, str, int]]] = {i: [] for i in ids}
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for alloc_id, uuid, position, vanished in self._conn.execute(
+                "SELECT allocation_id, device_uuid, position, vanished FROM allocation_devices"
+                f" WHERE allocation_id IN ({marks})",
+                chunk,
+            ):
+                devices[alloc_id].append((position, uuid, vanished))
+        result = []
+        for row in rows:
+            devs = sorted(devices[row[0]])
+            result.append(
+                Allocation(
+                    id=row[0],
+                    user=row[1],
+                    group=row[2],
+                    state=row[3],
+                    created_at=row[4],
+                    expires_at=row[5],
+                    container_id=row[6],
+                    container_name=row[7],
+                    container_type=row[8],
+                    profile=row[9],
+                    released_at=row[10],
+                    release_reason=row[11],
+                    devices=tuple(uuid for _, uuid, _ in devs),
+                    vanished=tuple(uuid for _, uuid, gone in devs if gone),
+                )
+            )
+        return result
+
+    def live(self) -> list[Allocation]:
+        return self._load("WHERE state != ?", (RELEASED,))
+
+    def get(self, allocation_id: str) -> Allocation | None:
+        found = self._load("WHERE id = ?", (allocation_id,))
+        return found[0] if found else None
+
+    def history(self) -> list[Allocation]:
+        return self._load("")
+
+    def insert(self, allocation: Allocation) -> None:
+        self._conn.execute(
+            "INSERT INTO allocations (id, user, grp, state, created_at, expires_at, container_id,"
+            " container_name, container_type, profile, released_at, release_reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                allocation.id,
+                allocation.user,
+                allocation.group,
+                allocation.state,
+                allocation.created_at,
+                allocation.expires_at,
+                allocation.container_id,
+                allocation.container_name,
+                allocation.container_type,
+                allocation.profile,
+                allocation.released_at,
+                allocation.release_reason,
+            ),
+        )
+        live = 0 if allocation.state == RELEASED else 1
+        try:
+            self._conn.executemany(
+                "INSERT INTO allocation_devices (allocation_id, device_uuid, position, live)"
+                " VALUES (?, ?, ?, ?)",
+                [(allocation.id, uuid, i, live) for i, uuid in enumerate(allocation.devices)],
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(
+                f"allocation {allocation.id}: a device is already held ({exc})"
+            ) from exc
+
+    def update(self, allocation: Allocation) -> None:
+        """Write state, container, deadlines and vanished marks; devices never change."""
+        self._conn.execute(
+            "UPDATE allocations SET state = ?, expires_at = ?, container_id = ?,"
+            " container_name = ?, released_at = ?, release_reason = ? WHERE id = ?",
+            (
+                allocation.state,
+                allocation.expires_at,
+                allocation.container_id,
+                allocation.container_name,
+                allocation.released_at,
+                allocation.release_reason,
+                allocation.id,
+            ),
+        )
+        self._conn.execute(
+            "UPDATE allocation_devices SET live = ? WHERE allocation_id = ?",
+            (0 if allocation.state == RELEASED else 1, allocation.id),
+        )
+        for uuid in allocation.devices:
+            self._conn.execute(
+                "UPDATE allocation_devices SET vanished = ? WHERE allocation_id = ?"
+                " AND device_uuid = ?",
+                (1 if uuid in allocation.vanished else 0, allocation.id, uuid),
+            )
+
+    def prune(self, released_before: float) -> int:
+        """Delete released allocations older than the given time; returns how many."""
+        cursor = self._conn.execute(
+            "DELETE FROM allocations WHERE state = ? AND released_at < ?",
+            (RELEASED, released_before),
+        )
+        return cursor.rowcount
+
+
+class SqliteAllocationStore:
+    """SQLite (WAL) at `path`; one connection, one lock: the single writer."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[SqliteTx]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,142 @@
+"""`ds01-docker`: the docker wrapper admins install as `docker` ahead of the real one.
+
+`run`/`create` asking for GPUs get devices from the allocator (waiting in its queue with a
+progress line), are rewritten to `--gpus device=<uuid>` with the ds01.* labels, and then the
+real docker replaces this process. Everything else execs the real docker untouched, so exit
+codes, signals and output are exactly docker's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
+
+from .client import AllocatorClient, AllocatorUnavailable, Refused, progress_line
+from .docker_args import gpu_request, parse_run, rewrite
+
+REAL_DOCKER_ENV = "DS01_REAL_DOCKER"
+_MARKERS = (b"docker_wrapper_main", b"allocator.wrapper")
+EXIT_DOCKER_ERROR = 125  # what docker itself returns when it cannot run the container
+
+
+class WrapperError(RuntimeError):
+    """The wrapper cannot do its job (no real docker, allocator refused or unreachable)."""
+
+
+def _is_wrapper(path: str, own: set[str]) -> bool:
+    if os.path.realpath(path) in own:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return any(marker in head for marker in _MARKERS)
+
+
+def find_real_docker(environ: Mapping[str, str] = os.environ, argv0: str | None = None) -> str:
+    """$DS01_REAL_DOCKER, else the first `docker` on PATH that is not this wrapper."""
+    explicit = environ.get(REAL_DOCKER_ENV)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise WrapperError(f"{REAL_DOCKER_ENV}={explicit} is not an executable file")
+        return explicit
+    argv0 = argv0 or sys.argv[0]
+    own = {os.path.realpath(shutil.which(argv0) or argv0)}
+    for folder in environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", "docker")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            if not _is_wrapper(candidate, own):
+                return candidate
+    raise WrapperError(f"no real docker found on PATH (set {REAL_DOCKER_ENV})")
+
+
+class Progress:
+    """One line on stderr, rewritten in place on a terminal, printed on change otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+        self._last_place: Any = None
+
+    def __call__(self, answer: dict[str, Any]) -> None:
+        line = progress_line(answer)
+        if self.tty:
+            self.stream.write(f"\r\033[K{line}")
+        elif answer.get("position") != self._last_place or not self.shown:
+            self.stream.write(line + "\n")
+        self._last_place = answer.get("position")
+        self.shown = True
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def prepare(
+    argv: Sequence[str], client: AllocatorClient, environ: Mapping[str, str], progress: Progress
+) -> list[str]:
+    """The argv to hand to the real docker (allocating first when GPUs are asked for)."""
+    cmd = parse_run(argv)
+    request = gpu_request(cmd, environ) if cmd is not None else None
+    if cmd is None or request is None:
+        return list(argv)
+    try:
+        alloc = client.allocate(
+            count=request.count,
+            container_type=request.container_type,
+            name=request.name,
+            progress=progress,
+        )
+    except Refused as exc:
+        raise WrapperError(exc.message) from exc
+    except AllocatorUnavailable as exc:
+        raise WrapperError(
+            f"{exc}\nGPU containers are started through the allocator; ask an admin if it is down."
+        ) from exc
+    finally:
+        progress.done()
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_USER: alloc["user"],
+        LABEL_ALLOCATION: alloc["id"],
+        LABEL_DEVICES: ",".join(alloc["devices"]),
+        LABEL_TYPE: request.container_type,
+    }
+    return rewrite(cmd, devices=alloc["devices"], labels=labels, environ=environ)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    environ: Mapping[str, str] = os.environ,
+    execv: Callable[[str, list[str]], Any] = os.execv,
+    client: AllocatorClient | None = None,
+) -> int:
+    try:
+        real = find_real_docker(environ)
+        args = prepare(argv, client or AllocatorClient(), environ, Progress())
+    except WrapperError as exc:
+        print(f"ds01: {exc}", file=sys.stderr)
+        return EXIT_DOCKER_ERROR
+    sys.stdout.flush()
+    sys.stderr.flush()
+    execv(real, [Path(real).name, *args])
+    return 0  # only reached with a test execv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

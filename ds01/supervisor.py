@@ -1,0 +1,301 @@
+"""Run the whole stack on one host: exporter, allocator, enforcer, Prometheus, Alertmanager.
+
+`ds01 up` and the end-to-end tests both use `StackSupervisor`: free local ports, one state
+folder, configs generated from the repository's generators, a fresh enforcer token, every
+child supervised and stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from .policy import Policy, load_policy
+from .promconfig import (
+    AlertmanagerSettings,
+    PrometheusSettings,
+    render_alertmanager_config,
+    render_prometheus_config,
+)
+from .rulegen import RuleSettings, render_rule_files
+from .stack import (
+    Alertmanager,
+    ChildProcess,
+    Dockerd,
+    Prometheus,
+    StackError,
+    free_port,
+    start_alertmanager,
+    start_dockerd,
+    start_prometheus,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Intervals of the moving parts, in seconds: production defaults, compressed in tests."""
+
+    collect_interval: float = 5.0
+    scrape_interval: float = 15.0
+    evaluation_interval: float = 15.0
+    group_wait: float = 0.0
+    group_interval: float = 60.0
+    repeat_interval: float = 300.0
+    exporter_stale_after: float = 120.0
+
+    @classmethod
+    def compressed(cls) -> Timings:
+        return cls(1.0, 1.0, 1.0, 0.0, 2.0, 10.0, 15.0)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    policy_path: Path
+    state_dir: Path
+    timings: Timings = field(default_factory=Timings)
+    gpu_backend: str | None = None  # None: the policy's gpu.backend
+    sim_topology: str | None = None
+    docker_host: str | None = None  # None: DOCKER_HOST, the local socket, else a private dockerd
+    log_level: str = "INFO"
+
+
+@dataclass
+class Endpoints:
+    """Where each part answers; printed in the banner and used by tests."""
+
+    docker_host: str = ""
+    docker_private: bool = False
+    exporter: str = ""
+    enforcer: str = ""
+    allocator_socket: str = ""
+    allocator_http: str = ""
+    prometheus: str = ""
+    alertmanager: str = ""
+    token_file: str = ""
+    sim_state: str = ""
+    audit_log: str = ""
+    backend: str = ""
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ds01.cli", *args]
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds * 1000)}ms"
+
+
+def docker_answers(url: str | None) -> bool:
+    """True when a Docker engine answers at `url` (or the environment's default)."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=url, timeout=3) if url else docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        logger.debug("no docker engine at %s", url or "default", exc_info=True)
+        return False
+
+
+class StackSupervisor:
+    """Start every part, wait until each is healthy, stop all of them cleanly."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.policy: Policy = load_policy(options.policy_path)
+        self.endpoints = Endpoints()
+        self.children: list[ChildProcess] = []
+        self._dockerd: Dockerd | None = None
+        self._prometheus: Prometheus | None = None
+        self._alertmanager: Alertmanager | None = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> Endpoints:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoints
+
+    def _start(self) -> None:
+        state = self.options.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "logs").mkdir(exist_ok=True)
+        self._start_docker()
+        token = self._write_token()
+        ep = self.endpoints
+        ep.sim_state = str(state / "sim-gpu-state.json")
+        ep.audit_log = str(state / "enforcer" / "enforcer-audit.jsonl")
+        backend = self.options.gpu_backend or self.policy.gpu.backend
+        topology = self.options.sim_topology or self.policy.gpu.sim_topology
+        gpu_flags = ["--gpu-backend", backend, "--sim-state", ep.sim_state]
+        if topology:
+            gpu_flags += ["--sim-topology", topology]
+        common = ["--policy", str(self.options.policy_path), "--docker-host", ep.docker_host]
+        common += ["--log-level", self.options.log_level]
+        t = self.options.timings
+
+        exporter_port, enforcer_port, allocator_port = free_port(), free_port(), free_port()
+        prometheus_port, alertmanager_port = free_port(), free_port()
+        ep.exporter = f"http://127.0.0.1:{exporter_port}"
+        ep.enforcer = f"http://127.0.0.1:{enforcer_port}"
+        ep.allocator_http = f"http://127.0.0.1:{allocator_port}"
+        ep.allocator_socket = str(state / "allocator.sock")
+        ep.prometheus = f"http://127.0.0.1:{prometheus_port}"
+        ep.alertmanager = f"http://127.0.0.1:{alertmanager_port}"
+
+        self._spawn(
+            "exporter",
+            _py(
+                "exporter",
+                *common,
+                "--state-dir",
+                str(state / "exporter"),
+                *gpu_flags,
+                "--listen",
+                f"127.0.0.1:{exporter_port}",
+                "--collect-interval",
+                _duration(t.collect_interval),
+            ),
+            f"{ep.exporter}/healthz",
+        )
+        self._spawn(
+            "allocator",
+            _py(
+                "allocator",
+                *common,
+                "--state-dir",
+                str(state / "allocator"),
+                *gpu_flags,
+                "--socket",
+                ep.allocator_socket,
+                "--listen",
+                f"127.0.0.1:{allocator_port}",
+                "--token-file",
+                token,
+            ),
+            f"{ep.allocator_http}/healthz",
+        )
+        self._spawn(
+            "enforcer",
+            _py(
+                "enforcer",
+                *common,
+                "--state-dir",
+                str(state / "enforcer"),
+                "--listen",
+                f"127.0.0.1:{enforcer_port}",
+                "--token-file",
+                token,
+                "--prometheus-url",
+                ep.prometheus,
+                "--audit-log",
+                ep.audit_log,
+            ),
+            f"{ep.enforcer}/healthz",
+        )
+        ep.backend = self._exporter_backend()
+
+        rules = RuleSettings.from_policy(self.policy, exporter_stale_after=t.exporter_stale_after)
+        prom = PrometheusSettings.from_policy(
+            self.policy,
+            exporter_targets=(f"127.0.0.1:{exporter_port}",),
+            allocator_targets=(f"127.0.0.1:{allocator_port}",),
+            enforcer_targets=(f"127.0.0.1:{enforcer_port}",),
+            alertmanager_targets=(f"127.0.0.1:{alertmanager_port}",),
+            scrape_interval=t.scrape_interval,
+            evaluation_interval=t.evaluation_interval,
+        )
+        alerts = AlertmanagerSettings.from_policy(
+            self.policy,
+            enforcer_url=ep.enforcer,
+            token_file=token,
+            group_wait=t.group_wait,
+            group_interval=t.group_interval,
+            repeat_interval=t.repeat_interval,
+        )
+        self._alertmanager = start_alertmanager(
+            state / "alertmanager", render_alertmanager_config(alerts), port=alertmanager_port
+        )
+        self.children.append(self._alertmanager.child)
+        rule_files = {f"rules/{name}": text for name, text in render_rule_files(rules).items()}
+        self._prometheus = start_prometheus(
+            state / "prometheus",
+            render_prometheus_config(prom),
+            port=prometheus_port,
+            extra_files=rule_files,
+        )
+        self.children.append(self._prometheus.child)
+
+    def _start_docker(self) -> None:
+        ep = self.endpoints
+        wanted = self.options.docker_host or os.environ.get("DOCKER_HOST")
+        if wanted or docker_answers(None):
+            ep.docker_host = wanted or "unix:///var/run/docker.sock"
+            if not docker_answers(ep.docker_host):
+                raise StackError(f"no Docker engine answers at {ep.docker_host}")
+            return
+        if os.geteuid() != 0:
+            raise StackError(
+                "no Docker engine answers and starting one needs root; "
+                "start dockerd or set DOCKER_HOST"
+            )
+        logger.info("no Docker engine answers; starting a private dockerd")
+        self._dockerd = start_dockerd(self.options.state_dir / "docker")
+        self.children.append(self._dockerd.child)
+        ep.docker_host, ep.docker_private = self._dockerd.url, True
+
+    def _write_token(self) -> str:
+        path = self.options.state_dir / "enforcer.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        os.chmod(path, 0o600)
+        self.endpoints.token_file = str(path)
+        return str(path)
+
+    def _spawn(self, name: str, argv: list[str], health_url: str) -> ChildProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = self.options.state_dir / "logs" / f"{name}.log"
+        child = ChildProcess(name, argv, log, env=env).start()
+        self.children.append(child)
+        child.wait_until(
+            lambda: requests.get(health_url, timeout=1).status_code == 200, 60, "healthy"
+        )
+        return child
+
+    def _exporter_backend(self) -> str:
+        text = requests.get(f"{self.endpoints.exporter}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("ds01_exporter_build_info{"):
+                marker = 'backend="'
+                start = line.find(marker) + len(marker)
+                return line[start : line.find('"', start)]
+        return "unknown"
+
+    # -- run and stop --------------------------------------------------------------------------
+
+    def failed_children(self) -> list[ChildProcess]:
+        return [child for child in self.children if not child.running()]
+
+    def stop(self) -> None:
+        """Reverse order: Prometheus first (no new alerts), dockerd last."""
+        for child in reversed(self.children):
+            try:
+                child.stop()
+            except Exception:
+                logger.exception("could not stop %s", child.name)
+        self.children.clear()

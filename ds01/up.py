@@ -1,0 +1,249 @@
+"""`ds01 up`: the whole stack in the foreground, with a banner of where to look; Ctrl-C stops it.
+
+`--demo` compresses time (idle timeout 2 m, warning at 1 m, max runtime 10 m) and starts two
+containers through the wrapper, one busy and one idle, so a newcomer can watch the idle one
+be warned, stopped and its MIG instance freed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .logs import setup_logging
+from .policy import PolicyError, load_policy, parse_policy, policy_path
+from .stack import StackError, ensure_busybox_image
+from .supervisor import Endpoints, StackOptions, StackSupervisor, Timings
+
+logger = logging.getLogger(__name__)
+
+DEMO_OVERRIDES: dict[str, Any] = {
+    "idle_timeout": "2m",
+    "idle_warning": "1m",
+    "runtime_warning": "2m",
+    "gpu_hold_after_stop": "1m",
+    "container_hold_after_stop": "5m",
+    "stop_grace": "5s",
+    "unmanaged_gpu": {"action": "stop", "grace": "1m"},
+}
+DEMO_RUNTIME = "10m"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ds01 up", description=__doc__)
+    parser.add_argument(
+        "--demo", action="store_true", help="compressed timings + two demo containers"
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("DS01_STATE_DIR", "/var/lib/ds01/up"),
+        help="one folder for every part's state, logs and configs (default /var/lib/ds01/up)",
+    )
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="policy file (env DS01_POLICY; default /etc/ds01/ds01.yaml, else the repo example)",
+    )
+    parser.add_argument("--gpu-backend", choices=["auto", "nvml", "sim"], default=None)
+    parser.add_argument("--docker-host", default=None, help="Docker API URL (default: detect)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def demo_policy(data: dict[str, Any]) -> dict[str, Any]:
+    """The policy document with demo timings: every runtime 10 m, idle 2 m, warnings at 1 m."""
+    result = dict(data)
+    result.update(DEMO_OVERRIDES)
+    groups = result.get("groups") or {
+        "student": {"max_gpus": 2},
+        "researcher": {"max_gpus": 4},
+        "faculty": {"max_gpus": 4},
+        "admin": {"max_gpus": None, "allow_full_gpu": True},
+    }
+    result["groups"] = {
+        name: {
+            **{k: v for k, v in (g or {}).items() if k != "idle_timeout"},
+            "max_runtime": DEMO_RUNTIME,
+        }
+        for name, g in groups.items()
+    }
+    result["container_types"] = {
+        t: {"max_runtime": DEMO_RUNTIME} for t in ("ds01", "devcontainer", "compose", "docker")
+    }
+    return result
+
+
+def effective_policy(args: argparse.Namespace, state_dir: Path) -> Path:
+    """The policy file every part reads: the admin's, or the repo example, demo-adjusted."""
+    source = Path(args.policy or policy_path())
+    if args.policy is None and "DS01_POLICY" not in os.environ and not source.exists():
+        source = Path(__file__).resolve().parent.parent / "config" / "ds01.example.yaml"
+    load_policy(source)  # fail early, with the file's own name in the message
+    if not args.demo:
+        return source
+    data = yaml.safe_load(source.read_text()) or {}
+    adjusted = demo_policy(data)
+    parse_policy(adjusted, f"{source} (demo)")
+    target = state_dir / "ds01-demo.yaml"
+    target.write_text(yaml.safe_dump(adjusted, sort_keys=False))
+    return target
+
+
+def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
+    docker = ep.docker_host + (" (private dockerd started by ds01 up)" if ep.docker_private else "")
+    backend = {"sim": "sim (no NVIDIA driver: simulated H200 MIG + whole GPU)"}.get(
+        ep.backend, ep.backend
+    )
+    rows = [
+        ("GPU backend", backend),
+        ("Docker", docker),
+        ("policy", str(policy_file) + ("  [demo timings]" if demo else "")),
+        ("exporter", f"{ep.exporter}/metrics   {ep.exporter}/api/state"),
+        ("allocator", f"unix://{ep.allocator_socket}   {ep.allocator_http}/metrics"),
+        ("enforcer", f"{ep.enforcer}/metrics   audit log {ep.audit_log}"),
+        ("Prometheus", f"{ep.prometheus}/alerts"),
+        ("Alertmanager", ep.alertmanager),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "DS01 GPU lifecycle stack is up.", ""]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    env = (
+        f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
+        f"DOCKER_HOST={ep.docker_host} DS01_SIM_STATE={ep.sim_state}"
+    )
+    lines += [
+        "",
+        "Try next (in another shell):",
+        f"  export {env}",
+        "  gpu-status                       # every GPU / MIG instance, holder, idle for, stops at",
+        "  container deploy demo --gpus 1   # a GPU container through the allocator",
+        "  ds01 sim-gpu set 0:2 --busy      # make a simulated device busy",
+        f"  Grafana: add a Prometheus datasource at {ep.prometheus}, import grafana/dashboards/",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def start_demo_containers(ep: Endpoints) -> None:
+    """Two containers through the wrapper: `demo-busy` (kept busy) and `demo-idle`."""
+    import docker
+
+    client = docker.DockerClient(base_url=ep.docker_host)
+    image = ensure_busybox_image(client)
+    env = dict(os.environ, DOCKER_HOST=ep.docker_host, DS01_ALLOCATOR_SOCKET=ep.allocator_socket)
+    wrapper = [
+        sys.executable,
+        "-c",
+        "import sys; from ds01.cli import docker_wrapper_main as m; sys.exit(m())",
+    ]
+    for name in ("demo-busy", "demo-idle"):
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            logger.debug("no old %s to remove", name)
+        cmd = [
+            *wrapper,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--gpus",
+            "1",
+            image,
+            "sleep",
+            "86400",
+        ]
+        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    busy = client.containers.get("demo-busy")
+    device = busy.labels.get("ds01.gpu.devices", "").split(",")[0]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ds01.cli",
+            "sim-gpu",
+            "--state-file",
+            ep.sim_state,
+            "set",
+            device,
+            "--busy",
+            "--pid",
+            str(busy.attrs["State"]["Pid"]),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    print(
+        f"demo: demo-busy holds {device} (kept busy); demo-idle will be warned at 1 m, "
+        "stopped at 2 m, and its device freed.",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        policy_file = effective_policy(args, state_dir)
+    except PolicyError as exc:
+        parser.error(str(exc))
+    timings = (
+        Timings(
+            collect_interval=2.0,
+            scrape_interval=5.0,
+            evaluation_interval=5.0,
+            group_interval=30.0,
+            repeat_interval=120.0,
+        )
+        if args.demo
+        else Timings()
+    )
+    supervisor = StackSupervisor(
+        StackOptions(
+            policy_file,
+            state_dir,
+            timings,
+            args.gpu_backend,
+            None,
+            args.docker_host,
+            args.log_level,
+        )
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        endpoints = supervisor.start()
+        print(banner(endpoints, policy_file, args.demo), flush=True)
+        if args.demo:
+            start_demo_containers(endpoints)
+        while not stop.wait(1.0):
+            failed = supervisor.failed_children()
+            if failed:
+                names = ", ".join(f"{c.name} (log {c.log_path})" for c in failed)
+                print(f"ds01 up: stopped because a part exited: {names}", file=sys.stderr)
+                return 1
+        print("\nstopping…", flush=True)
+        return 0
+    except (StackError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or ""
+        print(f"ds01 up: {exc}\n{detail}", file=sys.stderr)
+        return 1
+    finally:
+        supervisor.stop()

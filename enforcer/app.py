@@ -1,0 +1,124 @@
+"""The webhook receiver (Flask, served by waitress): authenticate, validate, journal, ack.
+
+Nothing here acts on a container: a firing alert is written to the journal before the answer
+is sent, and the worker acts on it. 401 without the token, 400 on a malformed body, 413 on an
+oversized one, 503 when Docker (or, for stops, Prometheus) is unreachable — the alerts are
+journaled anyway, and the 503 makes Alertmanager retry as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ds01.clock import SYSTEM_CLOCK, Clock
+
+from .auth import authorized
+from .facts import Health
+from .journal import Journal
+from .metrics import EnforcerMetrics
+from .payload import PayloadError, parse_body
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+# endpoint -> (the action label it handles, the journal kind, what re-verification needs)
+ENDPOINTS = {
+    "alerts": ("stop", "stop", ("docker", "prometheus")),
+    "notify": ("notify", "notify", ("docker",)),
+}
+
+
+def create_app(
+    *,
+    token: str,
+    journal: Journal,
+    metrics: EnforcerMetrics,
+    health: Health | None = None,
+    on_enqueue: Callable[[], None] = lambda: None,
+    clock: Clock = SYSTEM_CLOCK,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Flask:
+    app = Flask("enforcer")
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+
+    def answer(endpoint: str, code: int, body: dict) -> tuple[Response, int]:
+        metrics.requests.labels(endpoint, str(code)).inc()
+        return jsonify(body), code
+
+    def receive(endpoint: str) -> tuple[Response, int]:
+        action, kind, needs = ENDPOINTS[endpoint]
+        if not authorized(request.headers.get("Authorization"), token):
+            logger.warning("unauthorized POST /%s from %s", endpoint, request.remote_addr)
+            reply, code = answer(endpoint, 401, {"error": "unauthorized"})
+            reply.headers["WWW-Authenticate"] = "Bearer"
+            return reply, code
+        if request.content_length is not None and request.content_length > max_body:
+            return answer(endpoint, 413, {"error": f"body larger than {max_body} bytes"})
+        try:
+            webhook = parse_body(request.get_data(cache=False))
+        except RequestEntityTooLarge:
+            return answer(endpoint, 413, {"error": f"body larger than {max_body} bytes"})
+        except PayloadError as exc:
+            logger.warning("malformed POST /%s: %s", endpoint, exc)
+            return answer(endpoint, 400, {"error": str(exc)})
+
+        resolved = [a for a in webhook.alerts if not a.firing]
+        wrong = [a for a in webhook.alerts if a.firing and a.action != action]
+        firing = [a for a in webhook.alerts if a.firing and a.action == action]
+        for alert in wrong:
+            logger.warning(
+                "POST /%s: alert %s has action=%s, which this endpoint does not handle; ignored",
+                endpoint, alert.fingerprint, alert.action,
+            )  # fmt: skip
+        try:
+            new = journal.enqueue(kind, firing, now=clock.time())
+        except sqlite3.Error:
+            logger.exception("journal write failed; nothing accepted")
+            return answer(endpoint, 503, {"error": "journal unavailable, retry later"})
+        accepted = sum(new)
+        metrics.alerts.labels(endpoint, "accepted").inc(accepted)
+        metrics.alerts.labels(endpoint, "duplicate").inc(len(new) - accepted)
+        metrics.alerts.labels(endpoint, "resolved").inc(len(resolved))
+        metrics.alerts.labels(endpoint, "wrong_endpoint").inc(len(wrong))
+        if accepted:
+            on_enqueue()
+        body = {
+            "accepted": accepted,
+            "duplicates": len(new) - accepted,
+            "resolved_skipped": len(resolved),
+            "ignored": len(wrong),
+        }
+        down = [d for d in needs if health is not None and firing and not health.ok(d)]
+        if down:
+            body["error"] = f"{' and '.join(down)} unreachable; alerts journaled, retry later"
+            return answer(endpoint, 503, body)
+        return answer(endpoint, 200, body)
+
+    @app.post("/alerts")
+    def alerts() -> tuple[Response, int]:
+        return receive("alerts")
+
+    @app.post("/notify")
+    def notify() -> tuple[Response, int]:
+        return receive("notify")
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        try:
+            stats = journal.stats()
+        except sqlite3.Error:
+            logger.exception("journal unreadable")
+            return jsonify({"status": "journal unreadable"}), 503
+        return jsonify({"status": "ok", "queue_depth": stats.depth}), 200
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,172 @@
+"""Live facts at action time: the container from Docker, its deadlines from Prometheus.
+
+The only I/O of re-verification. An unreachable dependency raises `Unavailable` (a retry can
+help: the worker backs off and the webhook answers 503); anything else is a real answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import docker
+import requests
+
+from ds01.containers import ContainerFacts, classify
+from ds01.dockerio import connect
+from ds01.gpu import GpuDevice
+
+from .verify import Deadlines
+
+logger = logging.getLogger(__name__)
+
+IDLE_SERIES = "ds01_container_idle_deadline_timestamp_seconds"
+RUNTIME_SERIES = "ds01_container_runtime_deadline_timestamp_seconds"
+DEVICE_SERIES = "ds01_container_gpu_device"
+UNMANAGED_JOIN = (
+    '{device} unless on(container_id, device_uuid) ds01_allocation_device{{state="bound"}}'
+)
+
+
+class Unavailable(RuntimeError):
+    """Docker or Prometheus cannot be reached now; the action is retried later."""
+
+    def __init__(self, dependency: str, detail: str) -> None:
+        self.dependency = dependency
+        super().__init__(f"{dependency} unreachable: {detail}")
+
+
+class DockerSource:
+    """A Docker client made on first use and re-made after a failure to connect."""
+
+    def __init__(
+        self,
+        docker_host: str | None,
+        *,
+        inventory: Iterable[GpuDevice] = (),
+        timeout: float = 30.0,
+        connector: Callable[..., docker.DockerClient] = connect,
+    ) -> None:
+        self.docker_host = docker_host
+        self.inventory = tuple(inventory)
+        self._timeout = timeout
+        self._connector = connector
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> docker.DockerClient:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = self._connector(self.docker_host, timeout=self._timeout)
+                except docker.errors.DockerException as exc:
+                    raise Unavailable("docker", str(exc)) from None
+            return self._client
+
+    def call(self, what: str, fn: Callable[[docker.DockerClient], Any]) -> Any:
+        """Run one Docker API call; connection trouble becomes `Unavailable`."""
+        client = self.client()
+        try:
+            return fn(client)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unavailable("docker", f"{what}: {exc.__class__.__name__}") from None
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """A cheap reachability check with a short timeout (for the webhook's 503)."""
+        try:
+            api = self.client().api
+            return api.get(f"{api.base_url}/_ping", timeout=timeout).status_code == 200
+        except (Unavailable, requests.exceptions.RequestException):
+            return False
+
+    def container(self, container_id: str) -> ContainerFacts | None:
+        """Current facts, or None when Docker no longer knows the container."""
+        try:
+            inspect = self.call("inspect", lambda c: c.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            return None
+        return classify(inspect, self.inventory)
+
+
+class PrometheusSource:
+    """Instant queries for the contract series of one container."""
+
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, session: requests.Session | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._session = session or requests.Session()
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        try:
+            reply = self._session.get(
+                f"{self.url}/api/v1/query", params={"query": promql}, timeout=self._timeout
+            )
+        except requests.exceptions.RequestException as exc:
+            raise Unavailable("prometheus", exc.__class__.__name__) from None
+        if reply.status_code >= 500 or reply.status_code == 429:
+            raise Unavailable("prometheus", f"HTTP {reply.status_code}")
+        body = reply.json()
+        if reply.status_code != 200 or body.get("status") != "success":
+            raise RuntimeError(f"prometheus rejected {promql!r}: {body.get('error', reply.text)}")
+        return body["data"]["result"]
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        try:
+            return self._session.get(f"{self.url}/-/ready", timeout=timeout).status_code == 200
+        except requests.exceptions.RequestException:
+            return False
+
+    def _value(self, metric: str, container_id: str) -> float | None:
+        series = self.query(f'{metric}{{container_id="{container_id}"}}')
+        values = [float(s["value"][1]) for s in series]
+        return max(values) if values else None  # several sources: the later deadline wins
+
+    def deadlines(self, container_id: str, *, reason: str) -> Deadlines:
+        """The deadline the alert's reason depends on (the join for unmanaged)."""
+        if reason == "idle":
+            return Deadlines(idle=self._value(IDLE_SERIES, container_id))
+        if reason == "max_runtime":
+            return Deadlines(runtime=self._value(RUNTIME_SERIES, container_id))
+        device = f'{DEVICE_SERIES}{{container_id="{container_id}"}}'
+        if not self.query(device):
+            return Deadlines(unmanaged=None)
+        return Deadlines(unmanaged=bool(self.query(UNMANAGED_JOIN.format(device=device))))
+
+
+class Health:
+    """Cached reachability of Docker and Prometheus, so a webhook burst pings each only once."""
+
+    def __init__(
+        self,
+        docker_source: DockerSource,
+        prometheus: PrometheusSource,
+        *,
+        ttl: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._checks = {"docker": docker_source.ping, "prometheus": prometheus.ready}
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._cache: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def ok(self, dependency: str) -> bool:
+        with self._lock:
+            cached = self._cache.get(dependency)
+            if cached is not None and self._monotonic() - cached[0] < self._ttl:
+                return cached[1]
+            up = self._checks[dependency]()
+            if not up:
+                logger.warning("%s is unreachable", dependency)
+            self._cache[dependency] = (self._monotonic(), up)
+            return up
+
+    def mark_down(self, dependency: str) -> None:
+        """The worker saw a failure: the next webhook re-checks instead of trusting the cache."""
+        with self._lock:
+            self._cache.pop(dependency, None)

@@ -1,0 +1,188 @@
+"""The durable queue: every accepted alert is a SQLite row before the webhook is acknowledged.
+
+One row per (fingerprint, startsAt, kind) however often Alertmanager repeats an alert; `kind`
+is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follow-up
+(`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
+acknowledgement and the action only delays the action. WAL mode, synchronous=FULL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .payload import Alert
+
+KINDS = ("stop", "notify", "remove")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    starts_at REAL NOT NULL,
+    container_id TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    decision TEXT,
+    detail TEXT,
+    finished_at REAL,
+    UNIQUE (fingerprint, starts_at, kind)
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, due_at);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One journaled action, as the worker sees it."""
+
+    id: int
+    kind: str
+    alert: Alert
+    received_at: float
+    due_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    oldest_received_at: float | None  # None when nothing is pending
+
+
+class Journal:
+    """SQLite journal shared by the web threads and the workers (one connection, one lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[int]:
+        """Run `sql` for each row in one transaction; the row counts it changed, in order."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                counts = []
+                for row in rows:
+                    cur.execute(sql, row)
+                    counts.append(cur.rowcount)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return counts
+
+    def enqueue(
+        self, kind: str, alerts: Sequence[Alert], *, now: float, due_at: float | None = None
+    ) -> list[bool]:
+        """Journal the alerts (one commit); True for each that was new, False for a repeat."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r}")
+        if not alerts:
+            return []
+        sql = (
+            "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
+            "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        due = now if due_at is None else due_at
+        rows = [
+            (
+                kind,
+                a.fingerprint,
+                a.starts_at,
+                a.container_id,
+                json.dumps(a.to_json(), separators=(",", ":")),
+                now,
+                due,
+            )
+            for a in alerts
+        ]
+        return [count == 1 for count in self._write(sql, rows)]
+
+    def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
+        """Pending jobs whose time has come, oldest first."""
+        skip = tuple(exclude)
+        marks = ",".join("?" * len(skip))
+        where = f"AND id NOT IN ({marks})" if skip else ""
+        sql = (
+            "SELECT id, kind, alert, received_at, due_at, attempts FROM jobs "
+            f"WHERE state = 'pending' AND due_at <= ? {where} ORDER BY due_at, id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (now, *skip, limit)).fetchall()
+        return [
+            Job(
+                id=r[0],
+                kind=r[1],
+                alert=Alert.from_json(json.loads(r[2])),
+                received_at=r[3],
+                due_at=r[4],
+                attempts=r[5],
+            )
+            for r in rows
+        ]
+
+    def finish(self, job_id: int, *, decision: str, detail: str, now: float) -> None:
+        self._write(
+            "UPDATE jobs SET state = 'done', decision = ?, detail = ?, finished_at = ? "
+            "WHERE id = ?",
+            [(decision, detail, now, job_id)],
+        )
+
+    def retry_later(self, job_id: int, *, error: str, due_at: float) -> None:
+        self._write(
+            "UPDATE jobs SET attempts = attempts + 1, last_error = ?, due_at = ? WHERE id = ?",
+            [(error, due_at, job_id)],
+        )
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            depth, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state = 'pending'"
+            ).fetchone()
+        return QueueStats(depth=depth, oldest_received_at=oldest)
+
+    def next_due_at(self) -> float | None:
+        with self._lock:
+            (due,) = self._db.execute(
+                "SELECT MIN(due_at) FROM jobs WHERE state = 'pending'"
+            ).fetchone()
+        return due
+
+    def prune(self, *, finished_before: float) -> int:
+        """Forget decisions older than the retention (repeats after that are re-verified)."""
+        counts = self._write(
+            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", [(finished_before,)]
+        )
+        return counts[0]
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Every row with its state and decision, for inspection (and tests)."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT id, kind, fingerprint, starts_at, container_id, state, attempts, "
+                "last_error, decision, detail FROM jobs ORDER BY id"
+            )
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

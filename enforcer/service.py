@@ -1,0 +1,101 @@
+"""The enforcer assembled from its parts, once, for the CLI and for tests alike."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import waitress
+from flask import Flask
+
+from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.policy import Policy
+
+from .app import DEFAULT_MAX_BODY, create_app
+from .audit import AuditLog
+from .executor import Executor
+from .facts import DockerSource, Health, PrometheusSource
+from .journal import Journal
+from .metrics import EnforcerMetrics
+from .worker import Worker, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnforcerConfig:
+    """Everything the enforcer needs besides the policy and the token."""
+
+    journal_path: Path
+    audit_path: Path
+    prometheus_url: str
+    docker_host: str | None = None
+    notice_path: str = "/workspace/.ds01-alerts"
+    dry_run: bool = False
+    max_body: int = DEFAULT_MAX_BODY
+    health_ttl: float = 1.0
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+class Enforcer:
+    """Journal, audit log, sources, executor, worker and Flask app, wired together."""
+
+    def __init__(
+        self, config: EnforcerConfig, *, policy: Policy, token: str, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.config = config
+        self.journal = Journal(config.journal_path)
+        self.audit = AuditLog(config.audit_path, dry_run=config.dry_run, clock=clock)
+        self.metrics = EnforcerMetrics(clock=clock)
+        self.docker = DockerSource(config.docker_host)
+        self.prometheus = PrometheusSource(config.prometheus_url)
+        self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
+        executor = Executor(
+            self.docker,
+            policy=policy,
+            notice_path=config.notice_path,
+            dry_run=config.dry_run,
+            clock=clock,
+        )
+        self.worker = Worker(
+            journal=self.journal,
+            docker_source=self.docker,
+            prometheus=self.prometheus,
+            executor=executor,
+            policy=policy,
+            audit=self.audit,
+            metrics=self.metrics,
+            health=self.health,
+            settings=config.worker,
+            clock=clock,
+        )
+        self.app: Flask = create_app(
+            token=token,
+            journal=self.journal,
+            metrics=self.metrics,
+            health=self.health,
+            on_enqueue=self._enqueued,
+            clock=clock,
+            max_body=config.max_body,
+        )
+
+    def _enqueued(self) -> None:
+        self.worker.publish_stats()
+        self.worker.wake()
+
+    def make_server(self, host: str, port: int, *, threads: int = 16):
+        """A waitress server for the app (run() blocks; close() from another thread ends it)."""
+        return waitress.create_server(
+            self.app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="ds01-enforcer",
+            max_request_body_size=self.config.max_body * 2,  # Flask answers 413 below this
+        )
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.journal.close()
+        self.audit.close()

@@ -1,0 +1,135 @@
+"""Re-verification at action time: pure decisions over live facts, never the alert alone.
+
+Each function takes keyword-only facts and returns a `Decision` carrying its reason; the
+worker gathers the facts (facts.py) and the executor acts (executor.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ds01.containers import ContainerFacts
+from ds01.durations import format_duration
+from ds01.policy import Policy
+
+from .payload import Alert
+
+
+@dataclass(frozen=True)
+class Decision:
+    act: bool
+    why: str
+
+    @property
+    def label(self) -> str:
+        """The audit form: `act: <why>` or `skipped: <why>`."""
+        return f"act: {self.why}" if self.act else f"skipped: {self.why}"
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """What Prometheus says now about one container (None: no current series)."""
+
+    idle: float | None = None
+    runtime: float | None = None
+    unmanaged: bool | None = None  # None: the container has no GPU device series
+
+
+def act(why: str) -> Decision:
+    return Decision(True, why)
+
+
+def skip(why: str) -> Decision:
+    return Decision(False, why)
+
+
+def check_container(
+    *, alert: Alert, container: ContainerFacts | None, policy: Policy, now: float
+) -> Decision:
+    """Still there, running, not restarted since the alert began, GPU, not protected/exempt."""
+    if container is None:
+        return skip("gone")
+    if not container.running:
+        return skip("not running")
+    if container.started_at is not None and container.started_at > alert.starts_at:
+        return skip("restarted after the alert began")
+    if not container.has_gpu:
+        return skip("no GPU access")
+    if policy.is_protected(name=container.name, user=container.user):
+        return skip("protected by policy")
+    at = datetime.fromtimestamp(now, tz=UTC)
+    limits = policy.limits_for(container.user, container.type, at)
+    kind = alert.reason  # the reasons are the exemption kinds: idle, max_runtime, unmanaged
+    exempt = {
+        "idle": limits.idle_exempt,
+        "max_runtime": limits.runtime_exempt,
+        "unmanaged": limits.unmanaged_exempt,
+    }[kind]
+    if exempt:
+        reasons = "; ".join(e.reason for e in limits.exemptions if kind in e.kinds)
+        return skip(f"exempt from {kind} by policy ({reasons})")
+    return act("container checks passed")
+
+
+def check_deadline(*, alert: Alert, deadlines: Deadlines, policy: Policy, now: float) -> Decision:
+    """Still past its deadline by current data (the unmanaged join for reason=unmanaged)."""
+    if alert.reason == "unmanaged":
+        if policy.unmanaged_gpu.action != "stop":
+            return skip(f"policy unmanaged_gpu.action is {policy.unmanaged_gpu.action}")
+        if deadlines.unmanaged is None:
+            return skip("no current GPU device series in Prometheus")
+        if not deadlines.unmanaged:
+            return skip("no longer unmanaged (a bound allocation holds its devices)")
+        return act("unmanaged GPU use confirmed by Prometheus")
+    name = "idle" if alert.reason == "idle" else "runtime"
+    deadline = deadlines.idle if alert.reason == "idle" else deadlines.runtime
+    if deadline is None:
+        return skip(f"no current {name} deadline series in Prometheus")
+    if math.isinf(deadline) or math.isnan(deadline):
+        return skip(f"{name} deadline is not set (keep-alive or exemption)")
+    if now < deadline:
+        return skip(f"not past its {name} deadline (due in {format_duration(deadline - now)})")
+    return act(f"past its {name} deadline by {format_duration(now - deadline)}")
+
+
+def decide_stop(
+    *,
+    alert: Alert,
+    container: ContainerFacts | None,
+    deadlines: Deadlines,
+    policy: Policy,
+    now: float,
+) -> Decision:
+    """Both checks, in order; the first failing one names the skip."""
+    first = check_container(alert=alert, container=container, policy=policy, now=now)
+    if not first.act:
+        return first
+    return check_deadline(alert=alert, deadlines=deadlines, policy=policy, now=now)
+
+
+def decide_notify(
+    *, alert: Alert, container: ContainerFacts | None, policy: Policy, now: float
+) -> Decision:
+    """A warning goes to a running GPU container that would otherwise be stopped later."""
+    return check_container(alert=alert, container=container, policy=policy, now=now)
+
+
+def decide_remove(
+    *, container: ContainerFacts | None, stopped_at: float, policy: Policy
+) -> Decision:
+    """Remove a stopped ds01-native container only if nobody has restarted it since."""
+    if container is None:
+        return skip("gone")
+    if container.running:
+        return skip("running again")
+    if container.started_at is not None and container.started_at > stopped_at:
+        return skip("restarted since the stop")
+    if container.type != "ds01":
+        return skip(f"not a ds01-native container (type {container.type})")
+    if policy.is_protected(name=container.name, user=container.user):
+        return skip("protected by policy")
+    if policy.container_hold_after_stop is None:
+        return skip("policy container_hold_after_stop is null (keep stopped containers)")
+    return act("stopped ds01 container past container_hold_after_stop")

@@ -1,0 +1,247 @@
+"""The worker: takes due jobs from the journal, re-verifies, acts, records — and survives.
+
+Several threads may run, but never two jobs for the same container at once (a repeat for the
+same container then sees the first one's effect and skips). An unreachable Docker or
+Prometheus puts the job back with exponential backoff; any other failure is recorded as
+`failed` and the next job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.containers import ContainerFacts
+from ds01.policy import Policy
+
+from .audit import AuditLog
+from .executor import Executor, Outcome
+from .facts import DockerSource, Health, PrometheusSource, Unavailable
+from .journal import Job, Journal
+from .metrics import EnforcerMetrics
+from .verify import check_container, check_deadline, decide_notify, decide_remove
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    threads: int = 4
+    action_delay: float = 0.0  # testing/ops knob: wait this long before acting on a job
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    poll_interval: float = 1.0
+    retention: float = 7 * 86400.0
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        docker_source: DockerSource,
+        prometheus: PrometheusSource,
+        executor: Executor,
+        policy: Policy,
+        audit: AuditLog,
+        metrics: EnforcerMetrics,
+        health: Health | None = None,
+        settings: WorkerSettings = WorkerSettings(),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.journal, self.docker, self.prometheus = journal, docker_source, prometheus
+        self.executor, self.policy, self.audit, self.metrics = executor, policy, audit, metrics
+        self.health, self.settings, self._clock = health, settings, clock
+        self._cond = threading.Condition()
+        self._wakes = 0
+        self._busy_jobs: set[int] = set()
+        self._busy_containers: set[str] = set()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_prune = 0.0
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work was journaled: end the idle wait now."""
+        with self._cond:
+            self._wakes += 1
+            self._cond.notify_all()
+
+    def start(self) -> None:
+        self.publish_stats()
+        for n in range(self.settings.threads):
+            thread = threading.Thread(target=self._loop, name=f"enforcer-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ends waits and delays; a job in flight finishes first."""
+        self._stopping.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                seen = self._wakes
+            job = self._claim()
+            if job is None:
+                with self._cond:
+                    if self._wakes == seen and not self._stopping.is_set():
+                        self._cond.wait(self._idle_wait())
+                continue
+            try:
+                if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
+                    continue  # stopping: the job stays pending in the journal
+                self.process(job)
+            finally:
+                self._release(job)
+            self._maybe_prune()
+
+    def _idle_wait(self) -> float:
+        due = self.journal.next_due_at()
+        if due is None:
+            return self.settings.poll_interval
+        return min(self.settings.poll_interval, max(0.01, due - self._clock.time()))
+
+    def _claim(self) -> Job | None:
+        with self._cond:
+            jobs = self.journal.due(self._clock.time(), limit=64, exclude=self._busy_jobs)
+            for job in jobs:
+                if job.alert.container_id not in self._busy_containers:
+                    self._busy_jobs.add(job.id)
+                    self._busy_containers.add(job.alert.container_id)
+                    return job
+        return None
+
+    def _release(self, job: Job) -> None:
+        with self._cond:
+            self._busy_jobs.discard(job.id)
+            self._busy_containers.discard(job.alert.container_id)
+            self._cond.notify_all()
+
+    def _maybe_prune(self) -> None:
+        now = self._clock.time()
+        if now - self._last_prune < 3600:
+            return
+        self._last_prune = now
+        removed = self.journal.prune(finished_before=now - self.settings.retention)
+        if removed:
+            logger.info("journal pruned rows=%d", removed)
+
+    def run_pending(self) -> int:
+        """Process every due job in this thread (for tests and one-shot use); how many."""
+        done = 0
+        while (job := self._claim()) is not None:
+            try:
+                self.process(job)
+            finally:
+                self._release(job)
+            done += 1
+        return done
+
+    def publish_stats(self) -> None:
+        self.metrics.queue.publish(self.journal.stats())
+
+    # --- one job ----------------------------------------------------------------------------
+
+    def process(self, job: Job) -> None:
+        now = self._clock.time()
+        container: ContainerFacts | None = None
+        try:
+            container, outcome = self._decide_and_act(job)
+        except Unavailable as exc:
+            self._retry(job, exc)
+            return
+        except Exception as exc:  # one bad job must not stop the others
+            logger.exception("job %d (%s) failed", job.id, job.kind)
+            outcome = Outcome("failed", "failed: internal error", repr(exc))
+        self._record(job, container, outcome, started=now)
+
+    def _retry(self, job: Job, exc: Unavailable) -> None:
+        self.metrics.dependency_errors.labels(exc.dependency).inc()
+        if self.health is not None:
+            self.health.mark_down(exc.dependency)
+        delay = min(
+            self.settings.retry_max, self.settings.retry_initial * 2 ** min(job.attempts, 30)
+        )
+        self.journal.retry_later(job.id, error=str(exc), due_at=self._clock.time() + delay)
+        logger.warning(
+            "job %d %s container_id=%s: %s; retry in %.1fs (attempt %d)",
+            job.id, job.kind, job.alert.container_id[:12], exc, delay, job.attempts + 1,
+        )  # fmt: skip
+
+    def _decide_and_act(self, job: Job) -> tuple[ContainerFacts | None, Outcome]:
+        alert, now = job.alert, self._clock.time()
+        container = self.docker.container(alert.container_id)
+        if job.kind == "remove":
+            decision = decide_remove(
+                container=container, stopped_at=job.received_at, policy=self.policy
+            )
+            if not decision.act or container is None:
+                return container, Outcome("skipped", decision.label, decision.why)
+            return container, self._with_why(decision.why, self.executor.remove(container))
+        if job.kind == "notify":
+            decision = decide_notify(alert=alert, container=container, policy=self.policy, now=now)
+            if not decision.act or container is None:
+                return container, Outcome("skipped", decision.label, decision.why)
+            return container, self.executor.notify(container, alert)
+        decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
+        if decision.act:
+            deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
+            decision = check_deadline(
+                alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
+            )
+        if not decision.act or container is None:
+            return container, Outcome("skipped", decision.label, decision.why)
+        return container, self._with_why(decision.why, self.executor.stop(container, alert))
+
+    @staticmethod
+    def _with_why(why: str, outcome: Outcome) -> Outcome:
+        return Outcome(outcome.result, outcome.decision, f"{why}; {outcome.detail}")
+
+    def _record(
+        self, job: Job, container: ContainerFacts | None, outcome: Outcome, *, started: float
+    ) -> None:
+        alert = job.alert
+        name = container.name if container else alert.container
+        user = container.user if container else alert.user
+        self.audit.write(
+            event=job.kind,
+            container_id=alert.container_id,
+            container=name,
+            user=user,
+            reason=alert.reason,
+            fingerprint=alert.fingerprint,
+            decision=outcome.decision,
+            detail=outcome.detail,
+            starts_at=alert.starts_at,
+        )
+        self.metrics.actions.labels(job.kind, outcome.result).inc()
+        if job.kind != "remove":
+            self.metrics.latency.observe(max(0.0, self._clock.time() - job.received_at))
+        log = logger.debug if outcome.result == "skipped" else logger.info
+        log(
+            "%s container=%s user=%s reason=%s decision=%r detail=%r took=%.3fs",
+            job.kind, name, user, alert.reason, outcome.decision, outcome.detail,
+            self._clock.time() - started,
+        )  # fmt: skip
+        if outcome.result == "stopped" and container is not None:
+            self._schedule_removal(job, container)
+        self.journal.finish(
+            job.id, decision=outcome.decision, detail=outcome.detail, now=self._clock.time()
+        )
+        self.publish_stats()
+
+    def _schedule_removal(self, job: Job, container: ContainerFacts) -> None:
+        hold = self.policy.container_hold_after_stop
+        if container.type != "ds01" or hold is None:
+            return
+        now = self._clock.time()
+        self.journal.enqueue("remove", [job.alert], now=now, due_at=now + hold)
+        logger.info("remove container=%s scheduled in %.0fs", container.name, hold)
+        self.wake()

@@ -1,0 +1,265 @@
+"""The background collector: sample the GPUs, advance the clocks, publish an immutable snapshot.
+
+One cycle every `interval`; a scrape only reads `Collector.snapshot`. While Docker is down or
+the GPU backend fails, the clocks keep moving conservatively (unmeasured = busy) but no new
+snapshot is published: the last good one stays, with its timestamp, so staleness is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from ds01.cgroups import container_id_of_pid
+from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.gpu import DeviceSample, GpuBackend, GpuDevice, GpuReading, device_is_busy
+from ds01.policy import Policy
+
+from .clocks import ClockBook, ClockStore
+from .deadlines import container_busy, idle_deadline, keep_alive_fresh, runtime_deadline
+from .health import Episode, ErrorCounters
+from .inventory import Inventory, KnownContainer
+from .keepalive import KeepAliveChecker
+from .snapshot import ContainerState, DeviceState, Snapshot
+
+logger = logging.getLogger(__name__)
+
+PidOwner = Callable[[int], str | None]
+
+
+class Collector:
+    """Owns the clocks; publishes a new Snapshot after every good cycle."""
+
+    def __init__(
+        self,
+        *,
+        backend: GpuBackend,
+        inventory: Inventory,
+        policy: Policy,
+        keepalive: KeepAliveChecker,
+        errors: ErrorCounters,
+        book: ClockBook | None = None,
+        store: ClockStore | None = None,
+        docker_ok: Callable[[], bool] = lambda: True,
+        clock: Clock = SYSTEM_CLOCK,
+        interval: float = 5.0,
+        pid_owner: PidOwner = container_id_of_pid,
+    ) -> None:
+        self._backend = backend
+        self._devices = backend.devices()
+        self._inventory = inventory
+        self._policy = policy
+        self._keepalive = keepalive
+        self._errors = errors
+        self._book = book if book is not None else ClockBook()
+        self._store = store
+        self._docker_ok = docker_ok
+        self._clock = clock
+        self.interval = interval
+        self._pid_owner = pid_owner
+        self._measured_since = clock.time()
+        self._snapshot: Snapshot | None = None
+        self.last_cycle_cpu_seconds = 0.0
+        self._gpu_episode = Episode(logger, "GPU backend")
+        self._state_episode = Episode(logger, "clock state file")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last published snapshot (None before the first good cycle)."""
+        return self._snapshot
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the loop after the cycle in flight, then save the clocks one last time."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._save_state()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.collect_once()
+            except Exception:
+                logger.exception("collection cycle failed")
+            self._stop.wait(self.interval)
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    def collect_once(self) -> bool:
+        """Run one cycle; True when a new snapshot was published."""
+        wall_start, cpu_start = time.perf_counter(), time.thread_time()
+        now = self._clock.time()
+        reading = self._read_gpu()
+        samples: Mapping[str, DeviceSample] = reading.samples if reading is not None else {}
+        threshold = self._policy.busy_threshold
+        device_busy = {
+            d.device_uuid: device_is_busy(samples.get(d.device_uuid), busy_threshold=threshold)
+            for d in self._devices
+        }
+        devices = tuple(
+            self._device_state(d, samples.get(d.device_uuid), device_busy[d.device_uuid], now)
+            for d in self._devices
+        )
+        entries = self._inventory.entries()
+        running = [e for e in entries if e.facts.running and e.facts.has_gpu]
+        containers = self._container_states(running, samples, device_busy, now)
+        if self._inventory.ready:
+            ids = [e.facts.container_id for e in entries]
+            self._book.retain(ids)
+            self._keepalive.retain(ids)
+        self._save_state()
+        self.last_cycle_cpu_seconds = time.thread_time() - cpu_start
+        docker_ok = self._inventory.ready and self._docker_ok()
+        if reading is None or not docker_ok:
+            logger.debug(
+                "cycle not published (gpu %s, docker %s)",
+                "ok" if reading else "failed",
+                "ok" if docker_ok else "down",
+            )
+            return False
+        self._snapshot = Snapshot(
+            timestamp=now,
+            duration=time.perf_counter() - wall_start,
+            backend=self._backend.name,
+            devices=devices,
+            containers=containers,
+        )
+        logger.debug(
+            "collected %d devices, %d GPU containers in %.3fs",
+            len(devices),
+            len(containers),
+            self._snapshot.duration,
+        )
+        return True
+
+    def _read_gpu(self) -> GpuReading | None:
+        try:
+            reading = self._backend.read()
+        except Exception as exc:  # noqa: BLE001 - a backend failure must not stop the loop
+            self._errors.add("gpu")
+            self._gpu_episode.fail(exc)
+            return None
+        if reading.errors:
+            self._errors.add("gpu", len(reading.errors))
+            self._gpu_episode.fail(", ".join(sorted(set(reading.errors))))
+        else:
+            self._gpu_episode.ok()
+        return reading
+
+    def _device_state(
+        self, device: GpuDevice, sample: DeviceSample | None, busy: bool, now: float
+    ) -> DeviceState:
+        last_busy = self._book.observe_device(device.device_uuid, busy=busy, now=now)
+        processes = None
+        if sample is not None and sample.processes is not None:
+            processes = len(sample.processes)
+        return DeviceState(
+            device=device,
+            activity_ratio=sample.activity_ratio if sample is not None else None,
+            processes=processes,
+            memory_used_bytes=sample.memory_used_bytes if sample is not None else None,
+            busy=busy,
+            last_busy=last_busy,
+        )
+
+    def _container_states(
+        self,
+        running: list[KnownContainer],
+        samples: Mapping[str, DeviceSample],
+        device_busy: Mapping[str, bool],
+        now: float,
+    ) -> tuple[ContainerState, ...]:
+        holders = Counter(d for e in running for d in e.facts.gpu_devices)
+        owners = self._process_owners(holders, samples, device_busy)
+        at = datetime.fromtimestamp(now, tz=UTC)
+        max_age = self._policy.keep_alive.max_age
+        states = []
+        for entry in running:
+            facts = entry.facts
+            busy = container_busy(
+                container_id=facts.container_id,
+                devices=facts.gpu_devices,
+                device_busy=device_busy,
+                holders=holders,
+                process_owners=owners,
+            )
+            clock = self._book.observe_container(
+                facts.container_id,
+                started_at=facts.started_at,
+                busy=busy,
+                now=now,
+                measured_since=self._measured_since,
+            )
+            limits = self._policy.limits_for(facts.user, facts.type, at)
+            fresh = keep_alive_fresh(
+                mtime=self._keepalive.mtime(entry, now), now=now, max_age=max_age
+            )
+            idle = idle_deadline(
+                last_busy=clock.last_busy,
+                idle_timeout=limits.idle_timeout,
+                idle_exempt=limits.idle_exempt,
+                keep_alive=fresh,
+            )
+            runtime = runtime_deadline(
+                first_start=clock.first_start,
+                max_runtime=limits.max_runtime,
+                runtime_exempt=limits.runtime_exempt,
+            )
+            states.append(
+                ContainerState(
+                    facts=facts,
+                    group=limits.group,
+                    busy=busy,
+                    first_start=clock.first_start,
+                    last_busy=clock.last_busy,
+                    keep_alive=fresh,
+                    idle_deadline=idle.at,
+                    idle_deadline_reason=idle.reason,
+                    runtime_deadline=runtime.at,
+                    runtime_deadline_reason=runtime.reason,
+                )
+            )
+        return tuple(states)
+
+    def _process_owners(
+        self,
+        holders: Mapping[str, int],
+        samples: Mapping[str, DeviceSample],
+        device_busy: Mapping[str, bool],
+    ) -> dict[str, frozenset[str] | None]:
+        """Which containers have a process on each busy device that several containers share."""
+        owners: dict[str, frozenset[str] | None] = {}
+        for uuid, count in holders.items():
+            if count <= 1 or not device_busy.get(uuid, True):
+                continue
+            sample = samples.get(uuid)
+            if sample is None or sample.processes is None:
+                owners[uuid] = None
+                continue
+            found = (self._pid_owner(pid) for pid in sample.process_pids)
+            owners[uuid] = frozenset(cid for cid in found if cid)
+        return owners
+
+    def _save_state(self) -> None:
+        if self._store is None or not self._book.dirty:
+            return
+        try:
+            self._store.save(self._book)
+        except OSError as exc:
+            self._errors.add("state")
+            self._state_episode.fail(f"{self._store.path}: {exc}")
+        else:
+            self._state_episode.ok()

@@ -1,0 +1,218 @@
+"""The container inventory: one full listing at (re)connect, then the Docker events stream.
+
+The collector reads `Inventory.entries()` each cycle; only the watcher thread talks to Docker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ds01.containers import ContainerFacts, classify
+from ds01.gpu import GpuDevice
+
+from .health import Episode, ErrorCounters
+
+logger = logging.getLogger(__name__)
+
+# Events that can change what we know of a container; anything else (exec_*, health, …) is noise.
+WATCHED_ACTIONS = frozenset({"start", "die", "destroy", "rename", "update", "restart"})
+
+Inspect = Callable[[str], Mapping[str, Any] | None]  # None: the container no longer exists
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str  # path inside the container
+    source: str  # path on the host ("" for tmpfs and the like)
+    type: str
+
+
+@dataclass(frozen=True)
+class KnownContainer:
+    """One container as the exporter knows it: classified facts plus what keep-alive needs."""
+
+    facts: ContainerFacts
+    mounts: tuple[Mount, ...] = ()
+
+
+def known_container(inspect: Mapping[str, Any], devices: Iterable[GpuDevice]) -> KnownContainer:
+    mounts = tuple(
+        Mount(str(m.get("Destination", "")), str(m.get("Source") or ""), str(m.get("Type", "")))
+        for m in inspect.get("Mounts") or ()
+    )
+    return KnownContainer(classify(inspect, devices), mounts)
+
+
+class Inventory:
+    """Thread-safe map of container id -> KnownContainer; `ready` after the first full listing."""
+
+    def __init__(self, inspect: Inspect, devices: Iterable[GpuDevice]) -> None:
+        self._inspect = inspect
+        self._devices = tuple(devices)
+        self._lock = threading.Lock()
+        self._containers: dict[str, KnownContainer] = {}
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def entries(self) -> tuple[KnownContainer, ...]:
+        with self._lock:
+            return tuple(self._containers.values())
+
+    def replace_all(self, inspects: Iterable[Mapping[str, Any]]) -> None:
+        """Install a full listing: containers not in it are gone."""
+        fresh = {}
+        for data in inspects:
+            entry = known_container(data, self._devices)
+            fresh[entry.facts.container_id] = entry
+        with self._lock:
+            self._containers = fresh
+            self._ready = True
+
+    def put(self, data: Mapping[str, Any]) -> None:
+        entry = known_container(data, self._devices)
+        with self._lock:
+            self._containers[entry.facts.container_id] = entry
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            self._containers.pop(container_id, None)
+
+    def apply_event(self, event: Mapping[str, Any]) -> None:
+        """One Docker event: re-inspect the container, or forget it when destroyed.
+
+        Raises whatever the inspect call raises (the watcher then reconnects and relists).
+        """
+        if event.get("Type", "container") != "container":
+            return
+        action = str(event.get("Action") or event.get("status") or "")
+        container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
+        if action not in WATCHED_ACTIONS or not container_id:
+            return
+        if action == "destroy":
+            self.remove(container_id)
+            return
+        data = self._inspect(container_id)
+        if data is None:
+            self.remove(container_id)
+        else:
+            self.put(data)
+        logger.debug("container %s: %s", container_id[:12], action)
+
+
+class DockerLink:
+    """The Docker client, made on first use: the exporter starts even while Docker is down."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+
+def docker_inspector(docker_client: Callable[[], Any]) -> Inspect:
+    """`docker inspect` through the API client; None when the container is gone."""
+    import docker
+
+    def inspect(container_id: str) -> Mapping[str, Any] | None:
+        try:
+            return docker_client().api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+
+    return inspect
+
+
+class DockerWatcher:
+    """Background thread: open the events stream, relist everything, then follow the events.
+
+    Any failure (Docker down, stream ended) is counted under source "docker", logged once per
+    outage, and followed by a reconnect and a full relist, so the inventory catches up.
+    """
+
+    def __init__(
+        self,
+        docker_client: Callable[[], Any],
+        inventory: Inventory,
+        errors: ErrorCounters,
+        *,
+        retry_interval: float = 5.0,
+    ) -> None:
+        self._client = docker_client
+        self._inventory = inventory
+        self._inspect = docker_inspector(docker_client)
+        self._errors = errors
+        self._retry = retry_interval
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._connected = False
+        self._episode = Episode(logger, "docker events stream")
+        self._thread = threading.Thread(target=self._run, name="docker-watcher", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._close_stream()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                reason: object = "events stream ended"
+            except Exception as exc:  # noqa: BLE001 - any Docker/transport failure means reconnect
+                reason = exc
+            self._connected = False
+            self._close_stream()
+            if self._stop.is_set():
+                break
+            self._errors.add("docker")
+            self._episode.fail(reason)
+            self._stop.wait(self._retry)
+
+    def _follow(self) -> None:
+        # Open the stream first, then list: events during the listing are replayed, not lost.
+        self._stream = self._client().api.events(filters={"type": ["container"]}, decode=True)
+        self.relist()
+        self._connected = True
+        self._episode.ok()
+        for event in self._stream:
+            if self._stop.is_set():
+                return
+            self._inventory.apply_event(event)
+
+    def relist(self) -> None:
+        """Full listing: every container, running or not (a stopped one keeps its clock)."""
+        listed = self._client().api.containers(all=True, quiet=True)
+        inspects = []
+        for item in listed:
+            data = self._inspect(item["Id"])
+            if data is not None:
+                inspects.append(data)
+        self._inventory.replace_all(inspects)
+        logger.info("inventory: %d containers listed", len(inspects))
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                logger.debug("closing the events stream failed", exc_info=True)

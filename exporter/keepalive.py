@@ -1,0 +1,119 @@
+"""The keep-alive file: read through the container's mount on the host when there is one,
+otherwise through the Docker archive API at most once per interval. Never `docker exec`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ds01.containers import parse_docker_time
+
+from .health import Episode, ErrorCounters
+from .inventory import KnownContainer, Mount
+
+logger = logging.getLogger(__name__)
+
+ArchiveStat = Callable[[str, str], float | None]  # (container id, path) -> mtime or None
+
+
+def host_path(mounts: Iterable[Mount], path: str) -> tuple[str, str] | None:
+    """(host path of `path`, host folder of the mount) through the deepest mount holding it."""
+    best: Mount | None = None
+    best_dest = ""
+    for mount in mounts:
+        if not mount.source:
+            continue
+        dest = mount.destination.rstrip("/")
+        if (path == dest or path.startswith(dest + "/")) and len(dest) >= len(best_dest):
+            best, best_dest = mount, dest
+    if best is None:
+        return None
+    relative = path[len(best_dest) :].lstrip("/")
+    return (os.path.join(best.source, relative) if relative else best.source), best.source
+
+
+def docker_archive_stat(docker_client: Callable[[], Any]) -> ArchiveStat:
+    """mtime of a path inside a container from a HEAD on the archive endpoint (no file copy)."""
+
+    def stat(container_id: str, path: str) -> float | None:
+        api = docker_client().api
+        url = api._url("/containers/{0}/archive", container_id)
+        response = api.head(url, params={"path": path}, timeout=api.timeout)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        header = response.headers.get("X-Docker-Container-Path-Stat")
+        if not header:
+            raise ValueError("archive answer without X-Docker-Container-Path-Stat")
+        return parse_docker_time(json.loads(base64.b64decode(header))["mtime"])
+
+    return stat
+
+
+@dataclass(frozen=True)
+class _Checked:
+    at: float
+    mtime: float | None
+
+
+class KeepAliveChecker:
+    """Remembers each container's keep-alive mtime; owned by the collector thread."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        archive_stat: ArchiveStat | None,
+        interval: float,
+        errors: ErrorCounters,
+    ) -> None:
+        self.path = path
+        self._archive_stat = archive_stat
+        self._interval = interval
+        self._errors = errors
+        self._cache: dict[str, _Checked] = {}
+        self._episode = Episode(logger, "keep-alive check")
+
+    def mtime(self, container: KnownContainer, now: float) -> float | None:
+        """The file's mtime (Unix seconds), or None when it is absent or cannot be read."""
+        found = host_path(container.mounts, self.path)
+        if found is not None:
+            target, mount_source = found
+            try:
+                return os.lstat(target).st_mtime
+            except FileNotFoundError:
+                if os.path.isdir(mount_source) or os.path.isfile(mount_source):
+                    return None  # the mount is visible here: the file is simply absent
+            except OSError as exc:
+                self._errors.add("keepalive")
+                self._episode.fail(f"{target}: {exc.strerror}")
+                return None
+        return self._via_archive(container.facts.container_id, now)
+
+    def _via_archive(self, container_id: str, now: float) -> float | None:
+        cached = self._cache.get(container_id)
+        if cached is not None and now - cached.at < self._interval:
+            return cached.mtime
+        if self._archive_stat is None:
+            return None
+        try:
+            mtime = self._archive_stat(container_id, self.path)
+        except Exception as exc:  # noqa: BLE001 - any Docker/transport failure is counted
+            self._errors.add("keepalive")
+            self._episode.fail(f"container {container_id[:12]}: {exc}")
+            mtime = cached.mtime if cached is not None else None
+        else:
+            self._episode.ok()
+        self._cache[container_id] = _Checked(now, mtime)
+        return mtime
+
+    def retain(self, container_ids: Iterable[str]) -> None:
+        keep = set(container_ids)
+        for cid in [c for c in self._cache if c not in keep]:
+            del self._cache[cid]

@@ -1,0 +1,179 @@
+"""Snapshot in, metrics out: a custom prometheus-client collector (names: DESIGN.md, Metrics).
+
+`collect()` turns the last published snapshot into fresh metric families and never calls
+Docker or the GPU backend; `describe()` lists the families so registering does not collect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .health import ErrorCounters
+from .snapshot import ContainerState, Snapshot
+
+DEVICE_LABELS = ["device_uuid"]
+DEVICE_INFO_LABELS = ["device_uuid", "gpu_uuid", "gpu_index", "gi_id", "profile", "model", "kind"]
+CONTAINER_LABELS = ["container_id", "container", "user", "group", "type"]
+CONTAINER_INFO_LABELS = [*CONTAINER_LABELS, "image", "managed", "allocation"]
+
+# name -> (help, labels); every family the exporter can emit, in one place.
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "ds01_gpu_device_info": (
+        "Always 1: one series per whole GPU and per MIG instance, with its identity.",
+        DEVICE_INFO_LABELS,
+    ),
+    "ds01_gpu_device_activity_ratio": (
+        "Device activity as a ratio from 0 to 1; absent where it cannot be measured.",
+        DEVICE_LABELS,
+    ),
+    "ds01_gpu_device_processes": ("Compute processes on the device (count).", DEVICE_LABELS),
+    "ds01_gpu_device_memory_used_bytes": ("Device memory in use, in bytes.", DEVICE_LABELS),
+    "ds01_gpu_device_memory_total_bytes": ("Device memory in total, in bytes.", DEVICE_LABELS),
+    "ds01_gpu_device_busy": (
+        "1 when the device counts as busy for idleness, else 0.",
+        DEVICE_LABELS,
+    ),
+    "ds01_gpu_device_last_busy_timestamp_seconds": (
+        "When the device last counted as busy, in Unix seconds.",
+        DEVICE_LABELS,
+    ),
+    "ds01_container_info": (
+        "Always 1: one series per running container with GPU access, with its identity.",
+        CONTAINER_INFO_LABELS,
+    ),
+    "ds01_container_gpu_device": (
+        "Always 1: one series per device a running container holds.",
+        [*CONTAINER_LABELS, "device_uuid"],
+    ),
+    "ds01_container_start_time_seconds": (
+        "First start of the container in Unix seconds; a restart does not reset it.",
+        CONTAINER_LABELS,
+    ),
+    "ds01_container_busy": (
+        "1 when a device the container holds is busy for it, else 0.",
+        CONTAINER_LABELS,
+    ),
+    "ds01_container_last_busy_timestamp_seconds": (
+        "When the container last counted as busy, in Unix seconds (starts at its first start).",
+        CONTAINER_LABELS,
+    ),
+    "ds01_container_idle_deadline_timestamp_seconds": (
+        "Unix seconds after which the container counts as idle too long; +Inf when a fresh "
+        "keep-alive file or an idle exemption applies.",
+        CONTAINER_LABELS,
+    ),
+    "ds01_container_runtime_deadline_timestamp_seconds": (
+        "Unix seconds after which the container has run too long; +Inf under an exemption.",
+        CONTAINER_LABELS,
+    ),
+    "ds01_container_keep_alive": (
+        "1 when the container's keep-alive file is present and fresh, else 0.",
+        CONTAINER_LABELS,
+    ),
+    "ds01_exporter_build_info": (
+        "Always 1: the exporter's version and the GPU backend in use.",
+        ["version", "backend"],
+    ),
+    "ds01_exporter_collect_duration_seconds": (
+        "Wall time of the last published collection, in seconds.",
+        [],
+    ),
+    "ds01_exporter_last_collect_timestamp_seconds": (
+        "When the last published collection ran, in Unix seconds (0 before the first one).",
+        [],
+    ),
+}
+ERRORS_NAME = "ds01_exporter_collect_errors"
+ERRORS_HELP = "Collection errors by source (docker, gpu, keepalive, state), a count."
+
+
+def _gauges() -> dict[str, GaugeMetricFamily]:
+    return {
+        name: GaugeMetricFamily(name, help_text, labels=labels)
+        for name, (help_text, labels) in FAMILIES.items()
+    }
+
+
+def _bool(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
+class SnapshotCollector(Collector):
+    """Reads `source()` (the collector's last snapshot) and the live error counters."""
+
+    def __init__(
+        self,
+        source: Callable[[], Snapshot | None],
+        errors: ErrorCounters,
+        *,
+        version: str,
+        backend: str,
+    ) -> None:
+        self._source = source
+        self._errors = errors
+        self._version = version
+        self._backend = backend
+
+    def describe(self) -> Iterator[Metric]:
+        yield from _gauges().values()
+        yield CounterMetricFamily(ERRORS_NAME, ERRORS_HELP, labels=["source"])
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._source()
+        families = _gauges()
+        families["ds01_exporter_build_info"].add_metric([self._version, self._backend], 1)
+        if snapshot is not None:
+            _add_snapshot(families, snapshot)
+        families["ds01_exporter_collect_duration_seconds"].add_metric(
+            [], snapshot.duration if snapshot else 0.0
+        )
+        families["ds01_exporter_last_collect_timestamp_seconds"].add_metric(
+            [], snapshot.timestamp if snapshot else 0.0
+        )
+        yield from families.values()
+        errors = CounterMetricFamily(ERRORS_NAME, ERRORS_HELP, labels=["source"])
+        for source, count in sorted(self._errors.values().items()):
+            errors.add_metric([source], count)
+        yield errors
+
+
+def _add_snapshot(families: dict[str, GaugeMetricFamily], snapshot: Snapshot) -> None:
+    for state in snapshot.devices:
+        d = state.device
+        key = [d.device_uuid]
+        gi_id = "" if d.gi_id is None else str(d.gi_id)
+        families["ds01_gpu_device_info"].add_metric(
+            [d.device_uuid, d.gpu_uuid, str(d.gpu_index), gi_id, d.profile, d.model, d.kind], 1
+        )
+        if state.activity_ratio is not None:
+            families["ds01_gpu_device_activity_ratio"].add_metric(key, state.activity_ratio)
+        if state.processes is not None:
+            families["ds01_gpu_device_processes"].add_metric(key, state.processes)
+        if state.memory_used_bytes is not None:
+            families["ds01_gpu_device_memory_used_bytes"].add_metric(key, state.memory_used_bytes)
+        families["ds01_gpu_device_memory_total_bytes"].add_metric(key, d.memory_total_bytes)
+        families["ds01_gpu_device_busy"].add_metric(key, _bool(state.busy))
+        families["ds01_gpu_device_last_busy_timestamp_seconds"].add_metric(key, state.last_busy)
+    for container in snapshot.containers:
+        _add_container(families, container)
+
+
+def _add_container(families: dict[str, GaugeMetricFamily], c: ContainerState) -> None:
+    f = c.facts
+    key = [f.container_id, f.name, f.user, c.group, f.type]
+    families["ds01_container_info"].add_metric(
+        [*key, f.image, "true" if f.managed else "false", f.allocation], 1
+    )
+    for device_uuid in f.gpu_devices:
+        families["ds01_container_gpu_device"].add_metric([*key, device_uuid], 1)
+    families["ds01_container_start_time_seconds"].add_metric(key, c.first_start)
+    families["ds01_container_busy"].add_metric(key, _bool(c.busy))
+    families["ds01_container_last_busy_timestamp_seconds"].add_metric(key, c.last_busy)
+    families["ds01_container_idle_deadline_timestamp_seconds"].add_metric(key, c.idle_deadline)
+    families["ds01_container_runtime_deadline_timestamp_seconds"].add_metric(
+        key, c.runtime_deadline
+    )
+    families["ds01_container_keep_alive"].add_metric(key, _bool(c.keep_alive))

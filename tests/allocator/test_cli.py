@@ -1,0 +1,70 @@
+import pytest
+
+from allocator import cli, container_cli
+from allocator.container_cli import container_timing, exporter_state
+
+
+def test_allocator_parser_defaults():
+    args = cli.build_parser().parse_args([])
+    assert args.socket is None and args.threads == 64
+    assert args.tick == 0.1 and args.ticket_grace == 10.0
+
+
+def test_allocator_parser_reads_durations():
+    args = cli.build_parser().parse_args(["--tick", "250ms", "--ticket-grace", "1m"])
+    assert args.tick == 0.25 and args.ticket_grace == 60.0
+
+
+def test_listen_without_token_file_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--listen", "127.0.0.1:9999", "--state-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "--token-file" in capsys.readouterr().err
+
+
+def test_invalid_policy_is_refused_with_the_key(capsys, tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("gpu_wait: soon\n")
+    with pytest.raises(SystemExit):
+        cli.main(["--policy", str(bad)])
+    assert "gpu_wait" in capsys.readouterr().err
+
+
+def test_container_parser():
+    parser = container_cli.build_parser()
+    args = parser.parse_args(["deploy", "job", "--profile", "3g.71gb"])
+    assert (args.action, args.name, args.profile, args.gpus) == ("deploy", "job", "3g.71gb", 1)
+    assert parser.parse_args(["ls"]).action == "ls"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["deploy", "job", "--gpus", "2", "--profile", "1g.18gb"])
+
+
+def test_container_cli_without_allocator_says_so(capsys, tmp_path):
+    code = container_cli.main(
+        ["--socket", str(tmp_path / "none.sock"), "deploy", "job", "--image", "x"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "container deploy:" in err
+
+
+def test_timing_from_exporter_state():
+    state = {
+        "containers": [
+            {
+                "container_id": "abc",
+                "last_busy": 1000.0,
+                "idle_deadline": 4600.0,
+                "runtime_deadline": float("inf"),
+            }
+        ]
+    }
+    idle, stops = container_timing(state, "abc", now=1600.0)
+    assert idle == "10m" and stops != "-"
+    assert container_timing(state, "other", now=1600.0) == ("-", "-")
+    assert container_timing(None, "abc", now=1600.0) == ("-", "-")
+
+
+def test_unreachable_exporter_degrades_to_none():
+    assert exporter_state("http://127.0.0.1:9") is None
+    assert exporter_state(None) is None

@@ -1,0 +1,249 @@
+"""The allocator with the private dockerd: container CLI, wrapper, lifecycle and restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from allocator import container_cli
+from allocator.client import AllocatorClient, Refused
+from ds01.stack import ChildProcess
+from tests.allocator.conftest import wait_for, write_policy
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def stack(allocator_factory, docker_client, dockerd, busybox_image, short_dir):
+    """An allocator that follows the private dockerd, and a `container` command bound to both."""
+
+    def make(**policy):
+        runtime = allocator_factory(policy=policy, docker=docker_client)
+        home = short_dir / "home"
+        home.mkdir(exist_ok=True)
+
+        def container(*args: str) -> int:
+            common = ["--socket", str(runtime.socket_path), "--docker-host", dockerd.url]
+            if args[0] == "deploy":
+                args = (
+                    *args,
+                    "--image",
+                    busybox_image,
+                    "--network",
+                    "none",
+                    "--home",
+                    str(home),
+                )
+            if args[0] in ("list", "ls"):
+                args = (*args, "--exporter-url", "http://127.0.0.1:9")
+            return container_cli.main([*common, *args])
+
+        return runtime, AllocatorClient(str(runtime.socket_path)), container
+
+    return make
+
+
+def _allocation_of(docker_client, name):
+    return docker_client.containers.get(name).labels["ds01.allocation"]
+
+
+def test_deploy_runs_on_an_allocated_mig_device_with_labels_and_retire_frees_it(
+    stack, docker_client, capsys
+):
+    runtime, client, container = stack()
+    assert container("deploy", "job1") == 0
+    attrs = docker_client.api.inspect_container("job1")
+    [request] = attrs["HostConfig"]["DeviceRequests"]
+    [device] = request["DeviceIDs"]
+    assert device.startswith("MIG-") and attrs["State"]["Running"]
+    labels = attrs["Config"]["Labels"]
+    assert labels["ds01.managed"] == "true" and labels["ds01.user"] == "root"
+    assert labels["ds01.gpu.devices"] == device and labels["ds01.type"] == "ds01"
+    alloc_id = labels["ds01.allocation"]
+    bound = wait_for(
+        lambda: [a for a in runtime.allocator.live() if a.id == alloc_id and a.state == "bound"],
+        what="allocation bound through the events stream",
+    )
+    assert bound[0].container_id == attrs["Id"] and bound[0].devices == (device,)
+
+    assert container("ls") == 0
+    out = capsys.readouterr().out
+    assert "job1" in out and "running" in out and "(1g.18gb)" in out
+
+    assert container("retire", "job1") == 0
+    assert client.get(alloc_id)["state"] == "released"
+    assert [d["state"] for d in client.devices() if d["device_uuid"] == device] == ["free"]
+    assert not docker_client.containers.list(all=True, filters={"name": "job1"})
+
+
+def test_a_student_at_2_of_2_is_refused_at_once(stack, capsys):
+    _, _, container = stack(users={"root": "student"})
+    assert container("deploy", "s1") == 0
+    assert container("deploy", "s2") == 0
+    capsys.readouterr()
+    assert container("deploy", "s3") == 1
+    err = capsys.readouterr().err
+    assert "holds 2 of 2" in err
+    for name in ("s1", "s2"):
+        container("retire", name)
+
+
+def test_stop_holds_the_device_then_frees_it(stack, docker_client):
+    runtime, client, container = stack(gpu_hold_after_stop="1s")
+    assert container("deploy", "held1") == 0
+    alloc_id = _allocation_of(docker_client, "held1")
+    wait_for(lambda: client.get(alloc_id)["state"] == "bound", what="bound")
+    assert container("stop", "held1") == 0
+    wait_for(lambda: client.get(alloc_id)["state"] == "held", what="held after stop")
+    wait_for(lambda: client.get(alloc_id)["state"] == "released", what="hold expiry")
+    assert client.get(alloc_id)["release_reason"] == "hold_expired"
+    container("retire", "held1")
+
+
+def test_removing_the_container_frees_the_device_at_once(stack, docker_client):
+    runtime, client, container = stack()
+    assert container("deploy", "rm1") == 0
+    alloc_id = _allocation_of(docker_client, "rm1")
+    docker_client.containers.get("rm1").remove(force=True)  # plain docker, no retire
+    wait_for(lambda: client.get(alloc_id)["state"] == "released", what="freed on destroy")
+    assert client.get(alloc_id)["release_reason"] == "container_removed"
+
+
+def test_a_full_inventory_queues_three_waiters_served_in_fifo_order_on_retire(stack, docker_client):
+    runtime, client, container = stack(gpu_wait="60s")
+    assert container("deploy", "big0", "--profile", "3g.71gb") == 0
+    finished: list[str] = []
+    threads = []
+    for name in ("big1", "big2", "big3"):
+        thread = threading.Thread(
+            target=lambda n=name: (
+                container("deploy", n, "--profile", "3g.71gb") == 0 and finished.append(n)
+            )
+        )
+        thread.start()
+        threads.append(thread)
+        expected = len(threads)
+        wait_for(lambda e=expected: len(runtime.allocator.queue) == e, what=f"{name} queued")
+    for previous in ("big0", "big1", "big2"):
+        count = len(finished)
+        assert container("retire", previous) == 0
+        wait_for(lambda c=count: len(finished) == c + 1, timeout=30, what="next deploy")
+    for thread in threads:
+        thread.join(10)
+    assert finished == ["big1", "big2", "big3"]
+    container("retire", "big3")
+
+
+def _docker_env(runtime, dockerd) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DOCKER_HOST": dockerd.url,
+        "DS01_ALLOCATOR_SOCKET": str(runtime.socket_path),
+        "DS01_REAL_DOCKER": "/usr/bin/docker",
+    }
+
+
+def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
+    stack, docker_client, dockerd, busybox_image
+):
+    if not Path("/usr/bin/docker").exists():
+        pytest.skip("the docker CLI is not installed")
+    runtime, client, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "-d", "--network", "none", "--name", "wrapped",
+         "--gpus", "all", "-l", "ds01.user=mallory", busybox_image, "sleep", "3600"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    try:
+        attrs = docker_client.api.inspect_container("wrapped")
+        [request] = attrs["HostConfig"]["DeviceRequests"]
+        assert len(request["DeviceIDs"]) == 1
+        labels = attrs["Config"]["Labels"]
+        assert labels["ds01.user"] == "root"  # the forged label was overwritten
+        assert labels["ds01.managed"] == "true" and labels["ds01.type"] == "docker"
+        assert labels["ds01.gpu.devices"] == request["DeviceIDs"][0]
+        alloc_id = labels["ds01.allocation"]
+        wait_for(lambda: client.get(alloc_id)["state"] == "bound", what="bound")
+        assert client.get(alloc_id)["devices"] == request["DeviceIDs"]
+    finally:
+        docker_client.containers.get("wrapped").remove(force=True)
+
+
+def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
+    if not Path("/usr/bin/docker").exists():
+        pytest.skip("the docker CLI is not installed")
+    runtime, _, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    for args in (["ps"], ["ps", "-a", "--format", "{{.Names}}"], ["inspect", "no-such-thing"]):
+        real = subprocess.run(["/usr/bin/docker", *args], env=env, capture_output=True)
+        wrapped = subprocess.run([BIN / "ds01-docker", *args], env=env, capture_output=True)
+        assert (wrapped.returncode, wrapped.stdout, wrapped.stderr) == (
+            real.returncode,
+            real.stdout,
+            real.stderr,
+        )
+
+
+def test_wrapper_reports_a_refusal_and_runs_nothing(stack, dockerd, busybox_image):
+    if not Path("/usr/bin/docker").exists():
+        pytest.skip("the docker CLI is not installed")
+    runtime, _, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "--rm", "--gpus", "9", busybox_image, "true"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 125
+    assert run.stderr.startswith("ds01: asked for 9")
+
+
+def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busybox_image):
+    folder = short_dir / "restart"
+    folder.mkdir()
+    policy = write_policy(folder, gpu_hold_after_stop="1h")
+    sock = folder / "s.sock"
+    argv = [
+        str(BIN / "ds01"), "allocator", "--policy", str(policy), "--state-dir", str(folder),
+        "--socket", str(sock), "--docker-host", dockerd.url, "--gpu-backend", "sim",
+        "--tick", "50ms", "--inventory-refresh", "0",
+    ]  # fmt: skip
+    client = AllocatorClient(str(sock))
+
+    def start() -> ChildProcess:
+        child = ChildProcess("allocator", argv, folder / "allocator.log").start()
+        child.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        return child
+
+    child = start()
+    try:
+        reserved = client.allocate(user="alice")
+        running = client.allocate(user="bob", name="keep")
+        container = docker_client.containers.run(
+            busybox_image,
+            ["sleep", "3600"],
+            detach=True,
+            network_mode="none",
+            labels={"ds01.user": "bob", "ds01.allocation": running["id"]},
+        )
+        wait_for(lambda: client.get(running["id"])["state"] == "bound", what="bound")
+        child.stop()
+        container.kill()  # dies while the allocator is down
+        child = start()
+        assert client.get(reserved["id"])["state"] == "reserved"
+        after = client.get(running["id"])
+        assert after["state"] == "held" and after["container_id"] == container.id
+        assert {d["state"] for d in client.devices() if d["allocation"]} == {"reserved", "held"}
+        container.remove(force=True)
+        wait_for(lambda: client.get(running["id"])["state"] == "released", what="freed")
+        with pytest.raises(Refused):
+            client.get("nope")
+    finally:
+        child.stop()

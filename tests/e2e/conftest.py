@@ -1,0 +1,160 @@
+"""The whole stack, started by the same supervisor as `ds01 up`, with timings in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ds01.supervisor import Endpoints, StackOptions, StackSupervisor, Timings
+from tests.harness.components import require_binary
+
+# Two MIG instances only, so a third request has to wait for one to be freed.
+TOPOLOGY = """
+seed: ds01-e2e
+gpus:
+  - model: NVIDIA H200
+    memory: 141gb
+    gpm: true
+    mig:
+      - {profile: 3g.71gb, gi_id: 1, mig_index: 0}
+      - {profile: 3g.71gb, gi_id: 2, mig_index: 1}
+"""
+
+POLICY = """
+default_group: student
+users: {root: admin}
+idle_timeout: 15s
+idle_warning: 8s
+runtime_warning: 1m
+gpu_wait: 90s
+gpu_hold_after_stop: 2s
+container_hold_after_stop: 10m
+reservation_ttl: 60s
+stop_grace: 2s
+unmanaged_gpu: {action: stop, grace: 6s}
+gpu: {backend: sim, sim_topology: %s}
+"""
+
+
+@dataclass
+class RunningStack:
+    endpoints: Endpoints
+    supervisor: StackSupervisor
+    home: Path
+    env: dict[str, str]
+
+    def cli(
+        self, *argv: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run one of our console scripts as a user would, against this stack."""
+        result = subprocess.run(
+            [sys.executable, "-c", CLI_SHIM, *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{argv} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def popen(self, *argv: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", CLI_SHIM, *argv],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+# argv[1] names the console script; the rest are its arguments.
+CLI_SHIM = textwrap.dedent(
+    """
+    import sys
+    from ds01 import cli
+    tool = sys.argv[1]
+    entry = {"container": cli.container_main, "gpu-status": cli.gpu_status_main,
+             "ds01-docker": cli.docker_wrapper_main, "ds01": cli.main}[tool]
+    sys.exit(entry(sys.argv[2:]))
+    """
+)
+
+
+@pytest.fixture
+def stack(dockerd, busybox_image, tmp_path: Path) -> Iterator[RunningStack]:
+    require_binary("prometheus")
+    require_binary("prometheus-alertmanager", "alertmanager")
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    policy = tmp_path / "ds01.yaml"
+    policy.write_text(POLICY % topology)
+    state = Path(os.environ.get("DS01_E2E_STATE", tmp_path / "state"))
+    timings = Timings(
+        collect_interval=0.5,
+        scrape_interval=1.0,
+        evaluation_interval=1.0,
+        group_wait=0.0,
+        group_interval=1.0,
+        repeat_interval=5.0,
+        exporter_stale_after=15.0,
+    )
+    supervisor = StackSupervisor(
+        StackOptions(policy, state, timings, docker_host=dockerd.url, log_level="DEBUG")
+    )
+    endpoints = supervisor.start()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(
+        os.environ,
+        DOCKER_HOST=dockerd.url,
+        DS01_ALLOCATOR_SOCKET=endpoints.allocator_socket,
+        DS01_PROMETHEUS_URL=endpoints.prometheus,
+        DS01_SIM_STATE=endpoints.sim_state,
+        DS01_POLICY=str(policy),
+        NO_COLOR="1",
+    )
+    running = RunningStack(endpoints, supervisor, home, env)
+    pids = [child.pid for child in supervisor.children]
+    yield running
+    supervisor.stop()
+    for pid in pids:
+        assert pid is not None and not _alive(pid), f"process {pid} left running after teardown"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes: it only waits to be reaped.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def eventually() -> Callable[..., object]:
+    """Poll a probe until it returns a truthy value; the failure message shows the last value."""
+    import time
+
+    def wait(probe: Callable[[], object], timeout: float, what: str) -> object:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            last = probe()
+            if last:
+                return last
+            time.sleep(0.25)
+        raise AssertionError(f"{what}: not true after {timeout:.0f}s (last: {last!r})")
+
+    return wait

@@ -1,0 +1,77 @@
+"""The SQLite journal: one row per (fingerprint, startsAt, kind), kept until decided."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from enforcer.journal import Journal
+from enforcer.payload import Alert
+
+
+def alert(fingerprint: str = "fp", starts_at: float = 100.0, cid: str = "c" * 64) -> Alert:
+    labels = {"container_id": cid, "reason": "idle", "action": "stop"}
+    return Alert(
+        "firing", fingerprint, starts_at, cid, "idle", "stop", MappingProxyType(labels), {}
+    )
+
+
+def test_repeats_are_journaled_once(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+
+    assert journal.enqueue("stop", [alert(), alert()], now=1.0) == [True, False]
+    assert journal.enqueue("stop", [alert()], now=2.0) == [False]
+    assert journal.enqueue("stop", [alert(starts_at=200.0)], now=2.0) == [True]  # fired again
+    assert journal.enqueue("notify", [alert()], now=2.0) == [True]  # another endpoint
+    assert journal.stats().depth == 3
+
+
+def test_pending_jobs_survive_a_restart_and_decided_ones_stay_deduplicated(tmp_path):
+    first = Journal(tmp_path / "j.db")
+    first.enqueue("stop", [alert("a"), alert("b")], now=10.0)
+    [job_a, _] = first.due(now=10.0)
+    first.finish(job_a.id, decision="stopped", detail="", now=11.0)
+    first.close()
+
+    again = Journal(tmp_path / "j.db")
+
+    [pending] = again.due(now=20.0)
+    assert pending.alert.fingerprint == "b"
+    assert pending.alert == alert("b")
+    assert again.enqueue("stop", [alert("a")], now=21.0) == [False]
+    assert again.stats().depth == 1
+    assert again.stats().oldest_received_at == 10.0
+
+
+def test_retry_later_postpones_and_counts_attempts(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert()], now=10.0)
+    [job] = journal.due(now=10.0)
+
+    journal.retry_later(job.id, error="docker unreachable", due_at=15.0)
+
+    assert journal.due(now=14.0) == []
+    [again] = journal.due(now=15.0)
+    assert again.attempts == 1
+    assert journal.next_due_at() == 15.0
+    assert journal.decisions()[0]["last_error"] == "docker unreachable"
+
+
+def test_due_respects_exclusions_and_future_jobs(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert("a"), alert("b")], now=10.0)
+    journal.enqueue("remove", [alert("a")], now=10.0, due_at=50.0)
+    [a, b] = journal.due(now=10.0)
+
+    assert [j.id for j in journal.due(now=10.0, exclude=[a.id])] == [b.id]
+    assert len(journal.due(now=50.0)) == 3
+
+
+def test_prune_forgets_old_decisions_only(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert("old"), alert("new"), alert("pending")], now=1.0)
+    old, new, _ = journal.due(now=1.0)
+    journal.finish(old.id, decision="stopped", detail="", now=5.0)
+    journal.finish(new.id, decision="stopped", detail="", now=50.0)
+
+    assert journal.prune(finished_before=10.0) == 1
+    assert [r["fingerprint"] for r in journal.decisions()] == ["new", "pending"]

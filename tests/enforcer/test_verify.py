@@ -1,0 +1,153 @@
+"""Re-verification decisions, straight from live facts (no I/O)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from ds01.containers import ContainerFacts
+from enforcer.payload import Alert
+from enforcer.verify import Deadlines, decide_notify, decide_remove, decide_stop
+from tests.enforcer.conftest import make_policy
+
+NOW = 1_800_000_000.0
+CID = "c" * 64
+
+
+def alert(reason: str = "idle", starts_at: float = NOW - 300) -> Alert:
+    labels = {"container_id": CID, "reason": reason, "action": "stop"}
+    return Alert("firing", "fp", starts_at, CID, reason, "stop", MappingProxyType(labels), {})
+
+
+def container(**changes) -> ContainerFacts:
+    base = dict(
+        container_id=CID,
+        name="job",
+        image="img",
+        type="docker",
+        user="alice",
+        managed=False,
+        allocation="",
+        gpu_devices=("MIG-1",),
+        running=True,
+        started_at=NOW - 3600,
+        created_at=NOW - 3600,
+    )
+    base.update(changes)
+    return ContainerFacts(**base)
+
+
+PAST = Deadlines(idle=NOW - 60, runtime=NOW - 60)
+
+
+def stop(**kw):
+    args = dict(alert=alert(), container=container(), deadlines=PAST, policy=make_policy(), now=NOW)
+    args.update(kw)
+    return decide_stop(**args)
+
+
+def test_acts_when_every_check_passes():
+    decision = stop()
+
+    assert decision.act
+    assert decision.why == "past its idle deadline by 1m"
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"container": None}, "gone"),
+        ({"container": container(running=False)}, "not running"),
+        ({"container": container(started_at=NOW - 10)}, "restarted after the alert began"),
+        ({"container": container(gpu_devices=())}, "no GPU access"),
+        ({"deadlines": Deadlines()}, "no current idle deadline series in Prometheus"),
+        ({"deadlines": Deadlines(idle=NOW + 90)}, "not past its idle deadline (due in 1m 30s)"),
+        (
+            {"deadlines": Deadlines(idle=float("inf"))},
+            "idle deadline is not set (keep-alive or exemption)",
+        ),
+        (
+            {"alert": alert("max_runtime"), "deadlines": Deadlines(idle=NOW - 1, runtime=NOW + 5)},
+            "not past its runtime deadline (due in 5s)",
+        ),
+    ],
+)
+def test_skips_with_the_reason(changes, why):
+    decision = stop(**changes)
+
+    assert not decision.act
+    assert decision.label == f"skipped: {why}"
+
+
+def test_protection_comes_from_the_policy_by_name_or_user():
+    policy = make_policy(protected={"names": ["ds01-grafana"], "users": ["svc"]})
+
+    assert stop(policy=policy, container=container(name="ds01-grafana")).why == (
+        "protected by policy"
+    )
+    assert stop(policy=policy, container=container(user="svc")).why == "protected by policy"
+    assert stop(policy=policy).act
+
+
+def test_exemption_applies_only_to_its_kinds_and_dates():
+    policy = make_policy(
+        exemptions=[{"user": "alice", "from": ["idle"], "until": "2030-01-01", "reason": "thesis"}]
+    )
+
+    assert stop(policy=policy).label == "skipped: exempt from idle by policy (thesis)"
+    assert stop(policy=policy, alert=alert("max_runtime")).act
+    assert stop(policy=policy, now=1_999_999_999.0, alert=alert(starts_at=1_999_999_000.0),
+                deadlines=Deadlines(idle=1_999_999_000.0)).act  # fmt: skip
+
+
+def test_labels_never_exempt():
+    exempt_by_label = container(name="job", user="alice")  # labels are not consulted at all
+
+    assert stop(container=exempt_by_label).act
+
+
+def test_unmanaged_follows_the_join_and_the_policy_action():
+    def unmanaged(deadlines, policy=None):
+        return stop(alert=alert("unmanaged"), deadlines=deadlines, policy=policy or make_policy())
+
+    assert unmanaged(Deadlines(unmanaged=True)).act
+    assert unmanaged(Deadlines(unmanaged=False)).why.startswith("no longer unmanaged")
+    assert unmanaged(Deadlines(unmanaged=None)).why == "no current GPU device series in Prometheus"
+    notify_only = make_policy(unmanaged_gpu={"action": "notify"})
+    assert unmanaged(Deadlines(unmanaged=True), notify_only).why == (
+        "policy unmanaged_gpu.action is notify"
+    )
+
+
+def test_warning_needs_no_deadline_but_the_same_container_checks():
+    policy = make_policy()
+
+    assert decide_notify(alert=alert(), container=container(), policy=policy, now=NOW).act
+    assert decide_notify(alert=alert(), container=None, policy=policy, now=NOW).why == "gone"
+
+
+def test_removal_only_of_a_still_stopped_ds01_container():
+    policy = make_policy()
+    stopped = container(type="ds01", running=False, started_at=NOW - 3600)
+
+    assert decide_remove(container=stopped, stopped_at=NOW - 60, policy=policy).act
+    assert decide_remove(container=None, stopped_at=NOW, policy=policy).why == "gone"
+    assert (
+        decide_remove(container=container(type="ds01"), stopped_at=NOW, policy=policy).why
+        == "running again"
+    )
+    assert (
+        decide_remove(
+            container=container(type="ds01", running=False, started_at=NOW - 10),
+            stopped_at=NOW - 60,
+            policy=policy,
+        ).why
+        == "restarted since the stop"
+    )
+    assert (
+        decide_remove(container=container(running=False), stopped_at=NOW, policy=policy).why
+        == "not a ds01-native container (type docker)"
+    )
+    keep = make_policy(container_hold_after_stop=None)
+    assert not decide_remove(container=stopped, stopped_at=NOW, policy=keep).act

@@ -1,0 +1,246 @@
+"""One collection cycle at a time: sim GPU backend, recorded containers, a frozen clock."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import pytest
+
+from ds01.cgroups import container_id_of_pid
+from ds01.clock import FrozenClock
+from ds01.containers import parse_docker_time
+from ds01.policy import parse_policy
+from exporter.clocks import ClockStore
+from exporter.collector import Collector
+from exporter.health import ErrorCounters
+from exporter.inventory import Inventory
+from exporter.keepalive import KeepAliveChecker
+from exporter.service import load_clocks
+
+POLICY = {
+    "idle_timeout": "10m",
+    "users": {"alice": "researcher", "carol": "researcher"},
+    "exemptions": [{"user": "carol", "from": ["idle", "max_runtime"], "reason": "thesis"}],
+}
+
+
+class BrokenBackend:
+    """A GPU backend whose every read fails, as NVML does when the driver goes away."""
+
+    name = "broken"
+
+    def __init__(self, devices):
+        self._devices = devices
+
+    def devices(self):
+        return self._devices
+
+    def read(self):
+        raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+
+    def close(self):
+        return None
+
+
+@pytest.fixture
+def docker_state(inspects):
+    return {data["Id"]: copy.deepcopy(data) for data in inspects.values()}
+
+
+@pytest.fixture
+def managed(inspects):
+    return inspects["gpu-managed"]
+
+
+@pytest.fixture
+def start(managed) -> float:
+    return parse_docker_time(managed["State"]["StartedAt"])
+
+
+@pytest.fixture
+def clock(start) -> FrozenClock:
+    return FrozenClock(start - 5.0)  # measuring began just before the containers started
+
+
+@pytest.fixture
+def fake_proc(tmp_path):
+    """A checked-in-style /proc: PID -> cgroup file naming a container."""
+    root = tmp_path / "proc"
+
+    def put(pid: int, container_id: str) -> None:
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cgroup").write_text(f"0::/system.slice/docker-{container_id}.scope\n")
+
+    put.root = root
+    return put
+
+
+@pytest.fixture
+def inventory(docker_state, sim_inventory) -> Inventory:
+    inventory = Inventory(docker_state.get, sim_inventory)
+    inventory.replace_all(docker_state.values())
+    return inventory
+
+
+@pytest.fixture
+def make_collector(inventory, sim_backend, clock, tmp_path, fake_proc):
+    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None):
+        errors = errors or ErrorCounters()
+        clock_store = ClockStore(tmp_path / "state") if store else None
+        return Collector(
+            backend=backend or sim_backend,
+            inventory=inventory,
+            policy=parse_policy(policy),
+            keepalive=KeepAliveChecker(
+                path="/workspace/.keep-alive", archive_stat=None, interval=60, errors=errors
+            ),
+            errors=errors,
+            book=load_clocks(clock_store, errors) if clock_store else None,
+            store=clock_store,
+            docker_ok=docker_ok,
+            clock=clock,
+            interval=1.0,
+            pid_owner=functools.partial(container_id_of_pid, proc_root=fake_proc.root),
+        )
+
+    return make
+
+
+def by_name(snapshot):
+    return {c.facts.name: c for c in snapshot.containers}
+
+
+def test_only_running_gpu_containers_appear(make_collector, clock, start):
+    clock.current = start + 10
+    collector = make_collector()
+    assert collector.snapshot is None
+    assert collector.collect_once()
+    assert set(by_name(collector.snapshot)) == {"alice-train", "bob-dev"}
+    assert len(collector.snapshot.devices) == 5
+
+
+def test_busy_container_advances_and_idle_deadline_stays(
+    make_collector, sim_state, sim_inventory, clock, start
+):
+    sim_state.set_device(sim_inventory[0].index, busy=True)
+    collector = make_collector()
+    clock.current = start + 10
+    collector.collect_once()
+    first = by_name(collector.snapshot)
+    clock.advance(60)
+    collector.collect_once()
+    later = by_name(collector.snapshot)
+
+    alice, bob = later["alice-train"], later["bob-dev"]
+    assert alice.busy and alice.last_busy == start + 70
+    assert not bob.busy
+    assert bob.idle_deadline == first["bob-dev"].idle_deadline == bob.last_busy + 600
+    assert alice.idle_deadline == start + 70 + 600
+    assert alice.runtime_deadline == pytest.approx(start + 48 * 3600)
+    assert (alice.group, bob.group) == ("researcher", "student")
+    devices = {d.device.device_uuid: d for d in collector.snapshot.devices}
+    assert devices[sim_inventory[0].device_uuid].busy
+    assert devices[sim_inventory[0].device_uuid].last_busy == start + 70
+    assert not devices[sim_inventory[1].device_uuid].busy
+
+
+def test_exemptions_from_the_policy_make_deadlines_infinite(
+    make_collector, inventory, docker_state, managed, clock, start
+):
+    docker_state[managed["Id"]]["Config"]["Labels"]["ds01.user"] = "carol"
+    inventory.replace_all(docker_state.values())
+    clock.current = start + 10
+    collector = make_collector()
+    collector.collect_once()
+    carol = by_name(collector.snapshot)["alice-train"]
+    assert math.isinf(carol.idle_deadline) and carol.idle_deadline_reason == "exempt"
+    assert math.isinf(carol.runtime_deadline) and carol.runtime_deadline_reason == "exempt"
+
+
+def test_on_a_shared_device_the_process_owner_is_busy_and_the_other_is_not(
+    make_collector, inventory, managed, sim_state, sim_inventory, fake_proc, clock, start
+):
+    twin = copy.deepcopy(managed)
+    twin["Id"], twin["Name"] = "f" * 64, "/alice-twin"
+    inventory.put(twin)
+    fake_proc(4242, managed["Id"])
+    sim_state.set_device(sim_inventory[0].index, busy=True, pids=[4242])
+    clock.current = start + 10
+    collector = make_collector()
+    collector.collect_once()
+    states = by_name(collector.snapshot)
+    assert states["alice-train"].busy
+    assert not states["alice-twin"].busy
+
+
+def test_a_failing_gpu_backend_publishes_nothing_and_counts_unmeasured_time_as_busy(
+    make_collector, sim_inventory, managed, clock, start, tmp_path
+):
+    errors = ErrorCounters()
+    broken = make_collector(backend=BrokenBackend(sim_inventory), errors=errors)
+    clock.current = start + 300
+    assert broken.collect_once() is False
+    assert broken.snapshot is None
+    assert errors.values()["gpu"] == 1
+    saved = ClockStore(tmp_path / "state").load()
+    assert saved.containers[managed["Id"]].last_busy == start + 300
+
+
+def test_an_unmeasurable_device_counts_busy_and_is_counted(
+    make_collector, sim_state, sim_inventory, clock, start
+):
+    errors = ErrorCounters()
+    sim_state.set_device(sim_inventory[1].index, fail=True)
+    collector = make_collector(errors=errors)
+    clock.current = start + 100
+    assert collector.collect_once()
+    assert by_name(collector.snapshot)["bob-dev"].busy
+    assert errors.values()["gpu"] == 1
+
+
+def test_without_docker_nothing_new_is_published(make_collector, clock, start):
+    healthy = {"ok": True}
+    collector = make_collector(docker_ok=lambda: healthy["ok"])
+    clock.current = start + 10
+    collector.collect_once()
+    published = collector.snapshot
+    healthy["ok"] = False
+    clock.advance(30)
+    assert collector.collect_once() is False
+    assert collector.snapshot is published
+
+
+def test_a_restart_keeps_clocks_and_deadlines(
+    make_collector, sim_state, sim_inventory, clock, start
+):
+    sim_state.set_device(sim_inventory[0].index, busy=True)
+    first = make_collector()
+    clock.current = start + 10
+    first.collect_once()
+    first.stop()
+    before = by_name(first.snapshot)
+    sim_state.set_device(sim_inventory[0].index, busy=False)
+    clock.advance(120)  # the exporter was down for two minutes
+    second = make_collector()
+    second.collect_once()
+    after = by_name(second.snapshot)
+    for name in ("alice-train", "bob-dev"):
+        assert after[name].first_start == before[name].first_start
+        assert after[name].last_busy == before[name].last_busy
+        assert after[name].idle_deadline == before[name].idle_deadline
+        assert after[name].runtime_deadline == before[name].runtime_deadline
+
+
+def test_removed_containers_lose_their_clocks(
+    make_collector, inventory, managed, tmp_path, clock, start
+):
+    collector = make_collector()
+    clock.current = start + 10
+    collector.collect_once()
+    assert managed["Id"] in ClockStore(tmp_path / "state").load().containers
+    inventory.remove(managed["Id"])
+    collector.collect_once()
+    saved = ClockStore(tmp_path / "state").load()
+    assert managed["Id"] not in saved.containers

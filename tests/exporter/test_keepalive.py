@@ -1,0 +1,104 @@
+"""Keep-alive reads: through the host's view of a mount, else the archive API once per interval."""
+
+from __future__ import annotations
+
+import os
+
+from ds01.containers import ContainerFacts
+from exporter.health import ErrorCounters
+from exporter.inventory import KnownContainer, Mount
+from exporter.keepalive import KeepAliveChecker, host_path
+
+PATH = "/workspace/.keep-alive"
+
+
+def test_host_path_uses_the_deepest_mount_holding_the_file():
+    mounts = [
+        Mount("/", "/srv/root", "bind"),
+        Mount("/workspace", "/home/u/ws", "bind"),
+        Mount("/workspace/data", "/data", "bind"),
+        Mount("/tmp", "", "tmpfs"),
+    ]
+    assert host_path(mounts, PATH) == ("/home/u/ws/.keep-alive", "/home/u/ws")
+    assert host_path([Mount(PATH, "/host/ka", "bind")], PATH) == ("/host/ka", "/host/ka")
+    assert host_path([Mount("/workspace2", "/x", "bind")], PATH) is None
+    assert host_path([Mount("/workspace", "", "tmpfs")], PATH) is None
+
+
+def container(cid: str = "c" * 64, mounts: tuple[Mount, ...] = ()) -> KnownContainer:
+    facts = ContainerFacts(cid, "n", "img", "docker", "u", False, "", ("MIG-x",), True, 1.0, 1.0)
+    return KnownContainer(facts, mounts)
+
+
+class ArchiveStub:
+    """Stands in for Docker's archive endpoint (tests only; the real one runs in integration)."""
+
+    def __init__(self, mtime: float | None = None, fail: bool = False) -> None:
+        self.mtime, self.fail, self.calls = mtime, fail, 0
+
+    def __call__(self, container_id: str, path: str) -> float | None:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("docker is down")
+        return self.mtime
+
+
+def checker(stub: ArchiveStub | None, errors: ErrorCounters | None = None) -> KeepAliveChecker:
+    return KeepAliveChecker(
+        path=PATH, archive_stat=stub, interval=60.0, errors=errors or ErrorCounters()
+    )
+
+
+def test_reads_through_the_mount_every_time_without_docker(tmp_path):
+    stub = ArchiveStub(mtime=1.0)
+    ka = checker(stub)
+    c = container(mounts=(Mount("/workspace", str(tmp_path), "bind"),))
+    assert ka.mtime(c, now=0.0) is None  # absent: the mount is visible, the file is not there
+    (tmp_path / ".keep-alive").touch()
+    os.utime(tmp_path / ".keep-alive", (1234.0, 1234.0))
+    assert ka.mtime(c, now=1.0) == 1234.0
+    assert stub.calls == 0
+
+
+def test_a_mount_not_visible_here_falls_back_to_the_archive_api(tmp_path):
+    stub = ArchiveStub(mtime=42.0)
+    c = container(mounts=(Mount("/workspace", str(tmp_path / "not-here"), "bind"),))
+    assert checker(stub).mtime(c, now=0.0) == 42.0
+    assert stub.calls == 1
+
+
+def test_archive_reads_happen_at_most_once_per_interval():
+    stub = ArchiveStub(mtime=42.0)
+    ka = checker(stub)
+    c = container()
+    assert [ka.mtime(c, now=t) for t in (0.0, 30.0, 59.9)] == [42.0, 42.0, 42.0]
+    assert stub.calls == 1
+    stub.mtime = None
+    assert ka.mtime(c, now=60.0) is None
+    assert stub.calls == 2
+
+
+def test_archive_failures_are_counted_and_keep_the_last_answer():
+    errors = ErrorCounters()
+    stub = ArchiveStub(mtime=42.0)
+    ka = checker(stub, errors)
+    c = container()
+    assert ka.mtime(c, now=0.0) == 42.0
+    stub.fail = True
+    assert ka.mtime(c, now=100.0) == 42.0
+    assert errors.values()["keepalive"] == 1
+    assert ka.mtime(c, now=120.0) == 42.0  # not retried before the interval passes
+    assert stub.calls == 2
+
+
+def test_without_docker_or_mount_the_file_counts_as_absent():
+    assert checker(None).mtime(container(), now=0.0) is None
+
+
+def test_retain_forgets_removed_containers():
+    stub = ArchiveStub(mtime=1.0)
+    ka = checker(stub)
+    ka.mtime(container("a" * 64), now=0.0)
+    ka.retain([])
+    ka.mtime(container("a" * 64), now=1.0)
+    assert stub.calls == 2
