@@ -6,6 +6,7 @@ admin on TCP with the bearer token, may act for another user through `user`.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import pwd
@@ -48,7 +49,9 @@ class BadRequest(ValueError):
     """A malformed request: the message says which field and why."""
 
 
+@functools.lru_cache(maxsize=4096)
 def user_name(uid: int) -> str:
+    """The account name of a uid (cached: it is asked on every request)."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -186,7 +189,12 @@ def create_app(
     @app.get("/v1/tickets/<ticket>")
     def poll(ticket: str):
         who = caller()
-        wait = _seconds(float(request.args.get("wait", "0") or 0), "wait")
+        try:
+            wait = _seconds(float(request.args.get("wait", "0") or 0), "wait")
+        except ValueError as exc:
+            raise BadRequest(
+                f"wait: must be a number of seconds, got {request.args['wait']!r}"
+            ) from exc
         waiter = allocator.wait(
             ticket,
             min(wait, max_poll),

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ds01 allocator",
         description="Hand out GPUs and MIG instances under quotas, with a fair wait queue.",
     )
-    add_common_flags(parser, default_listen="none (TCP is off unless given)")
+    add_common_flags(parser, default_listen="off (admins only, needs --token-file)")
     parser.add_argument(
         "--socket",
         default=None,

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +66,7 @@ class AllocatorClient:
     ) -> None:
         self.socket_path = socket_path or default_socket()
         self.url, self.token, self.timeout = url, token, timeout
+        self._local = threading.local()  # one kept-alive connection per thread
 
     @property
     def where(self) -> str:
@@ -84,17 +86,27 @@ class AllocatorClient:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        conn = self._connection()
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise AllocatorUnavailable(
-                f"cannot reach the GPU allocator at {self.where}: {exc}"
-            ) from exc
-        finally:
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            fresh = conn is None
+            if fresh:
+                conn = self._local.conn = self._connection()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                # A kept-alive connection the server closed meanwhile: retry once on a new one.
+                if fresh or attempt == 2:
+                    raise AllocatorUnavailable(
+                        f"cannot reach the GPU allocator at {self.where}: {exc}"
+                    ) from exc
+        if response.will_close:
             conn.close()
+            self._local.conn = None
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:

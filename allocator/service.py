@@ -144,8 +144,8 @@ class Allocator:
         )
         if not verdict.ok:
             self._deny(verdict.reason, verdict.message)
-        now = self.clock.time()
         with self._lock:
+            now = self.clock.time()  # inside the lock: times follow commit order
             with self.store.transaction() as tx:
                 live = tx.live()
                 holding = sum(len(a.devices) for a in live if a.user == request.user)
@@ -238,8 +238,8 @@ class Allocator:
     ) -> Allocation:
         """Free an allocation's devices now (idempotent) and serve the queue."""
         reading = self.inventory.current()
-        now = self.clock.time()
         with self._lock:
+            now = self.clock.time()  # inside the lock: times follow commit order
             with self.store.transaction() as tx:
                 alloc = tx.get(allocation_id)
                 if alloc is None:
@@ -257,7 +257,7 @@ class Allocator:
                     ",".join(alloc.devices),
                     reason,
                 )
-                woken = self._serve(tx, tx.live(), reading, now)
+                woken = self._serve(tx, tx.live(), reading, now) if len(self.queue) else []
             self._wake(woken)
         return done
 
@@ -366,7 +366,11 @@ class Allocator:
                     event.container.container_id[:12],
                     event.action,
                 )
-                woken = self._serve(tx, tx.live(), reading, self.clock.time())
+                woken = (
+                    self._serve(tx, tx.live(), reading, self.clock.time())
+                    if len(self.queue)
+                    else []
+                )
             self._wake(woken)
         return changed
 
@@ -374,8 +378,8 @@ class Allocator:
         """Bring the store in line with Docker's labelled containers and the GPU inventory."""
         reading = self.inventory.current()
         present = {d.device_uuid for d in reading.devices}
-        now = self.clock.time()
         with self._lock:
+            now = self.clock.time()  # inside the lock: times follow commit order
             with self.store.transaction() as tx:
                 live = tx.live()
                 changes = reconcile(live, containers, now=now, hold=self.policy.gpu_hold_after_stop)
@@ -403,8 +407,8 @@ class Allocator:
     def tick(self) -> None:
         """Expire reservations, holds and overdue or abandoned tickets; serve the queue."""
         reading = self.inventory.current()
-        now = self.clock.time()
         with self._lock:
+            now = self.clock.time()  # inside the lock: times follow commit order
             with self.store.transaction() as tx:
                 live = tx.live()
                 for alloc in live:

@@ -181,12 +181,12 @@ class SqliteTx:
             "UPDATE allocation_devices SET live = ? WHERE allocation_id = ?",
             (0 if allocation.state == RELEASED else 1, allocation.id),
         )
-        for uuid in allocation.devices:
-            self._conn.execute(
-                "UPDATE allocation_devices SET vanished = ? WHERE allocation_id = ?"
-                " AND device_uuid = ?",
-                (1 if uuid in allocation.vanished else 0, allocation.id, uuid),
-            )
+        gone = list(allocation.vanished)
+        self._conn.execute(
+            "UPDATE allocation_devices SET vanished = (device_uuid IN "
+            f"({','.join('?' * len(gone))})) WHERE allocation_id = ?",
+            (*gone, allocation.id),
+        )
 
     def prune(self, released_before: float) -> int:
         """Delete released allocations older than the given time; returns how many."""

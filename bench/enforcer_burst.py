@@ -14,10 +14,13 @@ Target: ack p99 under 100 ms, no alert lost, no double action.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -51,7 +54,7 @@ GPU = "MIG-bench-0000"
 
 
 def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
 def alert(container, fingerprint: str, starts_at: float) -> dict:
@@ -95,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alerts", type=int, default=1000, help="alerts in one webhook (1000)")
     parser.add_argument("--posts", type=int, default=200, help="concurrent webhooks (200)")
     parser.add_argument("--workers", type=int, default=4, help="enforcer workers (default 4)")
+    parser.add_argument(
+        "--enforcer-arg",
+        action="append",
+        default=[],
+        help="extra flag for ds01 enforcer, e.g. --enforcer-arg=--threads=32 (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="ds01b-", dir="/tmp"))
@@ -179,20 +188,28 @@ def main(argv: list[str] | None = None) -> int:
             posts.append(batch)
         distinct = {a["fingerprint"] for a in first} | {a["fingerprint"] for p in posts for a in p}
 
-        session = requests.Session()
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        bodies = [json.dumps(webhook(alerts)).encode() for alerts in posts]
+        gate = threading.Barrier(len(bodies))
 
-        def post(alerts: list[dict]) -> tuple[float, int]:
+        def post(body: bytes) -> tuple[float, int]:
+            """One webhook on its own connection, as Alertmanager sends it (light client)."""
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.connect()
+            gate.wait()  # all posts leave together
             begin = time.perf_counter()
-            reply = requests.post(f"{url}/alerts", json=webhook(alerts), headers=headers)
-            return time.perf_counter() - begin, reply.status_code
+            connection.request("POST", "/alerts", body=body, headers=headers)
+            status = connection.getresponse().status
+            elapsed = time.perf_counter() - begin
+            connection.close()
+            return elapsed, status
 
         t_start = time.monotonic()
         begin = time.perf_counter()
-        big = session.post(f"{url}/alerts", json=webhook(first), headers=headers)
+        big = requests.post(f"{url}/alerts", data=json.dumps(webhook(first)), headers=headers)
         big_latency = time.perf_counter() - begin
-        with ThreadPoolExecutor(max_workers=args.posts) as pool:
-            results = list(pool.map(post, posts))
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            results = list(pool.map(post, bodies))
         latencies = [r[0] for r in results]
         codes = Counter(r[1] for r in results)
 
@@ -218,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ack p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {worst:.1f} ms")
         print(f"{len(records)} decisions ({len(stops)} stops) in {elapsed:.1f}s")
         print(f"  {rate:.1f} decisions/s, {stop_rate:.1f} stops/s")
+        kinds = Counter(r["decision"].split(" (")[0] for r in records)
+        print("decisions: " + ", ".join(f"{n} {d}" for d, n in kinds.most_common()))
         print(f"alerts lost: {len(lost)}; decided twice: {len(twice)}")
         print(f"containers stopped twice: {len(double_stops)}; still running: {len(running)}")
         ok = not lost and not twice and not double_stops and not running and p99 < 0.1

@@ -20,6 +20,7 @@ from ds01.clock import SYSTEM_CLOCK, Clock
 
 from .auth import authorized
 from .facts import Health
+from .intake import Intake
 from .journal import Journal
 from .metrics import EnforcerMetrics
 from .payload import PayloadError, parse_body
@@ -41,10 +42,12 @@ def create_app(
     metrics: EnforcerMetrics,
     health: Health | None = None,
     on_enqueue: Callable[[], None] = lambda: None,
+    intake: Intake | None = None,
     clock: Clock = SYSTEM_CLOCK,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Flask:
     app = Flask("enforcer")
+    intake = intake or Intake()
     app.config["MAX_CONTENT_LENGTH"] = max_body
 
     def answer(endpoint: str, code: int, body: dict) -> tuple[Response, int]:
@@ -102,11 +105,13 @@ def create_app(
 
     @app.post("/alerts")
     def alerts() -> tuple[Response, int]:
-        return receive("alerts")
+        with intake.receiving():
+            return receive("alerts")
 
     @app.post("/notify")
     def notify() -> tuple[Response, int]:
-        return receive("notify")
+        with intake.receiving():
+            return receive("notify")
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker threads acting on the journal, never two on one container (default 4)",
     )
     parser.add_argument(
-        "--threads", type=_positive_int, default=16, help="HTTP server threads (default 16)"
+        "--threads", type=_positive_int, default=8, help="HTTP server threads (default 8)"
     )
     parser.add_argument(
         "--action-delay",
@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    # "Task queue depth is N" is normal during a webhook burst, not worth a warning line each
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     policy = load_policy_for(parser, args)
     services = policy.services
     state_dir = Path(args.state_dir or services.state_dir)

@@ -90,8 +90,8 @@ class Executor:
         return Outcome("notified", "notified", f"appended to {self.notice_path}")
 
     def stop(self, container: ContainerFacts, alert: Alert) -> Outcome:
-        grace = self.policy.limits_for(container.user, container.type, self._clock.now())
-        seconds = math.ceil(grace.stop_grace)
+        limits = self.policy.limits_for(container.user, container.type, self._clock.now())
+        seconds = math.ceil(limits.stop_grace)
         if self.dry_run:
             return Outcome("dry_run", "dry-run: would stop", f"stop grace {seconds}s; not stopped")
         why = _WHY.get(alert.reason, alert.reason)

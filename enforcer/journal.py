@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (fingerprint, starts_at, kind)
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, due_at);
+CREATE INDEX IF NOT EXISTS jobs_received ON jobs (state, received_at);
 """
 
 
@@ -54,6 +55,15 @@ class Job:
     attempts: int
 
 
+@dataclass
+class _Batch:
+    """Rows of one webhook waiting for the next group commit."""
+
+    rows: list[tuple[Any, ...]]
+    result: list[bool] | None = None
+    error: BaseException | None = None
+
+
 @dataclass(frozen=True)
 class QueueStats:
     depth: int
@@ -67,6 +77,8 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._waiting: list[_Batch] = []
+        self._waiting_lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -89,36 +101,75 @@ class Journal:
                     counts.append(cur.rowcount)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
             return counts
 
     def enqueue(
         self, kind: str, alerts: Sequence[Alert], *, now: float, due_at: float | None = None
     ) -> list[bool]:
-        """Journal the alerts (one commit); True for each that was new, False for a repeat."""
+        """Journal the alerts durably; True for each that was new, False for a repeat.
+
+        Group commit: webhooks arriving while a commit is in flight share the next one, so a
+        burst of concurrent posts costs a few commits, not one each.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown job kind {kind!r}")
         if not alerts:
             return []
+        due = now if due_at is None else due_at
+        batch = _Batch(
+            [
+                (
+                    kind,
+                    a.fingerprint,
+                    a.starts_at,
+                    a.container_id,
+                    json.dumps(a.to_json(), separators=(",", ":")),
+                    now,
+                    due,
+                )
+                for a in alerts
+            ]
+        )
+        with self._waiting_lock:
+            self._waiting.append(batch)
+        with self._lock:
+            if batch.result is None and batch.error is None:
+                self._commit_waiting()
+        if batch.error is not None:
+            raise batch.error
+        assert batch.result is not None
+        return batch.result
+
+    def _commit_waiting(self) -> None:
+        """Insert every waiting batch in one transaction (caller holds the write lock)."""
+        with self._waiting_lock:
+            batches, self._waiting = self._waiting, []
         sql = (
             "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
             "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        due = now if due_at is None else due_at
-        rows = [
-            (
-                kind,
-                a.fingerprint,
-                a.starts_at,
-                a.container_id,
-                json.dumps(a.to_json(), separators=(",", ":")),
-                now,
-                due,
-            )
-            for a in alerts
-        ]
-        return [count == 1 for count in self._write(sql, rows)]
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            results = []
+            for batch in batches:
+                flags = []
+                for row in batch.rows:
+                    cur.execute(sql, row)
+                    flags.append(cur.rowcount == 1)
+                results.append(flags)
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - re-raised in every waiting webhook's thread
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            for batch in batches:
+                batch.error = exc
+            return
+        for batch, flags in zip(batches, results, strict=True):
+            batch.result = flags
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
         """Pending jobs whose time has come, oldest first."""

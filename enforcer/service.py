@@ -16,6 +16,7 @@ from .app import DEFAULT_MAX_BODY, create_app
 from .audit import AuditLog
 from .executor import Executor
 from .facts import DockerSource, Health, PrometheusSource
+from .intake import Intake
 from .journal import Journal
 from .metrics import EnforcerMetrics
 from .worker import Worker, WorkerSettings
@@ -51,6 +52,7 @@ class Enforcer:
         self.docker = DockerSource(config.docker_host)
         self.prometheus = PrometheusSource(config.prometheus_url)
         self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
+        intake = Intake()
         executor = Executor(
             self.docker,
             policy=policy,
@@ -67,6 +69,7 @@ class Enforcer:
             audit=self.audit,
             metrics=self.metrics,
             health=self.health,
+            intake=intake,
             settings=config.worker,
             clock=clock,
         )
@@ -76,15 +79,15 @@ class Enforcer:
             metrics=self.metrics,
             health=self.health,
             on_enqueue=self._enqueued,
+            intake=intake,
             clock=clock,
             max_body=config.max_body,
         )
 
     def _enqueued(self) -> None:
-        self.worker.publish_stats()
-        self.worker.wake()
+        self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook
 
-    def make_server(self, host: str, port: int, *, threads: int = 16):
+    def make_server(self, host: str, port: int, *, threads: int = 8):
         """A waitress server for the app (run() blocks; close() from another thread ends it)."""
         return waitress.create_server(
             self.app,
@@ -92,6 +95,7 @@ class Enforcer:
             port=port,
             threads=threads,
             ident="ds01-enforcer",
+            connection_limit=1000,  # Alertmanager bursts: queue connections, don't refuse them
             max_request_body_size=self.config.max_body * 2,  # Flask answers 413 below this
         )
 

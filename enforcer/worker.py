@@ -19,6 +19,7 @@ from ds01.policy import Policy
 from .audit import AuditLog
 from .executor import Executor, Outcome
 from .facts import DockerSource, Health, PrometheusSource, Unavailable
+from .intake import Intake
 from .journal import Job, Journal
 from .metrics import EnforcerMetrics
 from .verify import check_container, check_deadline, decide_notify, decide_remove
@@ -34,6 +35,7 @@ class WorkerSettings:
     retry_max: float = 30.0
     poll_interval: float = 1.0
     retention: float = 7 * 86400.0
+    intake_hold: float = 0.5  # longest a job waits for a webhook burst to be acknowledged
 
 
 class Worker:
@@ -48,12 +50,14 @@ class Worker:
         audit: AuditLog,
         metrics: EnforcerMetrics,
         health: Health | None = None,
+        intake: Intake | None = None,
         settings: WorkerSettings = WorkerSettings(),
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.journal, self.docker, self.prometheus = journal, docker_source, prometheus
         self.executor, self.policy, self.audit, self.metrics = executor, policy, audit, metrics
         self.health, self.settings, self._clock = health, settings, clock
+        self.intake = intake or Intake()
         self._cond = threading.Condition()
         self._wakes = 0
         self._busy_jobs: set[int] = set()
@@ -89,6 +93,7 @@ class Worker:
             with self._cond:
                 seen = self._wakes
             job = self._claim()
+            self.publish_stats()
             if job is None:
                 with self._cond:
                     if self._wakes == seen and not self._stopping.is_set():
@@ -97,6 +102,7 @@ class Worker:
             try:
                 if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
                     continue  # stopping: the job stays pending in the journal
+                self.intake.wait_quiet(self.settings.intake_hold)
                 self.process(job)
             finally:
                 self._release(job)
@@ -170,6 +176,7 @@ class Worker:
             self.settings.retry_max, self.settings.retry_initial * 2 ** min(job.attempts, 30)
         )
         self.journal.retry_later(job.id, error=str(exc), due_at=self._clock.time() + delay)
+        self.publish_stats()
         logger.warning(
             "job %d %s container_id=%s: %s; retry in %.1fs (attempt %d)",
             job.id, job.kind, job.alert.container_id[:12], exc, delay, job.attempts + 1,

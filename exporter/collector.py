@@ -48,6 +48,7 @@ class Collector:
         clock: Clock = SYSTEM_CLOCK,
         interval: float = 5.0,
         pid_owner: PidOwner = container_id_of_pid,
+        on_publish: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self._backend = backend
         self._devices = backend.devices()
@@ -61,8 +62,10 @@ class Collector:
         self._clock = clock
         self.interval = interval
         self._pid_owner = pid_owner
+        self._on_publish = on_publish
         self._measured_since = clock.time()
         self._snapshot: Snapshot | None = None
+        self._last_summary: tuple[int, ...] = ()
         self.last_cycle_cpu_seconds = 0.0
         self._gpu_episode = Episode(logger, "GPU backend")
         self._state_episode = Episode(logger, "clock state file")
@@ -130,20 +133,39 @@ class Collector:
                 "ok" if docker_ok else "down",
             )
             return False
-        self._snapshot = Snapshot(
+        snapshot = Snapshot(
             timestamp=now,
             duration=time.perf_counter() - wall_start,
             backend=self._backend.name,
             devices=devices,
             containers=containers,
         )
-        logger.debug(
-            "collected %d devices, %d GPU containers in %.3fs",
-            len(devices),
-            len(containers),
-            self._snapshot.duration,
-        )
+        if self._on_publish is not None:
+            try:
+                self._on_publish(snapshot)  # pre-render /metrics before scrapes can see it
+            except Exception:
+                logger.exception("preparing the metrics body failed; scrapes will render it")
+        self._snapshot = snapshot
+        self.last_cycle_cpu_seconds = time.thread_time() - cpu_start
+        self._log_summary(snapshot)
         return True
+
+    def _log_summary(self, snapshot: Snapshot) -> None:
+        """One INFO line when the picture changes, a DEBUG line for every other cycle."""
+        summary = (
+            len(snapshot.containers),
+            sum(c.busy for c in snapshot.containers),
+            sum(d.busy for d in snapshot.devices),
+            len(snapshot.devices),
+        )
+        level = logging.INFO if summary != self._last_summary else logging.DEBUG
+        self._last_summary = summary
+        logger.log(
+            level,
+            "collected: %d GPU containers (%d busy), %d of %d devices busy, in %.3fs",
+            *summary,
+            snapshot.duration,
+        )
 
     def _read_gpu(self) -> GpuReading | None:
         try:

@@ -101,8 +101,32 @@ def _bool(value: bool) -> float:
     return 1.0 if value else 0.0
 
 
-class SnapshotCollector(Collector):
-    """Reads `source()` (the collector's last snapshot) and the live error counters."""
+HEALTH_FAMILIES = (
+    "ds01_exporter_build_info",
+    "ds01_exporter_collect_duration_seconds",
+    "ds01_exporter_last_collect_timestamp_seconds",
+)
+
+
+class SnapshotMetrics(Collector):
+    """Device and container families of one snapshot (`source()` is read once per collect)."""
+
+    def __init__(self, source: Callable[[], Snapshot | None]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield from (f for name, f in _gauges().items() if name not in HEALTH_FAMILIES)
+
+    def collect(self) -> Iterator[Metric]:
+        families = {n: f for n, f in _gauges().items() if n not in HEALTH_FAMILIES}
+        snapshot = self._source()
+        if snapshot is not None:
+            _add_snapshot(families, snapshot)
+        yield from families.values()
+
+
+class HealthMetrics(Collector):
+    """The exporter's own health: build info, last collection, live error counters."""
 
     def __init__(
         self,
@@ -118,26 +142,48 @@ class SnapshotCollector(Collector):
         self._backend = backend
 
     def describe(self) -> Iterator[Metric]:
-        yield from _gauges().values()
+        gauges = _gauges()
+        yield from (gauges[name] for name in HEALTH_FAMILIES)
         yield CounterMetricFamily(ERRORS_NAME, ERRORS_HELP, labels=["source"])
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._source()
-        families = _gauges()
-        families["ds01_exporter_build_info"].add_metric([self._version, self._backend], 1)
-        if snapshot is not None:
-            _add_snapshot(families, snapshot)
-        families["ds01_exporter_collect_duration_seconds"].add_metric(
+        gauges = _gauges()
+        gauges["ds01_exporter_build_info"].add_metric([self._version, self._backend], 1)
+        gauges["ds01_exporter_collect_duration_seconds"].add_metric(
             [], snapshot.duration if snapshot else 0.0
         )
-        families["ds01_exporter_last_collect_timestamp_seconds"].add_metric(
+        gauges["ds01_exporter_last_collect_timestamp_seconds"].add_metric(
             [], snapshot.timestamp if snapshot else 0.0
         )
-        yield from families.values()
+        yield from (gauges[name] for name in HEALTH_FAMILIES)
         errors = CounterMetricFamily(ERRORS_NAME, ERRORS_HELP, labels=["source"])
         for source, count in sorted(self._errors.values().items()):
             errors.add_metric([source], count)
         yield errors
+
+
+class SnapshotCollector(Collector):
+    """Everything in one collector: snapshot families plus health (for a plain registry)."""
+
+    def __init__(
+        self,
+        source: Callable[[], Snapshot | None],
+        errors: ErrorCounters,
+        *,
+        version: str,
+        backend: str,
+    ) -> None:
+        self.snapshot_metrics = SnapshotMetrics(source)
+        self.health_metrics = HealthMetrics(source, errors, version=version, backend=backend)
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self.snapshot_metrics.describe()
+        yield from self.health_metrics.describe()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.snapshot_metrics.collect()
+        yield from self.health_metrics.collect()
 
 
 def _add_snapshot(families: dict[str, GaugeMetricFamily], snapshot: Snapshot) -> None:

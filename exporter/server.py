@@ -9,25 +9,32 @@ from typing import Any
 
 import waitress
 from flask import Flask, Response, jsonify, request
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from waitress import wasyncore
+
+from .exposition import Body
 
 logger = logging.getLogger(__name__)
 
 
 def make_app(
-    registry: CollectorRegistry,
+    metrics_body: Callable[[str | None, str | None], Body],
     state: Callable[[], dict[str, Any]],
     health: Callable[[], tuple[bool, dict[str, Any]]],
 ) -> Flask:
-    """The Flask app; every handler reads published data only (no Docker, no GPU calls)."""
+    """The Flask app; every handler reads published data only (no Docker, no GPU calls).
+
+    `metrics_body(accept, accept_encoding)` returns the /metrics body (see exposition.py).
+    """
     app = Flask("ds01-exporter")
 
     @app.get("/metrics")
     def metrics() -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
-        return Response(encoder(registry), content_type=content_type)
+        body = metrics_body(request.headers.get("Accept"), request.headers.get("Accept-Encoding"))
+        response = Response(body.data, content_type=body.content_type)
+        if body.gzipped:
+            response.headers["Content-Encoding"] = "gzip"
+        response.headers["Vary"] = "Accept, Accept-Encoding"
+        return response
 
     @app.get("/api/state")
     def api_state() -> Response:
@@ -77,6 +84,9 @@ class HttpServer:
         """Close the listening socket and every open connection, then end the loop."""
         self._closing = True
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
-        wasyncore.close_all(self._server._map)
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
+            # Close from inside the loop thread, which then sees an empty map and returns.
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
             self._thread.join(5)
+        else:
+            wasyncore.close_all(self._server._map)

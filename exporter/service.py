@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from ds01.policy import Policy
 
 from .clocks import ClockBook, ClockStateError, ClockStore
 from .collector import Collector
+from .exposition import Body, Exposition
 from .health import ErrorCounters
 from .inventory import DockerWatcher, Inventory, docker_inspector
 from .keepalive import KeepAliveChecker, docker_archive_stat
@@ -80,6 +80,10 @@ class ExporterService:
             docker_client, self.inventory, self.errors, retry_interval=intervals.docker_retry
         )
         store = ClockStore(state_dir)
+        metrics = SnapshotCollector(
+            lambda: self.collector.snapshot, self.errors, version=__version__, backend=backend.name
+        )
+        self.exposition = Exposition(metrics.health_metrics)
         self.collector = Collector(
             backend=backend,
             inventory=self.inventory,
@@ -96,16 +100,10 @@ class ExporterService:
             docker_ok=lambda: self._listed_now or self.watcher.connected,
             clock=clock,
             interval=intervals.collect,
+            on_publish=self.exposition.prepare,
         )
         self.registry = CollectorRegistry()
-        self.registry.register(
-            SnapshotCollector(
-                lambda: self.collector.snapshot,
-                self.errors,
-                version=__version__,
-                backend=backend.name,
-            )
-        )
+        self.registry.register(metrics)
         self._clock = clock
 
     def start(self) -> None:
@@ -140,15 +138,8 @@ class ExporterService:
         }
         return self.collector.alive, details
 
+    def metrics_body(self, accept: str | None, accept_encoding: str | None) -> Body:
+        return self.exposition.render(self.collector.snapshot, accept, accept_encoding)
+
     def app(self) -> Flask:
-        return make_app(self.registry, self.state, self.health)
-
-
-def wait_for_first_collection(service: ExporterService, timeout: float) -> bool:
-    """Block until the first snapshot is published (or the timeout passes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.collector.snapshot is not None:
-            return True
-        time.sleep(0.05)
-    return service.collector.snapshot is not None
+        return make_app(self.metrics_body, self.state, self.health)

@@ -76,6 +76,16 @@ def test_bad_input_is_a_clear_400(client, body, field):
     assert status == 400 and answer["message"].startswith(field)
 
 
+def test_bad_poll_wait_is_a_400(client):
+    status, answer = client.call("GET", "/v1/tickets/t-x?wait=soon")
+    assert status == 400 and answer["message"].startswith("wait")
+
+
+def test_unknown_ticket_is_a_404(client):
+    status, answer = client.call("GET", "/v1/tickets/t-unknown")
+    assert status == 404 and "restarted" in answer["message"]
+
+
 def test_not_json_is_a_400(client):
     conn = client._connection()
     conn.request("POST", "/v1/allocations", body=b"count=1")

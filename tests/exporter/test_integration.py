@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import requests
 
 from ds01.containers import parse_docker_time
 from tests.exporter.conftest import IDLE_TIMEOUT, REPO
@@ -306,3 +307,40 @@ def test_once_prints_the_metrics_and_exits(
     assert value(samples, "ds01_container_info", container_id=gpu.id) == 1, result.stdout
     assert value(samples, "ds01_exporter_build_info", backend="sim") == 1
     assert (tmp_path / "once" / "exporter-clocks.json").exists()
+
+
+def test_prometheus_scrapes_the_exporter(
+    exporter_factory, prometheus_factory, containers, sim_inventory, tmp_path
+):
+    """Prometheus (OpenMetrics, gzip) ingests the series, +Inf deadlines included."""
+    workspace = tmp_path / "ka"
+    workspace.mkdir()
+    (workspace / ".keep-alive").touch()
+    kept = containers(
+        gpus=[sim_inventory[0].device_uuid],
+        volumes={str(workspace): {"bind": "/workspace", "mode": "rw"}},
+    )
+    exporter = exporter_factory()
+    wait_for(lambda: shows(exporter, kept.id), what="container listed")
+    target = exporter.url.removeprefix("http://")
+    prometheus = prometheus_factory(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: ds01-exporter\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+
+    def query(expr: str):
+        answer = requests.get(f"{prometheus.url}/api/v1/query", params={"query": expr}, timeout=5)
+        return answer.json()["data"]["result"]
+
+    result = wait_for(
+        lambda: query(
+            f'ds01_container_idle_deadline_timestamp_seconds{{container_id="{kept.id}"}}'
+        ),
+        what="Prometheus to ingest the container series",
+    )
+    assert result[0]["value"][1] == "+Inf"
+    assert query('up{job="ds01-exporter"}')[0]["value"][1] == "1"
+    assert len(query("ds01_gpu_device_info")) == len(sim_inventory)
+    errors = query("ds01_exporter_collect_errors_total")
+    assert {e["metric"]["source"] for e in errors} == {"docker", "gpu", "keepalive", "state"}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
 
 from ds01.containers import ContainerFacts
+from exporter.exposition import Exposition
 from exporter.health import ErrorCounters
 from exporter.metrics import SnapshotCollector
 from exporter.server import HttpServer, make_app
@@ -30,14 +32,12 @@ def published():
 
 @pytest.fixture
 def server(published):
-    registry = CollectorRegistry()
-    registry.register(
-        SnapshotCollector(
-            lambda: published["snapshot"], ErrorCounters(), version="t", backend="sim"
-        )
+    metrics = SnapshotCollector(
+        lambda: published["snapshot"], ErrorCounters(), version="t", backend="sim"
     )
+    exposition = Exposition(metrics.health_metrics)
     app = make_app(
-        registry,
+        lambda accept, encoding: exposition.render(published["snapshot"], accept, encoding),
         lambda: snapshot_json(published["snapshot"]),
         lambda: (published["healthy"], {"detail": 1}),
     )
@@ -64,6 +64,27 @@ def test_metrics_endpoint_speaks_openmetrics_when_asked(server):
     response = requests.get(f"{url}/metrics", headers={"Accept": accept}, timeout=5)
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+
+
+def test_metrics_endpoint_compresses_when_asked(server):
+    url, _ = server
+    headers = {"Accept-Encoding": "gzip"}
+    response = requests.get(f"{url}/metrics", headers=headers, timeout=5, stream=True)
+    assert response.headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(response.raw.read()).decode()
+    assert value(parse(text), "ds01_container_busy") == 0
+    assert 'ds01_exporter_collect_errors_total{source="docker"} 0.0' in text
+
+
+def test_a_new_snapshot_is_served_not_the_cached_one(server, published):
+    url, _ = server
+    assert value(parse(requests.get(f"{url}/metrics", timeout=5).text), "ds01_container_busy") == 0
+    old = published["snapshot"]
+    state = dataclasses.replace(old.containers[0], busy=True)
+    published["snapshot"] = dataclasses.replace(old, timestamp=200.0, containers=(state,))
+    samples = parse(requests.get(f"{url}/metrics", timeout=5).text)
+    assert value(samples, "ds01_container_busy") == 1
+    assert value(samples, "ds01_exporter_last_collect_timestamp_seconds") == 200.0
 
 
 def test_state_endpoint_serves_json(server):

@@ -159,12 +159,12 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
             pytest.fail(str(exc), pytrace=False)
         children.append(prometheus)
         stack = LiveStack(prometheus.url, exporter_url, fleet, exporter)
+        settled = (  # the rules have been evaluated on complete data, the busy one is busy
+            "count(ds01_container_gpu_device) == 2 and on() sum(ds01:devices_free:count) == 2"
+            f' and on() ds01_container_busy{{container_id="{busy.id}"}} == 1'
+        )
         lv.wait_for(
-            lambda: (
-                len(lv.instant(prometheus.url, "ds01_container_gpu_device")) == 2
-                and lv.instant(prometheus.url, "ds01:devices_free:count")
-                and lv.instant(prometheus.url, 'ds01_allocation_device{state="reserved"}')
-            ),
+            lambda: lv.instant(prometheus.url, settled),
             60,
             "Prometheus to see both GPU containers, the allocations and the recording rules",
         )

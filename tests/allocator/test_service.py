@@ -1,0 +1,78 @@
+"""The Allocator service directly (no HTTP): frozen clock, sim inventory, SQLite in tmp."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocator.model import RESERVED, Allocation, AllocationRequest, AllocatorError
+from allocator.service import Allocator, Settings, wait_failed_message
+from allocator.store import SqliteAllocationStore
+from ds01.clock import FrozenClock
+from ds01.policy import parse_policy
+
+
+@pytest.fixture
+def clock():
+    return FrozenClock()
+
+
+@pytest.fixture
+def service(tmp_path, sim_backend, clock):
+    policy = parse_policy({"gpu_wait": "3m", "reservation_ttl": "10m"})
+    return Allocator(
+        store=SqliteAllocationStore(tmp_path / "a.sqlite"),
+        backend=sim_backend,
+        policy=policy,
+        clock=clock,
+        settings=Settings(inventory_refresh=0, ticket_grace=3600),
+    )
+
+
+def test_the_default_wait_message_is_the_one_of_the_design():
+    assert wait_failed_message(180) == (
+        "GPU allocation failed after 3 minutes.\n\n"
+        "Suggestions:\n"
+        "  1. Stop an idle container: container stop <name>\n"
+        "  2. Wait for system cleanup\n"
+        "  3. Check GPU status: gpu-status"
+    )
+
+
+def test_reservation_expires_after_its_ttl_on_the_clock(service, clock):
+    alloc = service.submit(AllocationRequest("alice"))
+    clock.advance(599)
+    service.tick()
+    assert service.get(alloc.id, user="alice").state == RESERVED
+    clock.advance(2)
+    service.tick()
+    assert service.get(alloc.id, user="alice").release_reason == "reservation_expired"
+
+
+def test_waiter_times_out_at_gpu_wait(service, clock):
+    service.submit(AllocationRequest("alice", profile="3g.71gb"))
+    waiter = service.submit(AllocationRequest("bob", profile="3g.71gb"))
+    clock.advance(179)
+    service.tick()
+    assert not waiter.resolved
+    clock.advance(1)
+    service.tick()
+    assert waiter.outcome.reason == "timeout"
+    assert waiter.outcome.message.startswith("GPU allocation failed after 3 minutes.")
+
+
+def test_quota_counts_waiting_requests(service):
+    service.submit(AllocationRequest("alice", profile="3g.71gb"))
+    service.submit(AllocationRequest("bob", profile="3g.71gb"))  # waits
+    service.submit(AllocationRequest("bob", profile="2g.35gb"))
+    with pytest.raises(AllocatorError) as refused:
+        service.submit(AllocationRequest("bob"))
+    assert "holds 1 of 2 GPUs and waits for 1 more" in refused.value.denial.message
+
+
+def test_devices_missing_from_the_inventory_are_marked_not_handed_out(service, clock):
+    with service.store.transaction() as tx:
+        tx.insert(Allocation("old", "alice", "student", ("MIG-gone",), RESERVED, clock.time()))
+    service.reconcile({})
+    [vanished] = [d for d in service.devices() if d["state"] == "vanished"]
+    assert vanished["device_uuid"] == "MIG-gone" and vanished["allocation"] == "old"
+    assert service.get("old", user="alice").vanished == ("MIG-gone",)

@@ -1,0 +1,33 @@
+"""Acks first: workers give way while a webhook is being received, but never for long."""
+
+from __future__ import annotations
+
+import threading
+
+from enforcer.intake import Intake
+
+
+def test_quiet_intake_does_not_hold_workers():
+    Intake().wait_quiet(timeout=60)  # returns at once
+
+
+def test_workers_wait_for_the_webhook_in_flight():
+    intake = Intake()
+    released = threading.Event()
+
+    def worker() -> None:
+        intake.wait_quiet(timeout=60)
+        released.set()
+
+    with intake.receiving():
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert not released.wait(0.2)
+    thread.join(10)
+    assert released.is_set()
+
+
+def test_a_busy_intake_holds_workers_only_until_the_timeout():
+    intake = Intake()
+    with intake.receiving():
+        intake.wait_quiet(timeout=0.05)  # returns although a webhook is still in flight
