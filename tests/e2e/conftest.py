@@ -90,7 +90,7 @@ CLI_SHIM = textwrap.dedent(
 
 
 @pytest.fixture
-def stack(dockerd, busybox_image, tmp_path: Path) -> Iterator[RunningStack]:
+def stack(dockerd, docker_client, busybox_image, tmp_path: Path) -> Iterator[RunningStack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
     topology = tmp_path / "topology.yaml"
@@ -110,6 +110,7 @@ def stack(dockerd, busybox_image, tmp_path: Path) -> Iterator[RunningStack]:
     supervisor = StackSupervisor(
         StackOptions(policy, state, timings, docker_host=dockerd.url, log_level="DEBUG")
     )
+    before = {c.id for c in docker_client.containers.list(all=True)}
     endpoints = supervisor.start()
     home = tmp_path / "home"
     home.mkdir()
@@ -126,6 +127,10 @@ def stack(dockerd, busybox_image, tmp_path: Path) -> Iterator[RunningStack]:
     pids = [child.pid for child in supervisor.children]
     yield running
     supervisor.stop()
+    # Containers this test made must not outlive it: the next stack would judge them.
+    for container in docker_client.containers.list(all=True):
+        if container.id not in before:
+            container.remove(force=True)
     for pid in pids:
         assert pid is not None and not _alive(pid), f"process {pid} left running after teardown"
 
