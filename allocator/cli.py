@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ds01.cliflags import add_common_flags, load_policy_for, split_listen
-from ds01.durations import format_duration, parse_duration
+from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.durations import format_duration
 from ds01.gpu import open_backend
 from ds01.logs import setup_logging
 
@@ -19,13 +19,6 @@ from .runtime import build_runtime
 from .service import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,19 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=64, help="HTTP worker threads (default 64)")
     parser.add_argument(
         "--tick",
-        type=_duration,
+        type=duration_arg,
         default=0.1,
         help="how often expiries are checked, e.g. 100ms (default 100ms)",
     )
     parser.add_argument(
         "--inventory-refresh",
-        type=_duration,
+        type=duration_arg,
         default=1.0,
         help="how long a GPU inventory reading is reused (default 1s)",
     )
     parser.add_argument(
         "--ticket-grace",
-        type=_duration,
+        type=duration_arg,
         default=10.0,
         help="a queued request nobody polls for this long leaves the queue (default 10s)",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .durations import parse_duration
 from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy_or_default
 
 
@@ -38,6 +39,22 @@ def add_common_flags(parser: argparse.ArgumentParser, *, default_listen: str | N
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log verbosity (default INFO)",
     )
+
+
+def duration_arg(text: str) -> float:
+    """argparse type: a duration such as 500ms, 5s, 1m or 7d (a bare number is seconds)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_duration_arg(text: str) -> float:
+    """argparse type: like `duration_arg`, but zero is refused too."""
+    value = duration_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+    return value
 
 
 def load_policy_for(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Policy:

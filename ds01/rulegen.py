@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from .durations import format_duration, parse_duration
+from .cliflags import duration_arg
+from .durations import format_duration
 from .policy import Policy, PolicyError, load_policy_or_default
 
 LIFECYCLE_FILE = "ds01-lifecycle.yml"
@@ -437,18 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder to write the rule files into")
     parser.add_argument(
         "--exporter-stale-after",
-        type=_duration_arg,
+        type=duration_arg,
         default=RuleSettings.exporter_stale_after,
         help="a collection older than this pauses lifecycle alerts (duration; default 2m)",
     )
     return parser
-
-
-def _duration_arg(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

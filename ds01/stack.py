@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -249,7 +250,9 @@ def ensure_busybox_image(docker_client, tag: str = BUSYBOX_IMAGE) -> str:
 
 
 @dataclass
-class Prometheus:
+class _HttpServer:
+    """A child that serves HTTP on 127.0.0.1:`port` from its own `workdir`."""
+
     child: ChildProcess
     port: int
     workdir: Path
@@ -260,6 +263,51 @@ class Prometheus:
 
     def stop(self) -> None:
         self.child.stop()
+
+
+@dataclass
+class Prometheus(_HttpServer):
+    """A Prometheus server started by `start_prometheus`."""
+
+
+@dataclass
+class Alertmanager(_HttpServer):
+    """An Alertmanager started by `start_alertmanager`."""
+
+
+_Server = TypeVar("_Server", bound=_HttpServer)
+
+
+def _start_http_server(
+    server_type: type[_Server],
+    name: str,
+    binary: str,
+    workdir: str | os.PathLike[str],
+    config_text: str,
+    extra_files: Mapping[str, str] | None,
+    port: int | None,
+    timeout: float,
+    flags: Callable[[Path, int], list[str]],
+) -> _Server:
+    """Write `<name>.yml` and the extra files into `workdir`, then start `binary` on a free port
+    with `flags(workdir, port)` and wait for `/-/ready`; a child that never gets ready is stopped.
+    """
+    base = Path(workdir)
+    base.mkdir(parents=True, exist_ok=True)
+    for file_name, text in (extra_files or {}).items():
+        (base / file_name).parent.mkdir(parents=True, exist_ok=True)
+        (base / file_name).write_text(text)
+    (base / f"{name}.yml").write_text(config_text)
+    port = port or free_port()
+    argv = [binary, *flags(base, port)]
+    child = ChildProcess(name, argv, base / f"{name}.log", cwd=base).start()
+    server = server_type(child, port, base)
+    try:
+        child.wait_until(lambda: _http_ok(f"{server.url}/-/ready"), timeout, "ready")
+    except StackError:
+        child.stop()
+        raise
+    return server
 
 
 def start_prometheus(
@@ -274,43 +322,23 @@ def start_prometheus(
     binary = find_binary("prometheus")
     if binary is None:
         raise StackError("prometheus not found (install the prometheus package)")
-    base = Path(workdir)
-    base.mkdir(parents=True, exist_ok=True)
-    for name, text in (extra_files or {}).items():
-        (base / name).parent.mkdir(parents=True, exist_ok=True)
-        (base / name).write_text(text)
-    (base / "prometheus.yml").write_text(config_text)
-    port = port or free_port()
-    argv = [
+    return _start_http_server(
+        Prometheus,
+        "prometheus",
         binary,
-        f"--config.file={base / 'prometheus.yml'}",
-        f"--storage.tsdb.path={base / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--web.enable-lifecycle",
-        "--storage.tsdb.retention.time=1d",
-    ]
-    child = ChildProcess("prometheus", argv, base / "prometheus.log", cwd=base).start()
-    server = Prometheus(child, port, base)
-    try:
-        child.wait_until(lambda: _http_ok(f"{server.url}/-/ready"), timeout, "ready")
-    except StackError:
-        child.stop()
-        raise
-    return server
-
-
-@dataclass
-class Alertmanager:
-    child: ChildProcess
-    port: int
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.child.stop()
+        workdir,
+        config_text,
+        extra_files,
+        port,
+        timeout,
+        lambda base, port: [
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+        ],
+    )
 
 
 def start_alertmanager(
@@ -325,25 +353,19 @@ def start_alertmanager(
     binary = find_binary("prometheus-alertmanager", "alertmanager")
     if binary is None:
         raise StackError("alertmanager not found (install the prometheus-alertmanager package)")
-    base = Path(workdir)
-    base.mkdir(parents=True, exist_ok=True)
-    for name, text in (extra_files or {}).items():
-        (base / name).parent.mkdir(parents=True, exist_ok=True)
-        (base / name).write_text(text)
-    (base / "alertmanager.yml").write_text(config_text)
-    port = port or free_port()
-    argv = [
+    return _start_http_server(
+        Alertmanager,
+        "alertmanager",
         binary,
-        f"--config.file={base / 'alertmanager.yml'}",
-        f"--storage.path={base / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-    ]
-    child = ChildProcess("alertmanager", argv, base / "alertmanager.log", cwd=base).start()
-    server = Alertmanager(child, port, base)
-    try:
-        child.wait_until(lambda: _http_ok(f"{server.url}/-/ready"), timeout, "ready")
-    except StackError:
-        child.stop()
-        raise
-    return server
+        workdir,
+        config_text,
+        extra_files,
+        port,
+        timeout,
+        lambda base, port: [
+            f"--config.file={base / 'alertmanager.yml'}",
+            f"--storage.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+    )

@@ -30,6 +30,7 @@ from .stack import (
     Dockerd,
     Prometheus,
     StackError,
+    ensure_busybox_image,
     free_port,
     start_alertmanager,
     start_dockerd,
@@ -83,6 +84,7 @@ class Endpoints:
     sim_state: str = ""
     audit_log: str = ""
     backend: str = ""
+    local_image: str = ""  # a tiny image imported here, for a private dockerd with no registry
 
 
 def _py(*args: str) -> list[str]:
@@ -257,6 +259,13 @@ class StackSupervisor:
         self._dockerd = start_dockerd(self.options.state_dir / "docker")
         self.children.append(self._dockerd.child)
         ep.docker_host, ep.docker_private = self._dockerd.url, True
+        import docker
+
+        client = docker.DockerClient(base_url=ep.docker_host)
+        try:
+            ep.local_image = ensure_busybox_image(client)
+        finally:
+            client.close()
 
     def _write_token(self) -> str:
         path = self.options.state_dir / "enforcer.token"

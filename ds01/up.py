@@ -121,12 +121,15 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
         f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
         f"DOCKER_HOST={ep.docker_host} DS01_SIM_STATE={ep.sim_state}"
     )
+    deploy_extra = (
+        f" --image {ep.local_image} --network none --command 'sleep 3600'" if ep.local_image else ""
+    )
     lines += [
         "",
         "Try next (in another shell):",
         f"  export {env}",
         "  gpu-status                       # every GPU / MIG instance, holder, idle for, stops at",
-        "  container deploy demo --gpus 1   # a GPU container through the allocator",
+        f"  container deploy demo --gpus 1{deploy_extra}   # through the allocator",
         "  ds01 sim-gpu set 0:2 --busy      # make a simulated device busy",
         f"  Grafana: add a Prometheus datasource at {ep.prometheus}, import grafana/dashboards/",
         "",

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ds01.cliflags import add_common_flags, load_policy_for, split_listen
-from ds01.durations import format_duration, parse_duration
+from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.durations import format_duration
 from ds01.logs import setup_logging
 
 from .app import DEFAULT_MAX_BODY
@@ -21,13 +21,6 @@ from .worker import WorkerSettings
 logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:9102"
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -91,36 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--action-delay",
-        type=_duration,
+        type=duration_arg,
         default=0.0,
         help="testing/ops knob: wait this long between taking a journaled job and acting on it "
         "(default 0s)",
     )
     parser.add_argument(
         "--retry-initial",
-        type=_duration,
+        type=duration_arg,
         default=1.0,
         help="first retry delay when Docker or Prometheus is unreachable; doubles each time "
         "(default 1s)",
     )
     parser.add_argument(
-        "--retry-max", type=_duration, default=30.0, help="longest retry delay (default 30s)"
+        "--retry-max", type=duration_arg, default=30.0, help="longest retry delay (default 30s)"
     )
     parser.add_argument(
         "--poll-interval",
-        type=_duration,
+        type=duration_arg,
         default=1.0,
         help="how often an idle worker looks at the journal (default 1s)",
     )
     parser.add_argument(
         "--health-ttl",
-        type=_duration,
+        type=duration_arg,
         default=1.0,
         help="how long a Docker/Prometheus reachability check is reused (default 1s)",
     )
     parser.add_argument(
         "--journal-retention",
-        type=_duration,
+        type=duration_arg,
         default=7 * 86400.0,
         help="how long decided alerts are remembered for de-duplication (default 7d)",
     )

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from ds01.cliflags import add_common_flags, load_policy_for, split_listen
+from ds01.cliflags import add_common_flags, load_policy_for, positive_duration_arg, split_listen
 from ds01.dockerio import connect
-from ds01.durations import parse_duration
 from ds01.gpu import GpuBackend, open_backend
 from ds01.logs import setup_logging
 from ds01.policy import Services
@@ -27,17 +26,6 @@ from .service import ExporterService, Intervals
 logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = Services.exporter_listen
-
-
-def positive_duration(text: str) -> float:
-    """argparse type: a positive duration such as 500ms, 5s or 1m (a bare number is seconds)."""
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     timing = parser.add_argument_group("intervals (durations such as 500ms, 5s, 1m)")
     timing.add_argument(
         "--collect-interval",
-        type=positive_duration,
+        type=positive_duration_arg,
         default=5.0,
         metavar="DURATION",
         help="how often to sample the GPUs and publish a snapshot (default 5s)",
     )
     timing.add_argument(
         "--keepalive-interval",
-        type=positive_duration,
+        type=positive_duration_arg,
         default=60.0,
         metavar="DURATION",
         help="how often, at most, to read a keep-alive file through the Docker archive API "
@@ -84,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     timing.add_argument(
         "--docker-retry-interval",
-        type=positive_duration,
+        type=positive_duration_arg,
         default=None,
         metavar="DURATION",
         help="wait between reconnect attempts while Docker is down (default: the collect interval)",

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import tzinfo
 from typing import IO
 
+from ..cliflags import duration_arg
 from ..clock import SYSTEM_CLOCK, Clock
-from ..durations import parse_duration
 from ..policy import DEFAULT_POLICY_PATH, PolicyError, load_policy_or_default
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
@@ -21,13 +21,6 @@ from .view import DEFAULT_STALE_AFTER, build_view, view_to_json
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 EXIT_UNAVAILABLE = 2
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     parser.add_argument(
         "--interval",
-        type=_duration,
+        type=duration_arg,
         default=2.0,
         help="refresh interval for --watch (duration, default 2s)",
     )
@@ -71,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_duration,
+        type=duration_arg,
         default=5.0,
         help="how long to wait for Prometheus (duration, default 5s)",
     )
     parser.add_argument(
         "--stale-after",
-        type=_duration,
+        type=duration_arg,
         default=DEFAULT_STALE_AFTER,
         help="warn when the exporter's last collection is older than this (default 1m)",
     )

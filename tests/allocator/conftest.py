@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,16 +50,7 @@ def write_topology(folder: Path, gpus: int, mig_per_gpu: int = 4) -> Path:
     return path
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy (no timed assertion: the timeout only bounds a hang)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+WAIT = 10.0  # an upper bound for waits (a hang), never an expectation of speed
 
 
 @pytest.fixture

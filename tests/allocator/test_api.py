@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from allocator.client import AllocatorClient, Refused
-from tests.allocator.conftest import as_user, wait_for
+from tests.allocator.conftest import WAIT, as_user
+from tests.harness.waiting import eventually
 
 
 def _metric(client: AllocatorClient, name: str, **labels: str) -> float | None:
@@ -139,13 +140,13 @@ def test_waiters_are_granted_in_fifo_order_on_release(allocator_factory):
         thread.start()
         threads.append(thread)
         expected = len(threads)
-        wait_for(lambda e=expected: len(runtime.allocator.queue) == e, what=f"{user} queued")
+        eventually(lambda e=expected: len(runtime.allocator.queue) == e, WAIT, f"{user} queued")
     assert _metric(client, "ds01_allocator_queue_length") == 3.0
     current = holder
     for _ in range(3):
         before = len(order)
         as_user(client, current["user"]).release(current["id"])
-        wait_for(lambda b=before: len(order) == b + 1, what="next waiter granted")
+        eventually(lambda b=before: len(order) == b + 1, WAIT, "next waiter granted")
         current = order[-1][1]
     for thread in threads:
         thread.join(5)
@@ -156,9 +157,10 @@ def test_a_reservation_never_bound_expires(allocator_factory):
     runtime = allocator_factory(policy={"reservation_ttl": "0.5s"})
     client = AllocatorClient(str(runtime.socket_path))
     alloc = as_user(client, "alice").allocate()
-    wait_for(
+    eventually(
         lambda: as_user(client, "alice").get(alloc["id"])["state"] == "released",
-        what="reservation expiry",
+        WAIT,
+        "reservation expiry",
     )
     assert as_user(client, "alice").get(alloc["id"])["release_reason"] == "reservation_expired"
     assert as_user(client, "alice").usage()["holding"] == 0
@@ -187,9 +189,9 @@ def test_a_client_that_disconnects_leaves_the_queue(allocator_factory):
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    wait_for(lambda: len(runtime.allocator.queue) == 1, what="bob queued")
+    eventually(lambda: len(runtime.allocator.queue) == 1, WAIT, "bob queued")
     raw.close()
-    wait_for(lambda: len(runtime.allocator.queue) == 0, what="bob leaving the queue")
+    eventually(lambda: len(runtime.allocator.queue) == 0, WAIT, "bob leaving the queue")
 
 
 def test_a_ticket_nobody_polls_leaves_the_queue(allocator_factory):
@@ -198,7 +200,7 @@ def test_a_ticket_nobody_polls_leaves_the_queue(allocator_factory):
     as_user(client, "alice").allocate(profile="3g.71gb")
     status, answer = as_user(client, "bob").call("POST", "/v1/allocations", {"profile": "3g.71gb"})
     assert status == 202 and answer["position"] == 1
-    wait_for(lambda: len(runtime.allocator.queue) == 0, what="abandoned ticket dropped")
+    eventually(lambda: len(runtime.allocator.queue) == 0, WAIT, "abandoned ticket dropped")
     status, _ = as_user(client, "bob").call("GET", f"/v1/tickets/{answer['ticket']}")
     assert status == 410
 

@@ -13,7 +13,8 @@ import pytest
 from allocator import container_cli
 from allocator.client import AllocatorClient, Refused
 from ds01.stack import ChildProcess
-from tests.allocator.conftest import wait_for, write_policy
+from tests.allocator.conftest import WAIT, write_policy
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -66,9 +67,10 @@ def test_deploy_runs_on_an_allocated_mig_device_with_labels_and_retire_frees_it(
     assert labels["ds01.managed"] == "true" and labels["ds01.user"] == "root"
     assert labels["ds01.gpu.devices"] == device and labels["ds01.type"] == "ds01"
     alloc_id = labels["ds01.allocation"]
-    bound = wait_for(
+    bound = eventually(
         lambda: [a for a in runtime.allocator.live() if a.id == alloc_id and a.state == "bound"],
-        what="allocation bound through the events stream",
+        WAIT,
+        "allocation bound through the events stream",
     )
     assert bound[0].container_id == attrs["Id"] and bound[0].devices == (device,)
 
@@ -98,10 +100,10 @@ def test_stop_holds_the_device_then_frees_it(stack, docker_client):
     runtime, client, container = stack(gpu_hold_after_stop="1s")
     assert container("deploy", "held1") == 0
     alloc_id = _allocation_of(docker_client, "held1")
-    wait_for(lambda: client.get(alloc_id)["state"] == "bound", what="bound")
+    eventually(lambda: client.get(alloc_id)["state"] == "bound", WAIT, "bound")
     assert container("stop", "held1") == 0
-    wait_for(lambda: client.get(alloc_id)["state"] == "held", what="held after stop")
-    wait_for(lambda: client.get(alloc_id)["state"] == "released", what="hold expiry")
+    eventually(lambda: client.get(alloc_id)["state"] == "held", WAIT, "held after stop")
+    eventually(lambda: client.get(alloc_id)["state"] == "released", WAIT, "hold expiry")
     assert client.get(alloc_id)["release_reason"] == "hold_expired"
     container("retire", "held1")
 
@@ -111,7 +113,7 @@ def test_removing_the_container_frees_the_device_at_once(stack, docker_client):
     assert container("deploy", "rm1") == 0
     alloc_id = _allocation_of(docker_client, "rm1")
     docker_client.containers.get("rm1").remove(force=True)  # plain docker, no retire
-    wait_for(lambda: client.get(alloc_id)["state"] == "released", what="freed on destroy")
+    eventually(lambda: client.get(alloc_id)["state"] == "released", WAIT, "freed on destroy")
     assert client.get(alloc_id)["release_reason"] == "container_removed"
 
 
@@ -129,11 +131,11 @@ def test_a_full_inventory_queues_three_waiters_served_in_fifo_order_on_retire(st
         thread.start()
         threads.append(thread)
         expected = len(threads)
-        wait_for(lambda e=expected: len(runtime.allocator.queue) == e, what=f"{name} queued")
+        eventually(lambda e=expected: len(runtime.allocator.queue) == e, WAIT, f"{name} queued")
     for previous in ("big0", "big1", "big2"):
         count = len(finished)
         assert container("retire", previous) == 0
-        wait_for(lambda c=count: len(finished) == c + 1, timeout=30, what="next deploy")
+        eventually(lambda c=count: len(finished) == c + 1, 30, "next deploy")
     for thread in threads:
         thread.join(10)
     assert finished == ["big1", "big2", "big3"]
@@ -171,7 +173,7 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         assert labels["ds01.managed"] == "true" and labels["ds01.type"] == "docker"
         assert labels["ds01.gpu.devices"] == request["DeviceIDs"][0]
         alloc_id = labels["ds01.allocation"]
-        wait_for(lambda: client.get(alloc_id)["state"] == "bound", what="bound")
+        eventually(lambda: client.get(alloc_id)["state"] == "bound", WAIT, "bound")
         assert client.get(alloc_id)["devices"] == request["DeviceIDs"]
     finally:
         docker_client.containers.get("wrapped").remove(force=True)
@@ -233,7 +235,7 @@ def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busyb
             network_mode="none",
             labels={"ds01.user": "bob", "ds01.allocation": running["id"]},
         )
-        wait_for(lambda: client.get(running["id"])["state"] == "bound", what="bound")
+        eventually(lambda: client.get(running["id"])["state"] == "bound", WAIT, "bound")
         child.stop()
         container.kill()  # dies while the allocator is down
         child = start()
@@ -242,7 +244,7 @@ def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busyb
         assert after["state"] == "held" and after["container_id"] == container.id
         assert {d["state"] for d in client.devices() if d["allocation"]} == {"reserved", "held"}
         container.remove(force=True)
-        wait_for(lambda: client.get(running["id"])["state"] == "released", what="freed")
+        eventually(lambda: client.get(running["id"])["state"] == "released", WAIT, "freed")
         with pytest.raises(Refused):
             client.get("nope")
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ds01.supervisor import Endpoints, StackOptions, StackSupervisor, Timings
+from tests.harness import waiting
 from tests.harness.components import require_binary
 
 # Two MIG instances only, so a third request has to wait for one to be freed.
@@ -149,17 +150,5 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def eventually() -> Callable[..., object]:
-    """Poll a probe until it returns a truthy value; the failure message shows the last value."""
-    import time
-
-    def wait(probe: Callable[[], object], timeout: float, what: str) -> object:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            last = probe()
-            if last:
-                return last
-            time.sleep(0.25)
-        raise AssertionError(f"{what}: not true after {timeout:.0f}s (last: {last!r})")
-
-    return wait
+    """The shared poller (tests/harness/waiting.py): (probe, timeout, what) -> first truthy."""
+    return waiting.eventually

@@ -28,26 +28,17 @@ from enforcer.service import Enforcer, EnforcerConfig
 from enforcer.worker import WorkerSettings
 from tests.enforcer.series import ContainerSeries, SeriesServer, prometheus_config, prometheus_has
 from tests.harness.components import require_binary
+from tests.harness.waiting import eventually
 
 TOKEN = "s3cret-test-token"
 GPU = "MIG-5a0f5a6e-0000-4000-8000-000000000001"
 REPO = Path(__file__).resolve().parents[2]
+WAIT = 30.0  # an upper bound for waits, never an expectation of speed
 
 
 def make_policy(**overrides: Any) -> Policy:
     """The default policy, with stop grace 0s (busybox `sleep` ignores SIGTERM) and overrides."""
     return parse_policy({"stop_grace": "0s", **overrides}, "<test policy>")
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy; fail with `what` after a generous timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def iso(ts: float) -> str:
@@ -136,7 +127,8 @@ class Deadlines:
         for promql in wanted:
             eventually(
                 lambda q=promql: prometheus_has(self.prometheus.url, q),
-                what=f"Prometheus to scrape {promql}",
+                WAIT,
+                f"Prometheus to scrape {promql}",
             )
 
     def past_idle(self, container) -> None:
@@ -180,7 +172,8 @@ class RunningEnforcer:
     def wait_records(self, container_id: str, count: int = 1) -> list[dict[str, Any]]:
         return eventually(
             lambda: len(self.records_for(container_id)) >= count and self.records_for(container_id),
-            what=f"{count} audit record(s) for {container_id[:12]}",
+            WAIT,
+            f"{count} audit record(s) for {container_id[:12]}",
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -278,7 +271,7 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
             except requests.RequestException:
                 return False
 
-        eventually(up, what="the enforcer to answer /healthz")
+        eventually(up, WAIT, "the enforcer to answer /healthz")
         running = RunningEnforcer(url, tmp_path / "state" / "enforcer-audit.jsonl")
         running.extra["process"] = child
         return running

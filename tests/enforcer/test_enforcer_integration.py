@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.enforcer.conftest import GPU, TOKEN, alert_for, eventually, make_policy, webhook
+from tests.enforcer.conftest import GPU, TOKEN, WAIT, alert_for, make_policy, webhook
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -346,7 +347,8 @@ def test_docker_unreachable_is_503_and_the_alert_runs_once_docker_is_back(
     assert retry.json()["duplicates"] == 1
     eventually(
         lambda: enforcer.metric("ds01_enforcer_dependency_errors_total", dependency="docker") >= 2,
-        what="the worker to retry",
+        WAIT,
+        "the worker to retry",
     )
     assert enforcer.audit() == []
     assert enforcer.metric("ds01_enforcer_queue_depth") == 1
@@ -397,7 +399,8 @@ def test_prometheus_unreachable_is_503_and_nothing_is_done(enforcer_factory, con
     assert "prometheus unreachable" in reply.json()["error"]
     eventually(
         lambda: enforcer.metric("ds01_enforcer_dependency_errors_total", dependency="prometheus"),
-        what="a failed re-verification",
+        WAIT,
+        "a failed re-verification",
     )
     box.reload()
     assert box.status == "running"

@@ -1,4 +1,4 @@
-"""Shared helpers for the exporter tests: scrape parsing, polling, a cuttable Unix-socket proxy."""
+"""Helpers for the exporter tests: scrape parsing, the wait bound, a cuttable Unix-socket proxy."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ import os
 import select
 import socket
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-T = TypeVar("T")
+WAIT = 30.0  # an upper bound for waits, never an expectation of speed
 
 
 @dataclass(frozen=True)
@@ -45,18 +42,6 @@ def value(samples: list[Sample], name: str, **labels: str) -> float | None:
     found = [s for s in samples if s.name == name and labels.items() <= s.labels.items()]
     assert len(found) <= 1, f"{name}{labels} matched {len(found)} series"
     return found[0].value if found else None
-
-
-def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy (behaviour, not timing, is asserted)."""
-    deadline = time.monotonic() + timeout
-    last: T = check()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-        last = check()
-    return last
 
 
 class UnixProxy:

@@ -13,7 +13,8 @@ import requests
 
 from ds01.containers import parse_docker_time
 from tests.exporter.conftest import IDLE_TIMEOUT, REPO
-from tests.exporter.helpers import parse, value, wait_for
+from tests.exporter.helpers import WAIT, parse, value
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +72,14 @@ def test_scrape_shows_exactly_the_contract_series(
     sim_state.set_device(busy_dev.index, busy=True, pids=[busy.attrs["State"]["Pid"]])
     sim_state.set_device(idle_dev.index, busy=False)
 
-    first = wait_for(
+    first = eventually(
         lambda: (
             (s := shows(exporter, busy.id, idle.id))
             and value(s, "ds01_container_busy", container_id=busy.id) == 1
             and s
         ),
-        what="both GPU containers with the busy one busy",
+        WAIT,
+        "both GPU containers with the busy one busy",
     )
 
     names = {s.name for s in first}
@@ -139,14 +141,15 @@ def test_scrape_shows_exactly_the_contract_series(
 
     # The busy container's last busy advances; the idle one's deadline stays put.
     busy_before = value(first, "ds01_container_last_busy_timestamp_seconds", container_id=busy.id)
-    later = wait_for(
+    later = eventually(
         lambda: (
             (s := exporter.scrape())
             and value(s, "ds01_container_last_busy_timestamp_seconds", container_id=busy.id)
             > busy_before
             and s
         ),
-        what="the busy container's last busy to advance",
+        WAIT,
+        "the busy container's last busy to advance",
     )
     assert (
         value(later, "ds01_container_idle_deadline_timestamp_seconds", container_id=idle.id)
@@ -154,7 +157,7 @@ def test_scrape_shows_exactly_the_contract_series(
     )
 
     busy.remove(force=True)
-    gone = wait_for(lambda: shows(exporter, idle.id, absent=(busy.id,)), what="removal")
+    gone = eventually(lambda: shows(exporter, idle.id, absent=(busy.id,)), WAIT, "removal")
     assert busy.id not in {s.labels.get("container_id") for s in gone}
 
 
@@ -165,10 +168,10 @@ def test_clocks_survive_an_exporter_restart(exporter_factory, containers, sim_st
     sim_state.set_device(busy_dev.index, busy=True)
 
     first = exporter_factory()
-    before = wait_for(lambda: shows(first, busy.id, idle.id), what="containers listed")
+    before = eventually(lambda: shows(first, busy.id, idle.id), WAIT, "containers listed")
     first.stop()
     second = exporter_factory()
-    after = wait_for(lambda: shows(second, busy.id, idle.id), what="containers listed again")
+    after = eventually(lambda: shows(second, busy.id, idle.id), WAIT, "containers listed again")
 
     for cid in (busy.id, idle.id):
         for name in (
@@ -219,16 +222,17 @@ def test_keep_alive_file_moves_the_idle_deadline_to_infinity(
             for cid in ids
         }
 
-    before = deadlines(wait_for(lambda: shows(exporter, *ids), what="containers listed"))
+    before = deadlines(eventually(lambda: shows(exporter, *ids), WAIT, "containers listed"))
     for deadline, keep_alive, last_busy in before.values():
         assert keep_alive == 0
         assert deadline == last_busy + IDLE_TIMEOUT
 
     (workspace / ".keep-alive").touch()  # through the host's view of the bind mount
     unmounted.exec_run(["touch", "/workspace/.keep-alive"])  # only the archive API can see it
-    wait_for(
+    eventually(
         lambda: all(d == math.inf and k == 1 for d, k, _ in deadlines(exporter.scrape()).values()),
-        what="both idle deadlines at +Inf",
+        WAIT,
+        "both idle deadlines at +Inf",
     )
 
     (workspace / ".keep-alive").unlink()
@@ -238,7 +242,7 @@ def test_keep_alive_file_moves_the_idle_deadline_to_infinity(
         current = deadlines(exporter.scrape())
         return current if all(k == 0 for _, k, _ in current.values()) else None
 
-    restored = wait_for(without_keep_alive, what="keep-alive gone")
+    restored = eventually(without_keep_alive, WAIT, "keep-alive gone")
     assert restored == before
 
     stale = workspace / ".keep-alive"
@@ -254,14 +258,15 @@ def test_docker_outage_serves_the_last_snapshot_then_catches_up(
 ):
     old = containers(gpus=[sim_inventory[0].device_uuid])
     exporter = exporter_factory(docker_host=docker_proxy.url)
-    wait_for(lambda: shows(exporter, old.id), what="container listed")
+    eventually(lambda: shows(exporter, old.id), WAIT, "container listed")
 
     docker_proxy.cut()
-    wait_for(
+    eventually(
         lambda: (
             value(exporter.scrape(), "ds01_exporter_collect_errors_total", source="docker") >= 1
         ),
-        what="the outage to be counted",
+        WAIT,
+        "the outage to be counted",
     )
     stale = exporter.scrape()
     stamp = value(stale, "ds01_exporter_last_collect_timestamp_seconds")
@@ -276,7 +281,9 @@ def test_docker_outage_serves_the_last_snapshot_then_catches_up(
     assert exporter.state()["docker_connected"] is False
 
     docker_proxy.restore()
-    after = wait_for(lambda: shows(exporter, new.id, absent=(old.id,)), what="inventory catch-up")
+    after = eventually(
+        lambda: shows(exporter, new.id, absent=(old.id,)), WAIT, "inventory catch-up"
+    )
     assert value(after, "ds01_exporter_last_collect_timestamp_seconds") > stamp
     assert value(after, "ds01_exporter_collect_errors_total", source="docker") >= 1
 
@@ -321,7 +328,7 @@ def test_prometheus_scrapes_the_exporter(
         volumes={str(workspace): {"bind": "/workspace", "mode": "rw"}},
     )
     exporter = exporter_factory()
-    wait_for(lambda: shows(exporter, kept.id), what="container listed")
+    eventually(lambda: shows(exporter, kept.id), WAIT, "container listed")
     target = exporter.url.removeprefix("http://")
     prometheus = prometheus_factory(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -333,11 +340,12 @@ def test_prometheus_scrapes_the_exporter(
         answer = requests.get(f"{prometheus.url}/api/v1/query", params={"query": expr}, timeout=5)
         return answer.json()["data"]["result"]
 
-    result = wait_for(
+    result = eventually(
         lambda: query(
             f'ds01_container_idle_deadline_timestamp_seconds{{container_id="{kept.id}"}}'
         ),
-        what="Prometheus to ingest the container series",
+        WAIT,
+        "Prometheus to ingest the container series",
     )
     assert result[0]["value"][1] == "+Inf"
     assert query('up{job="ds01-exporter"}')[0]["value"][1] == "1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from ds01.promconfig import (
 )
 from ds01.rulegen import RuleSettings, render_rule_files
 from ds01.stack import free_port
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,6 @@ CONTAINER = {
     "type": "docker",
 }
 WAIT = 60.0  # an upper bound for waits, never an expectation of speed
-
-
-def _wait_for(what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class FakeExporter:
@@ -141,7 +131,7 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
 
     # 1. The idle deadline comes within the warning lead time: one warning to /notify.
     exporter.set(idle_deadline=time.time() + 1800)
-    notify = _wait_for("the idle warning", lambda: recorder.posts("/notify"))
+    notify = eventually(lambda: recorder.posts("/notify"), WAIT, "the idle warning")
     warning = notify[0].payload["alerts"][0]
     assert warning["labels"]["alertname"] == "GPUContainerIdleWarning"
     assert notify[0].authorization == f"Bearer {token}"
@@ -149,7 +139,7 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
 
     # 2. The deadline passes: exactly one stop webhook with the contract labels and the token.
     exporter.set(idle_deadline=time.time() + 1)
-    stops = _wait_for("the stop webhook", lambda: recorder.posts("/alerts"))
+    stops = eventually(lambda: recorder.posts("/alerts"), WAIT, "the stop webhook")
     assert stops[0].authorization == f"Bearer {token}"
     assert stops[0].payload["status"] == "firing"
     [alert] = stops[0].payload["alerts"]
@@ -163,13 +153,16 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
     assert "is being stopped now" in alert["annotations"]["summary"]
 
     # 3. The warning of the container being stopped is inhibited, and so is a new one.
-    _wait_for(
-        "the idle warning to be inhibited", lambda: _suppressed(am.url, "GPUContainerIdleWarning")
+    eventually(
+        lambda: _suppressed(am.url, "GPUContainerIdleWarning"),
+        WAIT,
+        "the idle warning to be inhibited",
     )
     exporter.set(runtime_deadline=time.time() + 1800)
-    _wait_for(
-        "the runtime warning to be inhibited",
+    eventually(
         lambda: _suppressed(am.url, "GPUContainerRuntimeWarning"),
+        WAIT,
+        "the runtime warning to be inhibited",
     )
     time.sleep(3)  # several group intervals: a repeat or an uninhibited warning would show now
     assert len(recorder.posts("/alerts")) == 1

@@ -13,6 +13,7 @@ import pytest
 
 from ds01.gpu_status.query import LAST_COLLECT_QUERY, SERIES_QUERY
 from ds01.stack import free_port
+from tests.harness.waiting import eventually
 from tests.status.servers import FixedPrometheus, serve
 
 HERE = Path(__file__).parent
@@ -163,10 +164,11 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
             "count(ds01_container_gpu_device) == 2 and on() sum(ds01:devices_free:count) == 2"
             f' and on() ds01_container_busy{{container_id="{busy.id}"}} == 1'
         )
-        lv.wait_for(
+        eventually(
             lambda: lv.instant(prometheus.url, settled),
             60,
             "Prometheus to see both GPU containers, the allocations and the recording rules",
+            interval=0.5,
         )
         yield stack
     finally:

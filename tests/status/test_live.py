@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from ds01.stack import free_port
+from tests.harness.waiting import eventually
 from tests.status.dashboards import label_values, load_dashboards, queries, substitute
-from tests.status.live import REPO, wait_for
+from tests.status.live import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +174,7 @@ def test_every_dashboard_query_returns_data(live):
         return not empty
 
     try:
-        wait_for(all_answered, 45, "every dashboard query to return data")
+        eventually(all_answered, 45, "every dashboard query to return data", interval=0.5)
     except AssertionError:
         pytest.fail("queries without data:\n" + "\n".join(empty), pytrace=False)
 
@@ -184,13 +185,14 @@ def test_stale_exporter_warning_when_the_exporter_stops_answering(live):
     assert "WARNING" not in gpu_status(*args).stdout
     live.exporter.signal(signal.SIGSTOP)
     try:
-        text = wait_for(
+        text = eventually(
             lambda: (
                 (out := gpu_status(*args).stdout).startswith("WARNING: exporter data is stale")
                 and out
             ),
             30,
             "the stale-exporter warning",
+            interval=0.5,
         )
     finally:
         live.exporter.signal(signal.SIGCONT)
