@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from ds01.cliflags import add_docker_host_flag
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
 from ds01.durations import format_duration
 from ds01.policy import PolicyError, load_policy_or_default
@@ -39,11 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--socket", default=None, help="allocator socket (env DS01_ALLOCATOR_SOCKET)"
     )
-    parser.add_argument(
-        "--docker-host",
-        default=os.environ.get("DOCKER_HOST"),
-        help="Docker API URL (default: DOCKER_HOST or the local socket)",
-    )
+    add_docker_host_flag(parser)
     parser.add_argument(
         "--policy",
         default=os.environ.get("DS01_POLICY"),
@@ -181,10 +178,15 @@ def deploy(args: argparse.Namespace, client: AllocatorClient) -> int:
     return 0
 
 
-def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
-    docker_client = _docker(args.docker_host)
-    container = _get(docker_client, args.name)
+def _own_container(args: argparse.Namespace, client: AllocatorClient) -> Any:
+    """The container named on the command line, when the caller owns it (or is root)."""
+    container = _get(_docker(args.docker_host), args.name)
     _owned(container, _me(client))
+    return container
+
+
+def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
+    container = _own_container(args, client)
     allocation = (container.labels or {}).get(LABEL_ALLOCATION, "")
     if container.status == "running":
         container.stop(timeout=10)
@@ -200,9 +202,7 @@ def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
 
 
 def stop(args: argparse.Namespace, client: AllocatorClient) -> int:
-    docker_client = _docker(args.docker_host)
-    container = _get(docker_client, args.name)
-    _owned(container, _me(client))
+    container = _own_container(args, client)
     container.stop(timeout=10)
     try:
         hold = format_duration(float(client.usage()["gpu_hold_after_stop"]))

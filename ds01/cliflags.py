@@ -28,16 +28,31 @@ def add_common_flags(parser: argparse.ArgumentParser, *, default_listen: str | N
             default=None,
             help=f"HOST:PORT to serve on (default {default_listen}, loopback only)",
         )
-    parser.add_argument(
-        "--docker-host",
-        default=os.environ.get("DOCKER_HOST"),
-        help="Docker API URL (default: DOCKER_HOST or the local socket)",
-    )
+    add_docker_host_flag(parser)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("DS01_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log verbosity (default INFO)",
+    )
+
+
+def add_docker_host_flag(parser: argparse.ArgumentParser) -> None:
+    """--docker-host, defaulting to DOCKER_HOST (the services and the `container` command)."""
+    parser.add_argument(
+        "--docker-host",
+        default=os.environ.get("DOCKER_HOST"),
+        help="Docker API URL (default: DOCKER_HOST or the local socket)",
+    )
+
+
+def add_policy_file_flag(parser: argparse.ArgumentParser) -> None:
+    """--policy for the render tools; `load_policy_or_default(args.policy)` resolves None."""
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="policy file (default: DS01_POLICY or /etc/ds01/ds01.yaml; built-in defaults "
+        "when neither exists)",
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cliflags import add_policy_file_flag
 from .policy import Policy, PolicyError, load_policy_or_default
 from .rulegen import (
     ALLOCATOR_JOB,
@@ -293,12 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ds01.promconfig",
         description="Render prometheus.yml and alertmanager.yml for a policy's services.",
     )
-    parser.add_argument(
-        "--policy",
-        default=None,
-        help="policy file (default: DS01_POLICY or /etc/ds01/ds01.yaml; built-in defaults "
-        "when neither exists)",
-    )
+    add_policy_file_flag(parser)
     parser.add_argument("--prometheus-out", help="where to write prometheus.yml")
     parser.add_argument("--alertmanager-out", help="where to write alertmanager.yml")
     return parser

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .cliflags import duration_arg
+from .cliflags import add_policy_file_flag, duration_arg
 from .durations import format_duration
 from .policy import Policy, PolicyError, load_policy_or_default
 
@@ -429,12 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ds01.rulegen",
         description="Render the DS01 Prometheus rule files from a policy file.",
     )
-    parser.add_argument(
-        "--policy",
-        default=None,
-        help="policy file (default: DS01_POLICY or /etc/ds01/ds01.yaml; built-in defaults "
-        "when neither exists)",
-    )
+    add_policy_file_flag(parser)
     parser.add_argument("--out", required=True, help="folder to write the rule files into")
     parser.add_argument(
         "--exporter-stale-after",
