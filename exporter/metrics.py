@@ -15,7 +15,10 @@ from .health import ErrorCounters
 from .snapshot import ContainerState, Snapshot
 
 DEVICE_LABELS = ["device_uuid"]
-DEVICE_INFO_LABELS = ["device_uuid", "gpu_uuid", "gpu_index", "gi_id", "profile", "model", "kind"]
+# `index` is what a user types (`0`, `0:2` = NVML MIG device 2 of GPU 0): an addition to DESIGN.md.
+DEVICE_INFO_LABELS = [
+    "device_uuid", "gpu_uuid", "gpu_index", "index", "gi_id", "profile", "model", "kind",
+]  # fmt: skip
 CONTAINER_LABELS = ["container_id", "container", "user", "group", "type"]
 CONTAINER_INFO_LABELS = [*CONTAINER_LABELS, "image", "managed", "allocation"]
 
@@ -192,7 +195,17 @@ def _add_snapshot(families: dict[str, GaugeMetricFamily], snapshot: Snapshot) ->
         key = [d.device_uuid]
         gi_id = "" if d.gi_id is None else str(d.gi_id)
         families["ds01_gpu_device_info"].add_metric(
-            [d.device_uuid, d.gpu_uuid, str(d.gpu_index), gi_id, d.profile, d.model, d.kind], 1
+            [
+                d.device_uuid,
+                d.gpu_uuid,
+                str(d.gpu_index),
+                d.index,
+                gi_id,
+                d.profile,
+                d.model,
+                d.kind,
+            ],
+            1,
         )
         if state.activity_ratio is not None:
             families["ds01_gpu_device_activity_ratio"].add_metric(key, state.activity_ratio)

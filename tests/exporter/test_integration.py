@@ -93,7 +93,8 @@ def test_scrape_shows_exactly_the_contract_series(
             assert set(sample.labels) == CONTAINER_KEYS
         elif sample.name == "ds01_gpu_device_info":
             assert set(sample.labels) == {
-                "device_uuid", "gpu_uuid", "gpu_index", "gi_id", "profile", "model", "kind",
+                "device_uuid", "gpu_uuid", "gpu_index", "index", "gi_id",
+                "profile", "model", "kind",
             }  # fmt: skip
         elif sample.name.startswith("ds01_gpu_device_"):
             assert set(sample.labels) == {"device_uuid"}

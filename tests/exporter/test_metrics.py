@@ -73,6 +73,7 @@ def test_device_series(snapshot, sim_inventory):
         "device_uuid": mig.device_uuid,
         "gpu_uuid": mig.gpu_uuid,
         "gpu_index": "0",
+        "index": "0:0",
         "gi_id": str(mig.gi_id),
         "profile": "3g.71gb",
         "model": "NVIDIA H200",
@@ -80,7 +81,7 @@ def test_device_series(snapshot, sim_inventory):
     }
     assert reg.get_sample_value("ds01_gpu_device_info", info) == 1
     whole_info = {**info, "device_uuid": whole.device_uuid, "gpu_uuid": whole.gpu_uuid}
-    whole_info.update(gpu_index="1", gi_id="", profile="", kind="gpu")
+    whole_info.update(gpu_index="1", index="1", gi_id="", profile="", kind="gpu")
     assert reg.get_sample_value("ds01_gpu_device_info", whole_info) == 1
     dev = {"device_uuid": mig.device_uuid}
     assert reg.get_sample_value("ds01_gpu_device_activity_ratio", dev) == 0.75
