@@ -131,16 +131,22 @@ def create_app(
         return jsonify(payload), status or STATUS_BY_REASON.get(d.reason, 400)
 
     def ticket_answer(waiter: Waiter | None, ticket: str) -> tuple[Response, int]:
-        if waiter is None or (waiter.outcome is None and not allocator.position(ticket)):
+        if waiter is None:
             return jsonify({"error": "cancelled", "message": "the request left the queue"}), 410
-        if isinstance(waiter.outcome, Allocation):
-            return jsonify({"allocation": waiter.outcome.to_json()}), 201
-        if isinstance(waiter.outcome, Denial):
-            return denial(waiter.outcome)
+        # Position first (under the allocator's lock), outcome second: a grant made before the
+        # position was read is then visible, so a granted request never looks cancelled.
+        position = allocator.position(ticket)
+        outcome = waiter.outcome
+        if outcome is None and not position:
+            return jsonify({"error": "cancelled", "message": "the request left the queue"}), 410
+        if isinstance(outcome, Allocation):
+            return jsonify({"allocation": outcome.to_json()}), 201
+        if isinstance(outcome, Denial):
+            return denial(outcome)
         remaining = max(0.0, waiter.deadline - allocator.clock.time())
         body = {
             "ticket": waiter.ticket,
-            "position": allocator.position(waiter.ticket),
+            "position": position,
             "remaining": round(remaining, 3),
             "deadline": waiter.deadline,
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -196,15 +197,22 @@ class DockerWatcher:
                     decode=True,
                     filters={"type": "container", "label": LABEL_ALLOCATION},
                 )
-                if since is not None:
-                    self.reconcile_now()  # catch what happened while we were away
+                # Subscribe first, then reconcile: nothing falls between the two. Events the
+                # stream replays from before the reconcile are already in its picture, and
+                # applying them again would flap an allocation through old states.
+                reconciled_at = time.time()
+                self.reconcile_now()
                 for raw in self._stream:
                     if self._stop.is_set():
                         break
                     event = event_from_docker(raw)
-                    if event is not None:
-                        since = int(event.at)
-                        self.allocator.apply_event(event)
+                    if event is None:
+                        continue
+                    since = int(event.at)
+                    if event.at < reconciled_at:
+                        logger.debug("skipping replayed %s event of %s", event.action, event.at)
+                        continue
+                    self.allocator.apply_event(event)
             except Exception:
                 if self._stop.is_set():
                     break
