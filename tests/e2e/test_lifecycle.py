@@ -105,6 +105,8 @@ def test_idle_container_is_warned_stopped_and_its_device_goes_to_the_waiter(
     busy.reload()
     assert busy.status == "running"
 
+    # The audit record is written once the stop has returned: wait for it, then count.
+    eventually(lambda: stops(stack.endpoints.audit_log), 20, "the stop in the audit log")
     records = stops(stack.endpoints.audit_log)
     assert [r["container"] for r in records] == ["e2e-idle"]
     assert records[0]["reason"] == "idle"
@@ -175,7 +177,9 @@ def test_gpu_container_bypassing_the_wrapper_is_stopped_as_unmanaged(
             return rogue.status == "exited"
 
         eventually(stopped, 30, "e2e-rogue stopped by the enforcer")
-        records = stops(stack.endpoints.audit_log)
+        records = eventually(
+            lambda: stops(stack.endpoints.audit_log), 20, "the stop in the audit log"
+        )
         assert [(r["container"], r["reason"]) for r in records] == [("e2e-rogue", "unmanaged")]
     finally:
         client.containers.get("e2e-rogue").remove(force=True)
