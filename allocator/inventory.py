@@ -1,0 +1,50 @@
+"""The GPU inventory as the allocator sees it: a cached backend reading and process owners."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import threading
+import time
+
+from ds01.gpu import GpuBackend, GpuReading
+
+logger = logging.getLogger(__name__)
+
+
+def process_owner(pid: int) -> str | None:
+    """The user name owning a host PID (None when the process is gone)."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class CachedInventory:
+    """The GPU backend's last reading, refreshed at most every `refresh` seconds."""
+
+    def __init__(self, backend: GpuBackend, refresh: float = 1.0) -> None:
+        self.backend, self.refresh = backend, refresh
+        self._reading: GpuReading | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def current(self) -> GpuReading:
+        with self._lock:
+            now = time.monotonic()
+            if self._reading is None or now - self._read_at >= self.refresh:
+                try:
+                    self._reading = self.backend.read()
+                except Exception:
+                    self.errors += 1
+                    logger.exception("reading the GPU inventory failed")
+                    if self._reading is None:
+                        self._reading = GpuReading(self.backend.devices())
+                self._read_at = now
+            return self._reading

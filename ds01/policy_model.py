@@ -1,0 +1,180 @@
+"""Policy records and their resolution: what applies to one user's container at one moment.
+
+Pure data and decisions, no I/O; `ds01.policy` loads and validates the YAML into these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
+EXEMPTION_KINDS = ("idle", "max_runtime", "unmanaged")
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    name: str
+    max_gpus: int | None = 2
+    max_runtime: float = 24 * 3600
+    idle_timeout: float | None = None  # None: the global idle_timeout
+    allow_full_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """Granted by the admin only; `until` is inclusive (the whole day, UTC)."""
+
+    kinds: frozenset[str]
+    reason: str
+    user: str | None = None
+    group: str | None = None
+    until: datetime | None = None
+
+    def applies(self, *, user: str, group: str, kind: str, at: datetime) -> bool:
+        if kind not in self.kinds:
+            return False
+        if self.user is not None and self.user != user:
+            return False
+        if self.group is not None and self.group != group:
+            return False
+        return self.until is None or at < self.until
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    path: str = "/workspace/.keep-alive"
+    max_age: float = 24 * 3600
+
+
+@dataclass(frozen=True)
+class UnmanagedGpu:
+    action: str = "stop"  # stop | notify | ignore
+    grace: float = 600.0
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    backend: str = "auto"
+    sim_topology: str | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where each service listens; every one has a working default for `ds01 up`."""
+
+    node: str = ""
+    state_dir: str = "/var/lib/ds01"
+    exporter_listen: str = "127.0.0.1:9101"
+    enforcer_listen: str = "127.0.0.1:9102"
+    allocator_socket: str = "/run/ds01/allocator.sock"
+    allocator_listen: str | None = None
+    prometheus_url: str = "http://127.0.0.1:9090"
+    alertmanager_url: str = "http://127.0.0.1:9093"
+    exporter_url: str = "http://127.0.0.1:9101"
+    token_file: str = "/etc/ds01/enforcer.token"
+    notice_path: str = "/workspace/.ds01-alerts"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What applies to one (user, container type) at one moment."""
+
+    user: str
+    group: str
+    container_type: str
+    max_gpus: int | None
+    idle_timeout: float
+    max_runtime: float
+    stop_grace: float
+    idle_exempt: bool
+    runtime_exempt: bool
+    unmanaged_exempt: bool
+    exemptions: tuple[Exemption, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str = "<defaults>"
+    default_group: str = "student"
+    groups: Mapping[str, GroupPolicy] = field(default_factory=dict)
+    users: Mapping[str, str] = field(default_factory=dict)
+    idle_timeout: float = 1800.0
+    idle_warning: float = 600.0
+    runtime_warning: float = 3600.0
+    gpu_wait: float = 180.0
+    gpu_hold_after_stop: float = 900.0
+    container_hold_after_stop: float | None = 1800.0
+    reservation_ttl: float = 60.0
+    busy_threshold: float = 0.05
+    container_types: Mapping[str, float | None] = field(default_factory=dict)  # None = group
+    keep_alive: KeepAlive = field(default_factory=KeepAlive)
+    exemptions: tuple[Exemption, ...] = ()
+    protected_names: frozenset[str] = frozenset()
+    protected_users: frozenset[str] = frozenset()
+    stop_grace: float = 60.0
+    unmanaged_gpu: UnmanagedGpu = field(default_factory=UnmanagedGpu)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    services: Services = field(default_factory=Services)
+
+    def group_of(self, user: str) -> GroupPolicy:
+        return self.groups[self.users.get(user, self.default_group)]
+
+    def limits_for(self, user: str, container_type: str, at: datetime) -> Limits:
+        """Resolve group, quota, timeouts, grace and exemptions in force at `at`."""
+        group = self.group_of(user)
+        type_runtime = self.container_types.get(container_type)
+        max_runtime = group.max_runtime if type_runtime is None else type_runtime
+        in_force = tuple(
+            e
+            for e in self.exemptions
+            if any(e.applies(user=user, group=group.name, kind=k, at=at) for k in e.kinds)
+        )
+
+        def exempt(kind: str) -> bool:
+            return any(e.applies(user=user, group=group.name, kind=kind, at=at) for e in in_force)
+
+        return Limits(
+            user=user,
+            group=group.name,
+            container_type=container_type,
+            max_gpus=group.max_gpus,
+            idle_timeout=group.idle_timeout
+            if group.idle_timeout is not None
+            else self.idle_timeout,
+            max_runtime=max_runtime,
+            stop_grace=self.stop_grace,
+            idle_exempt=exempt("idle"),
+            runtime_exempt=exempt("max_runtime"),
+            unmanaged_exempt=exempt("unmanaged"),
+            exemptions=in_force,
+        )
+
+    def is_protected(self, *, name: str, user: str) -> bool:
+        return name.lstrip("/") in self.protected_names or user in self.protected_users
+
+    def with_overrides(self, **changes: Any) -> Policy:
+        """A copy with some top-level values replaced (used by `ds01 up --demo`)."""
+        return replace(self, **changes)
+
+
+DEFAULT_GROUPS = {
+    "student": GroupPolicy("student", 2, 24 * 3600),
+    "researcher": GroupPolicy("researcher", 4, 48 * 3600),
+    "faculty": GroupPolicy("faculty", 4, 72 * 3600, idle_timeout=3600),
+    "admin": GroupPolicy("admin", None, 72 * 3600, allow_full_gpu=True),
+}
+DEFAULT_CONTAINER_TYPES: dict[str, float | None] = {
+    "ds01": None,
+    "devcontainer": 7 * 86400,
+    "compose": 3 * 86400,
+    "docker": 2 * 86400,
+}
+
+
+def default_policy() -> Policy:
+    return Policy(groups=dict(DEFAULT_GROUPS), container_types=dict(DEFAULT_CONTAINER_TYPES))
