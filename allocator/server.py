@@ -119,9 +119,12 @@ class AllocatorServer:
     def close(self) -> None:
         """Stop from any thread: the loop thread itself closes the sockets (via the trigger)."""
         if self._thread is not None and self._thread.is_alive():
-            self._servers[0].trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            try:
+                self._servers[0].trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            except OSError:
+                logger.debug("server loop already closing; waiting for it")  # second close()
             self._thread.join(10)
-        else:
+        elif self._thread is None:
             self._shutdown()
 
     def _shutdown(self) -> None:
