@@ -9,7 +9,6 @@ import pwd
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import requests
 
 from ds01.cliflags import add_docker_host_flag
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
-from ds01.durations import format_duration
+from ds01.durations import format_duration, format_stop
 from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
@@ -77,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         listing.add_argument("--all", action="store_true", help="everyone's (root only)")
         listing.add_argument(
             "--exporter-url",
-            default=None,
-            help="exporter for idle and deadline data (default: policy services.exporter_url)",
+            default=os.environ.get("DS01_EXPORTER_URL"),
+            help="exporter for idle and deadline data (env DS01_EXPORTER_URL; default: the "
+            "policy's services.exporter_url)",
         )
     return parser
 
@@ -259,15 +259,17 @@ def container_timing(
         if last_busy is not None:
             idle = format_duration(max(0.0, now - last_busy))
     deadlines = [
-        d
-        for d in (
-            _first_number(entry, "idle_deadline", "idle_deadline_timestamp"),
-            _first_number(entry, "runtime_deadline", "runtime_deadline_timestamp"),
+        (d, reason)
+        for d, reason in (
+            (_first_number(entry, "idle_deadline", "idle_deadline_timestamp"), "idle"),
+            (_first_number(entry, "runtime_deadline", "runtime_deadline_timestamp"), "runtime"),
         )
         if d is not None and not math.isinf(d)
     ]
-    stops = datetime.fromtimestamp(min(deadlines)).strftime("%a %H:%M") if deadlines else "-"
-    return idle, stops
+    if not deadlines:
+        return idle, "never"  # keep-alive fresh or exempt: the exporter sends null for +Inf
+    stop_at, reason = min(deadlines)
+    return idle, format_stop(stop_at, now, reason)
 
 
 def listing(args: argparse.Namespace, client: AllocatorClient) -> int:

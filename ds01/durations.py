@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime, tzinfo
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -46,3 +47,21 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s" if secs and minutes < 10 else f"{minutes}m"
     return f"{secs}s"
+
+
+def format_clock(ts: float, now: float, tz: tzinfo | None = None) -> str:
+    """Local time; the day too when it is not today."""
+    moment, today = datetime.fromtimestamp(ts, tz), datetime.fromtimestamp(now, tz)
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M")
+    if abs(ts - now) < 6 * 86400:
+        return moment.strftime("%a %H:%M")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def format_stop(ts: float, now: float, reason: str, tz: tzinfo | None = None) -> str:
+    """When a container stops, as users read it everywhere: `18:15 (in 29m, idle)`."""
+    left = ts - now
+    when = f"in {format_duration(left)}" if left >= 0 else f"due {format_duration(-left)} ago"
+    reason_text = "idle" if reason == "idle" else "max runtime"
+    return f"{format_clock(ts, now, tz)} ({when}, {reason_text})"

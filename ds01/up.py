@@ -118,7 +118,8 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
     lines = ["", "DS01 GPU lifecycle stack is up.", ""]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     env = (
-        f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
+        f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_EXPORTER_URL={ep.exporter} "
+        f"DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
         f"DOCKER_HOST={ep.docker_host} DS01_SIM_STATE={ep.sim_state}"
     )
     deploy_extra = (

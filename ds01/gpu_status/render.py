@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from typing import IO
 
-from ..durations import format_duration
+from ..durations import format_duration, format_stop
 from .view import DeviceRow, StatusView, short_model
 
 HEADERS = ("DEV", "PROFILE", "MEMORY", "ACTIVITY", "CONTAINER", "USER", "IDLE FOR", "STOPS AT")
@@ -34,16 +34,6 @@ def _paint(text: str, colour: str | None, enabled: bool) -> str:
         return text
     codes = ";".join(_CODES[c] for c in colour.split("+"))
     return f"\033[{codes}m{text}\033[0m"
-
-
-def format_clock(ts: float, now: float, tz: tzinfo | None) -> str:
-    """Local time; the day too when it is not today."""
-    moment, today = datetime.fromtimestamp(ts, tz), datetime.fromtimestamp(now, tz)
-    if moment.date() == today.date():
-        return moment.strftime("%H:%M")
-    if abs(ts - now) < 6 * 86400:
-        return moment.strftime("%a %H:%M")
-    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def _gib(value: float) -> str:
@@ -91,11 +81,8 @@ def _stops(row: DeviceRow, now: float, tz: tzinfo | None) -> tuple[str, str | No
     stop_at, reason = row.stop
     if stop_at is None:
         return "never", None
-    reason_text = "idle" if reason == "idle" else "max runtime"
-    left = stop_at - now
-    when = f"in {format_duration(left)}" if left >= 0 else f"due {format_duration(-left)} ago"
-    colour = "red" if left < SOON else None
-    return f"{format_clock(stop_at, now, tz)} ({when}, {reason_text})", colour
+    colour = "red" if stop_at - now < SOON else None
+    return format_stop(stop_at, now, reason, tz), colour
 
 
 def _profile(row: DeviceRow) -> str:
