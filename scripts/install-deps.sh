@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
-command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+# The test image needs a statically linked busybox (a dynamic one cannot run in an empty image).
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
