@@ -39,14 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_module(module: str, argv: Sequence[str]) -> int:
-    try:
-        target = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            print(f"{module}: not implemented yet", file=sys.stderr)
-            return 2
-        raise
-    return int(target.main(list(argv)) or 0)
+    return int(importlib.import_module(module).main(list(argv)) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

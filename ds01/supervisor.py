@@ -95,18 +95,21 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
-def docker_answers(url: str | None) -> bool:
-    """True when a Docker engine answers at `url` (or the environment's default)."""
+LOCAL_DOCKER = "unix:///var/run/docker.sock"
+
+
+def docker_answers(url: str) -> bool:
+    """True when a Docker engine answers at `url`."""
     import docker
 
     try:
-        client = docker.DockerClient(base_url=url, timeout=3) if url else docker.from_env(timeout=3)
+        client = docker.DockerClient(base_url=url, timeout=3)
         try:
             return bool(client.ping())
         finally:
             client.close()
     except Exception:
-        logger.debug("no docker engine at %s", url or "default", exc_info=True)
+        logger.debug("no docker engine at %s", url, exc_info=True)
         return False
 
 
@@ -245,10 +248,13 @@ class StackSupervisor:
     def _start_docker(self) -> None:
         ep = self.endpoints
         wanted = self.options.docker_host or os.environ.get("DOCKER_HOST")
-        if wanted or docker_answers(None):
-            ep.docker_host = wanted or "unix:///var/run/docker.sock"
-            if not docker_answers(ep.docker_host):
-                raise StackError(f"no Docker engine answers at {ep.docker_host}")
+        if wanted:
+            if not docker_answers(wanted):
+                raise StackError(f"no Docker engine answers at {wanted}")
+            ep.docker_host = wanted
+            return
+        if docker_answers(LOCAL_DOCKER):
+            ep.docker_host = LOCAL_DOCKER
             return
         if os.geteuid() != 0:
             raise StackError(

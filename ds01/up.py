@@ -146,11 +146,7 @@ def start_demo_containers(ep: Endpoints) -> None:
     client = docker.DockerClient(base_url=ep.docker_host)
     image = ensure_busybox_image(client)
     env = dict(os.environ, DOCKER_HOST=ep.docker_host, DS01_ALLOCATOR_SOCKET=ep.allocator_socket)
-    wrapper = [
-        sys.executable,
-        "-c",
-        "import sys; from ds01.cli import docker_wrapper_main as m; sys.exit(m())",
-    ]
+    wrapper = [sys.executable, "-m", "allocator.wrapper"]
     for name in ("demo-busy", "demo-idle"):
         try:
             client.containers.get(name).remove(force=True)

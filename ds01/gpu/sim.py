@@ -50,8 +50,8 @@ def _profile_memory(profile: str, where: str) -> int:
     return int(match.group(2)) * 1024**3
 
 
-def load_topology(path: str | os.PathLike[str] | None = None) -> tuple[GpuDevice, ...]:
-    """Devices of a sim topology file (the packaged default when path is None)."""
+def read_topology(path: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The parsed topology document and its name (the packaged default when path is None)."""
     if path is None:
         text = resources.files("ds01.gpu").joinpath("sim_default.yaml").read_text()
         source = "<default sim topology>"
@@ -62,10 +62,14 @@ def load_topology(path: str | os.PathLike[str] | None = None) -> tuple[GpuDevice
         except OSError as exc:
             raise SimTopologyError(f"{source}: cannot read: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}, source
     except yaml.YAMLError as exc:
         raise SimTopologyError(f"{source}: not valid YAML: {exc}") from exc
-    return topology_devices(data, source)
+
+
+def load_topology(path: str | os.PathLike[str] | None = None) -> tuple[GpuDevice, ...]:
+    """Devices of a sim topology file (the packaged default when path is None)."""
+    return topology_devices(*read_topology(path))
 
 
 def topology_devices(data: Mapping[str, Any], source: str = "<sim>") -> tuple[GpuDevice, ...]:
@@ -181,12 +185,8 @@ class SimBackend:
     def from_files(
         cls, topology: str | os.PathLike[str] | None, state_file: str | os.PathLike[str] | None
     ) -> SimBackend:
-        if topology is None:
-            text = resources.files("ds01.gpu").joinpath("sim_default.yaml").read_text()
-        else:
-            text = Path(topology).read_text()
-        data = yaml.safe_load(text) or {}
-        return cls(load_topology(topology), state_file, gpm_gpu_indexes=gpm_devices(data))
+        data, source = read_topology(topology)
+        return cls(topology_devices(data, source), state_file, gpm_gpu_indexes=gpm_devices(data))
 
     def devices(self) -> tuple[GpuDevice, ...]:
         return self._devices
