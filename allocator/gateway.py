@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+from ds01.containers import LABEL_ALLOCATION
 from ds01.policy import Policy
 
 from . import gateway_routes as routes
@@ -28,12 +29,14 @@ from .gateway_backends import (
     ClientGone,
     DockerProbe,
     DockerUnavailable,
+    GpuGrant,
     identify,
     unix_connect,
 )
 from .gateway_create import (
     CreateRefused,
     CreateRules,
+    GpuAsk,
     client_type,
     create_refusal,
     gpu_ask,
@@ -227,7 +230,7 @@ class Connection:
         ctype = client_type(body.get("Labels") or {})
         grant = None
         if ask is not None:
-            grant = self._grant(ask, ctype, name)
+            grant = self._claimed(body, ask) or self._grant(ask, ctype, name)
         stamps = owner_stamps(
             user=caller.user,
             group=caller.group,
@@ -261,7 +264,18 @@ class Connection:
             )
         return keep
 
-    def _grant(self, ask, ctype: str, name: str):
+    def _claimed(self, body: dict, ask: GpuAsk) -> GpuGrant | None:
+        """The caller's own reservation named in the labels (the wrapper waited for it)."""
+        labels = body.get("Labels") or {}
+        wanted = labels.get(LABEL_ALLOCATION) if isinstance(labels, dict) else None
+        if not wanted or not isinstance(wanted, str):
+            return None
+        grant = self.gateway.grants.claim(wanted, user=self.caller.user, count=max(1, ask.count))
+        if grant is None:
+            logger.info("user=%s named allocation %s, not theirs to use", self.caller.user, wanted)
+        return grant
+
+    def _grant(self, ask: GpuAsk, ctype: str, name: str) -> GpuGrant:
         gateway, caller = self.gateway, self.caller
         try:
             profile, full_gpu = profile_hint(ask.named, gateway.grants.device_table)

@@ -184,6 +184,31 @@ class AllocatorGrants:
         )
         return GpuGrant(alloc["id"], tuple(alloc["devices"]))
 
+    def claim(self, allocation: str, *, user: str, count: int) -> GpuGrant | None:
+        """A reservation the client made itself (the wrapper's countdown), if it is truly theirs.
+
+        Only a reserved, unbound allocation of the same user with enough devices is taken over;
+        anything else is ignored and the gateway allocates anew.
+        """
+        try:
+            status, answer = self.client.call(
+                "GET", f"/v1/allocations/{quote(allocation, safe='')}?user={quote(user)}"
+            )
+        except AllocatorUnavailable:
+            return None
+        alloc = answer.get("allocation") if status == 200 else None
+        if not isinstance(alloc, dict):
+            return None
+        devices = tuple(alloc.get("devices") or ())
+        if (
+            alloc.get("user") != user
+            or alloc.get("state") != "reserved"
+            or alloc.get("container_id")
+            or len(devices) < count
+        ):
+            return None
+        return GpuGrant(str(alloc["id"]), devices)
+
     def release(self, allocation: str) -> None:
         try:
             self.client.release(allocation)

@@ -54,6 +54,8 @@ class Stream:
             found = self.buffer.find(marker, start)
             if found >= 0:
                 end = found + len(marker)
+                if end > limit:
+                    raise HeadTooLarge(f"more than {limit} bytes before {marker!r}")
                 data = bytes(self.buffer[:end])
                 del self.buffer[:end]
                 return data
