@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ds01.gpu import GpuDevice
 
 from .lifecycle import ContainerView
-from .model import Allocation
+from .model import BOUND, Allocation
 
 UNKNOWN_OWNER = "unknown"
 
@@ -87,6 +87,28 @@ def decide_adoption(
     limit = "no limit" if max_gpus is None else str(max_gpus)
     return AdoptionDecision(
         True, f"devices free; {user} holds {holding} of {limit}", tuple(devices)
+    )
+
+
+def adopted_allocation(
+    *,
+    container: ContainerView,
+    devices: tuple[str, ...],
+    group: str,
+    allocation_id: str,
+    now: float,
+) -> Allocation:
+    """The bound allocation an adopted container gets: its owner, its type, its devices."""
+    return Allocation(
+        id=allocation_id,
+        user=container.user,
+        group=group,
+        devices=devices,
+        state=BOUND,
+        created_at=now,
+        container_id=container.container_id,
+        container_name=container.name,
+        container_type=container.container_type,
     )
 
 

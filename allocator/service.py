@@ -19,12 +19,11 @@ from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.gpu import GpuBackend, GpuReading
 from ds01.policy import Policy
 
-from .adoption import decide_adoption, first_come, foreign_containers
+from .adoption import adopted_allocation, decide_adoption, first_come, foreign_containers
 from .inventory import CachedInventory, RunningContainers, process_owner
 from .lifecycle import ContainerEvent, ContainerView, reconcile, released, transition
 from .metrics import AllocatorMetrics, AllocatorSnapshot
 from .model import (
-    BOUND,
     HELD,
     RESERVED,
     Allocation,
@@ -576,29 +575,14 @@ class Allocator:
                 waiting=self.queue.waiting_for(view.user),
             )
             if not decision.adopt:
-                first, changed = self.running.refused(view.container_id, decision.reason)
-                if first:
-                    self.metrics.adoption("refused")
-                if changed:
-                    logger.warning(
-                        "not adopting container=%s name=%s user=%s: %s; it stays unmanaged "
-                        "and its devices are not granted while it runs",
-                        view.short_id,
-                        view.name,
-                        view.user,
-                        decision.reason,
-                    )
+                self._note_refusal(view, decision.reason)
                 continue
-            alloc = Allocation(
-                id=uuid.uuid4().hex[:16],
-                user=view.user,
-                group=group.name,
+            alloc = adopted_allocation(
+                container=view,
                 devices=decision.devices,
-                state=BOUND,
-                created_at=now,
-                container_id=view.container_id,
-                container_name=view.name,
-                container_type=view.container_type,
+                group=group.name,
+                allocation_id=uuid.uuid4().hex[:16],
+                now=now,
             )
             tx.insert(alloc)
             live.append(alloc)
@@ -616,6 +600,21 @@ class Allocator:
                 decision.reason,
             )
         return adopted
+
+    def _note_refusal(self, view: ContainerView, reason: str) -> None:
+        """Count a refusal once per container start; log it again only when the reason changes."""
+        first, changed = self.running.refused(view.container_id, reason)
+        if first:
+            self.metrics.adoption("refused")
+        if changed:
+            logger.warning(
+                "not adopting container=%s name=%s user=%s: %s; it stays unmanaged and its "
+                "devices are not granted while it runs",
+                view.short_id,
+                view.name,
+                view.user,
+                reason,
+            )
 
     def _process_owners(self, reading: GpuReading, uuids: list[str]) -> dict[str, set[str]]:
         """For free devices with compute processes: who runs them ("?" when unknown)."""
