@@ -1,0 +1,268 @@
+"""Two unprivileged users on one gateway, with Debian's docker CLI: each owns only their own.
+
+Neither user is in the `docker` group; the gateway socket is their only way to dockerd.
+"""
+
+from __future__ import annotations
+
+import grp
+import uuid
+
+import pytest
+
+from tests.gateway.clients import (  # noqa: F401 - fixtures
+    DEBIAN_DOCKER,
+    require_docker_cli,
+    run_as,
+    unprivileged_users,
+)
+from tests.harness.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def docker_cli() -> str:
+    return require_docker_cli(DEBIAN_DOCKER)
+
+
+@pytest.fixture
+def as_user(gateway_stack, docker_cli, unprivileged_users):  # noqa: F811
+    def run(user, *args: str, input: str | None = None):
+        return run_as(
+            user,
+            [docker_cli, *args],
+            env={"DOCKER_HOST": gateway_stack.docker_host},
+            input=input,
+        )
+
+    return run
+
+
+@pytest.fixture
+def alice_container(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice = unprivileged_users[0]
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice, "run", "-d", "--name", name, "--network", "none", gateway_stack.image, "sleep", "600"
+    )
+    assert made.returncode == 0, made.stderr
+    yield name
+    import docker
+
+    try:
+        gateway_stack.docker.api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        pass  # the test removed it
+
+
+def test_users_are_not_in_the_docker_group(unprivileged_users):  # noqa: F811
+    try:
+        members = set(grp.getgrnam("docker").gr_mem)
+    except KeyError:
+        members = set()
+    assert not members & {u.name for u in unprivileged_users}
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ("stop", "-t", "0", "{name}"),
+        ("rm", "-f", "{name}"),
+        ("exec", "{name}", "true"),
+        ("logs", "{name}"),
+        ("attach", "--no-stdin", "{name}"),
+        ("inspect", "{name}"),
+        ("kill", "{name}"),
+        ("restart", "{name}"),
+        ("rename", "{name}", "stolen"),
+        ("cp", "{name}:/etc/passwd", "-"),
+        ("commit", "{name}", "stolen:latest"),
+        ("update", "--memory", "64m", "{name}"),
+    ],
+)
+def test_a_user_is_refused_on_another_users_container_with_one_line(
+    gateway_stack,
+    as_user,
+    unprivileged_users,  # noqa: F811
+    alice_container,
+    action,
+):
+    bob = unprivileged_users[1]
+    args = [a.format(name=alice_container) for a in action]
+    refused = as_user(bob, *args)
+    assert refused.returncode != 0
+    assert "is not yours" in refused.stderr
+    ours = [line for line in refused.stderr.splitlines() if "ds01:" in line]
+    assert len(ours) == 1 and ours[0].rstrip().endswith("containers you created")
+    state = gateway_stack.docker.api.inspect_container(alice_container)
+    assert state["State"]["Running"] and state["Name"] == f"/{alice_container}"
+
+
+def test_the_owner_may_do_all_of_it(gateway_stack, as_user, unprivileged_users, alice_container):  # noqa: F811
+    alice = unprivileged_users[0]
+    assert as_user(alice, "exec", alice_container, "true").returncode == 0
+    echoed = as_user(alice, "exec", "-i", alice_container, "cat", input="hello\n")
+    assert echoed.stdout == "hello\n"
+    assert as_user(alice, "logs", alice_container).returncode == 0
+    assert as_user(alice, "stop", "-t", "0", alice_container).returncode == 0
+    assert as_user(alice, "start", alice_container).returncode == 0
+    assert as_user(alice, "rm", "-f", alice_container).returncode == 0
+
+
+def test_admin_root_acts_on_any_container(gateway_stack, alice_container):
+    client = gateway_stack.gateway_client()
+    client.containers.get(alice_container).stop(timeout=0)
+    assert not gateway_stack.docker.api.inspect_container(alice_container)["State"]["Running"]
+
+
+def test_listing_shows_everyone_but_inspect_of_others_is_refused(
+    gateway_stack,
+    as_user,
+    unprivileged_users,  # noqa: F811
+    alice_container,
+):
+    bob = unprivileged_users[1]
+    listed = as_user(bob, "ps", "--format", "{{.Names}}")
+    assert alice_container in listed.stdout.split()  # gateway.list_all_containers: true
+
+
+def test_a_forged_owner_label_is_overwritten(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice, bob = unprivileged_users
+    name = f"forged-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice,
+        "create",
+        "--name",
+        name,
+        "--label",
+        f"ds01.user={bob.name}",
+        "--label",
+        "ds01.managed=true",
+        "--label",
+        "ds01.group=admin",
+        "--network",
+        "none",
+        gateway_stack.image,
+        "true",
+    )
+    assert made.returncode == 0, made.stderr
+    labels = gateway_stack.docker.api.inspect_container(name)["Config"]["Labels"]
+    assert labels["ds01.user"] == alice.name and labels["ds01.group"] == "student"
+    assert "ds01.managed" not in labels and labels["ds01.type"] == "docker"
+    assert as_user(bob, "rm", name).returncode != 0  # the forged label gave bob nothing
+    assert as_user(alice, "rm", name).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--privileged"], "HostConfig.Privileged"),
+        (["-v", "/:/host"], "HostConfig.Binds[0]"),
+        (["-v", "/var/run/docker.sock:/var/run/docker.sock"], "Docker socket"),
+        (["--mount", "type=bind,source=/etc,target=/e"], "HostConfig.Mounts[0]"),
+        (["--device", "/dev/nvidia0"], "HostConfig.Devices"),
+        (["--pid", "host"], "HostConfig.PidMode"),
+        (["--cap-add", "SYS_ADMIN"], "HostConfig.CapAdd"),
+        (["--security-opt", "seccomp=unconfined"], "HostConfig.SecurityOpt"),
+    ],
+)
+def test_escapes_are_refused_naming_the_field(
+    gateway_stack,
+    as_user,
+    unprivileged_users,  # noqa: F811
+    flags,
+    field,
+):
+    alice = unprivileged_users[0]
+    name = f"esc-{uuid.uuid4().hex[:8]}"
+    refused = as_user(
+        alice, "create", "--name", name, "--network", "none", *flags, gateway_stack.image, "true"
+    )
+    assert refused.returncode != 0 and field in refused.stderr, refused.stderr
+    assert not gateway_stack.docker.containers.list(all=True, filters={"name": name})
+
+
+def test_the_gateway_socket_itself_cannot_be_mounted(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice = unprivileged_users[0]
+    flag = f"{gateway_stack.socket_path}:/var/run/docker.sock"
+    refused = as_user(alice, "create", "-v", flag, "--network", "none", gateway_stack.image, "true")
+    assert refused.returncode != 0 and "Docker socket" in refused.stderr
+
+
+def test_a_bind_mount_from_the_users_home_is_allowed(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice = unprivileged_users[0]
+    name = f"home-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice,
+        "run",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "-v",
+        f"{alice.home}:/work",
+        gateway_stack.image,
+        "true",
+    )
+    assert made.returncode == 0, made.stderr
+    assert as_user(alice, "rm", name).returncode == 0
+
+
+def test_prune_by_a_user_removes_only_their_own(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice, bob = unprivileged_users
+    names = {}
+    for user in (alice, bob):
+        names[user.name] = f"prune-{user.name}-{uuid.uuid4().hex[:6]}"
+        made = as_user(
+            user,
+            "create",
+            "--name",
+            names[user.name],
+            "--network",
+            "none",
+            gateway_stack.image,
+            "true",
+        )
+        assert made.returncode == 0, made.stderr
+    assert as_user(bob, "container", "prune", "-f").returncode == 0
+    remaining = {c.name for c in gateway_stack.docker.containers.list(all=True)}
+    assert names[alice.name] in remaining and names[bob.name] not in remaining
+    gateway_stack.docker.api.remove_container(names[alice.name], force=True)
+
+
+def test_a_user_gpu_container_is_stamped_and_bound(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+    alice = unprivileged_users[0]
+    name = f"gpu-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--gpus",
+        "1",
+        "--network",
+        "none",
+        gateway_stack.image,
+        "sleep",
+        "600",
+    )
+    assert made.returncode == 0, made.stderr
+    attrs = gateway_stack.docker.api.inspect_container(name)
+    labels = attrs["Config"]["Labels"]
+    [request] = attrs["HostConfig"]["DeviceRequests"]
+    assert labels["ds01.user"] == alice.name and labels["ds01.gpu.devices"] == ",".join(
+        request["DeviceIDs"]
+    )
+    bound = eventually(
+        lambda: [
+            a
+            for a in gateway_stack.allocator.live(alice.name)
+            if a.container_id == attrs["Id"] and a.state == "bound"
+        ],
+        10,
+        "allocation bound to the container",
+    )
+    assert bound[0].devices == tuple(request["DeviceIDs"])
+    assert as_user(alice, "rm", "-f", name).returncode == 0
