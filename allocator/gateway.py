@@ -136,6 +136,9 @@ class Connection:
         except BodyTooLarge as exc:
             self._answer(Refusal(413, f"ds01: {exc}", close=True))
             return False
+        except ProtocolError as exc:
+            self._answer(Refusal(400, f"ds01: malformed request: {exc}", close=True))
+            return False
         except DockerUnavailable as exc:
             self._answer(Refusal(502, f"ds01 gateway: {exc}", close=True))
             return False

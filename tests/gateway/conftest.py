@@ -25,6 +25,9 @@ from allocator.service import Settings
 from ds01.gpu import GpuDevice
 from ds01.gpu.sim import SimBackend
 from ds01.policy import Policy, load_policy
+from tests.gateway.clients import unprivileged_users, user_workdir
+
+__all__ = ["unprivileged_users", "user_workdir"]  # fixtures every gateway test may use
 
 TEST_USERS = ("ds01alice", "ds01bob")
 BASE_POLICY: dict[str, Any] = {
@@ -129,7 +132,7 @@ def start_gateway_stack(
     grants = AllocatorGrants(AllocatorClient(str(runtime.socket_path)), poll=0.5)
     server = GatewayServer(
         socket_path=loaded.gateway.socket,
-        docker_socket=dockerd_socket,
+        docker_socket=loaded.gateway.docker_socket,
         policy=loaded,
         grants=grants,
         settings=settings,

@@ -10,11 +10,10 @@ import uuid
 
 import pytest
 
-from tests.gateway.clients import (  # noqa: F401 - fixtures
+from tests.gateway.clients import (
     DEBIAN_DOCKER,
     require_docker_cli,
     run_as,
-    unprivileged_users,
 )
 from tests.harness.waiting import eventually
 
@@ -27,7 +26,7 @@ def docker_cli() -> str:
 
 
 @pytest.fixture
-def as_user(gateway_stack, docker_cli, unprivileged_users):  # noqa: F811
+def as_user(gateway_stack, docker_cli, unprivileged_users):
     def run(user, *args: str, input: str | None = None):
         return run_as(
             user,
@@ -40,7 +39,7 @@ def as_user(gateway_stack, docker_cli, unprivileged_users):  # noqa: F811
 
 
 @pytest.fixture
-def alice_container(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def alice_container(gateway_stack, as_user, unprivileged_users):
     alice = unprivileged_users[0]
     name = f"own-{uuid.uuid4().hex[:8]}"
     made = as_user(
@@ -56,7 +55,7 @@ def alice_container(gateway_stack, as_user, unprivileged_users):  # noqa: F811
         pass  # the test removed it
 
 
-def test_users_are_not_in_the_docker_group(unprivileged_users):  # noqa: F811
+def test_users_are_not_in_the_docker_group(unprivileged_users):
     try:
         members = set(grp.getgrnam("docker").gr_mem)
     except KeyError:
@@ -84,7 +83,7 @@ def test_users_are_not_in_the_docker_group(unprivileged_users):  # noqa: F811
 def test_a_user_is_refused_on_another_users_container_with_one_line(
     gateway_stack,
     as_user,
-    unprivileged_users,  # noqa: F811
+    unprivileged_users,
     alice_container,
     action,
 ):
@@ -99,7 +98,7 @@ def test_a_user_is_refused_on_another_users_container_with_one_line(
     assert state["State"]["Running"] and state["Name"] == f"/{alice_container}"
 
 
-def test_the_owner_may_do_all_of_it(gateway_stack, as_user, unprivileged_users, alice_container):  # noqa: F811
+def test_the_owner_may_do_all_of_it(gateway_stack, as_user, unprivileged_users, alice_container):
     alice = unprivileged_users[0]
     assert as_user(alice, "exec", alice_container, "true").returncode == 0
     echoed = as_user(alice, "exec", "-i", alice_container, "cat", input="hello\n")
@@ -119,7 +118,7 @@ def test_admin_root_acts_on_any_container(gateway_stack, alice_container):
 def test_listing_shows_everyone_but_inspect_of_others_is_refused(
     gateway_stack,
     as_user,
-    unprivileged_users,  # noqa: F811
+    unprivileged_users,
     alice_container,
 ):
     bob = unprivileged_users[1]
@@ -127,7 +126,7 @@ def test_listing_shows_everyone_but_inspect_of_others_is_refused(
     assert alice_container in listed.stdout.split()  # gateway.list_all_containers: true
 
 
-def test_a_forged_owner_label_is_overwritten(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def test_a_forged_owner_label_is_overwritten(gateway_stack, as_user, unprivileged_users):
     alice, bob = unprivileged_users
     name = f"forged-{uuid.uuid4().hex[:8]}"
     made = as_user(
@@ -170,7 +169,7 @@ def test_a_forged_owner_label_is_overwritten(gateway_stack, as_user, unprivilege
 def test_escapes_are_refused_naming_the_field(
     gateway_stack,
     as_user,
-    unprivileged_users,  # noqa: F811
+    unprivileged_users,
     flags,
     field,
 ):
@@ -183,14 +182,14 @@ def test_escapes_are_refused_naming_the_field(
     assert not gateway_stack.docker.containers.list(all=True, filters={"name": name})
 
 
-def test_the_gateway_socket_itself_cannot_be_mounted(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def test_the_gateway_socket_itself_cannot_be_mounted(gateway_stack, as_user, unprivileged_users):
     alice = unprivileged_users[0]
     flag = f"{gateway_stack.socket_path}:/var/run/docker.sock"
     refused = as_user(alice, "create", "-v", flag, "--network", "none", gateway_stack.image, "true")
     assert refused.returncode != 0 and "Docker socket" in refused.stderr
 
 
-def test_a_bind_mount_from_the_users_home_is_allowed(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def test_a_bind_mount_from_the_users_home_is_allowed(gateway_stack, as_user, unprivileged_users):
     alice = unprivileged_users[0]
     name = f"home-{uuid.uuid4().hex[:8]}"
     made = as_user(
@@ -209,7 +208,7 @@ def test_a_bind_mount_from_the_users_home_is_allowed(gateway_stack, as_user, unp
     assert as_user(alice, "rm", name).returncode == 0
 
 
-def test_prune_by_a_user_removes_only_their_own(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def test_prune_by_a_user_removes_only_their_own(gateway_stack, as_user, unprivileged_users):
     alice, bob = unprivileged_users
     names = {}
     for user in (alice, bob):
@@ -231,7 +230,7 @@ def test_prune_by_a_user_removes_only_their_own(gateway_stack, as_user, unprivil
     gateway_stack.docker.api.remove_container(names[alice.name], force=True)
 
 
-def test_a_user_gpu_container_is_stamped_and_bound(gateway_stack, as_user, unprivileged_users):  # noqa: F811
+def test_a_user_gpu_container_is_stamped_and_bound(gateway_stack, as_user, unprivileged_users):
     alice = unprivileged_users[0]
     name = f"gpu-{uuid.uuid4().hex[:8]}"
     made = as_user(
