@@ -42,6 +42,7 @@ from .gateway_create import (
     gpu_ask,
     owner_stamps,
     profile_hint,
+    referenced_containers,
     rewrite_create,
     stamp_labels,
     volume_options_refusal,
@@ -188,13 +189,15 @@ class Connection:
         """Resource figures carry no secrets: `docker stats` shows every container."""
         return method == "GET" and urlsplit(target).path.rstrip("/").endswith("/stats")
 
-    def _check_owner(self, ref: str) -> None:
+    def _check_owner(self, ref: str, *, field: str = "") -> None:
         owner = self.gateway.probe.container_owner(ref)
         if owner is None or owner == self.caller.user:
             return  # no such container: dockerd gives its own 404
+        where = f"{field}: " if field else ""
         raise Refusal(
             403,
-            f"ds01: container {ref} is not yours; you may only act on containers you created",
+            f"ds01: {where}container {ref} is not yours; "
+            "you may only act on containers you created",
         )
 
     def _retarget(self, head: Head, method: str, target: str) -> Head:
@@ -225,6 +228,8 @@ class Connection:
                 if problem:
                     logger.info("refused create user=%s: %s", caller.user, problem)
                     raise Refusal(403, f"ds01: {problem}")
+                for field, ref in referenced_containers(body):
+                    self._check_owner(ref, field=field)
             ask = gpu_ask(body, default_runtime=runtime)
             stamp_labels(body.get("Labels"), {})  # validates the labels' shape
         except CreateRefused as exc:

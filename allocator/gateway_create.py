@@ -282,6 +282,19 @@ def create_refusal(
     )
 
 
+def referenced_containers(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, container) pairs a create borrows from: their owner must be the caller."""
+    host = _mapping(body.get("HostConfig"), "HostConfig")
+    found = []
+    for entry in _list(host.get("VolumesFrom"), "HostConfig.VolumesFrom"):
+        found.append(("HostConfig.VolumesFrom", str(entry).split(":", 1)[0]))
+    for key in ("NetworkMode", "PidMode", "IpcMode"):
+        value = str(host.get(key) or "")
+        if value.startswith("container:"):
+            found.append((f"HostConfig.{key}", value.split(":", 1)[1]))
+    return [(field, ref) for field, ref in found if ref]
+
+
 # --- the rewrite --------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from allocator.gateway_create import (
     create_refusal,
     gpu_ask,
     profile_hint,
+    referenced_containers,
     rewrite_create,
     volume_options_refusal,
 )
@@ -230,3 +231,19 @@ def test_malformed_host_config_is_refused_not_crashed():
     assert "Binds[0]" in create_refusal(
         {"HostConfig": {"Binds": [3]}}, home=HOME, rules=RULES, realpath=identity
     )
+
+
+def test_containers_a_create_borrows_from_are_listed_for_the_owner_check():
+    host = {
+        "VolumesFrom": ["data:ro", "other"],
+        "NetworkMode": "container:net1",
+        "PidMode": "host",
+        "IpcMode": "container:ipc1",
+    }
+    assert referenced_containers({"HostConfig": host}) == [
+        ("HostConfig.VolumesFrom", "data"),
+        ("HostConfig.VolumesFrom", "other"),
+        ("HostConfig.NetworkMode", "net1"),
+        ("HostConfig.IpcMode", "ipc1"),
+    ]
+    assert referenced_containers({}) == []

@@ -12,6 +12,7 @@ import pytest
 
 from tests.gateway.clients import (
     DEBIAN_DOCKER,
+    call_as,
     require_docker_cli,
     run_as,
 )
@@ -265,3 +266,45 @@ def test_a_user_gpu_container_is_stamped_and_bound(gateway_stack, as_user, unpri
     )
     assert bound[0].devices == tuple(request["DeviceIDs"])
     assert as_user(alice, "rm", "-f", name).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [
+        ("--volumes-from={name}", "HostConfig.VolumesFrom"),
+        ("--network=container:{name}", "HostConfig.NetworkMode"),
+        ("--pid=container:{name}", "HostConfig.PidMode"),
+    ],
+)
+def test_borrowing_from_another_users_container_is_refused(
+    gateway_stack, as_user, unprivileged_users, alice_container, flag, field
+):
+    bob = unprivileged_users[1]
+    refused = as_user(bob, "create", flag.format(name=alice_container), gateway_stack.image, "true")
+    assert refused.returncode != 0 and field in refused.stderr and "not yours" in refused.stderr
+
+
+def test_another_users_exec_instance_cannot_be_started(
+    gateway_stack, unprivileged_users, alice_container
+):
+    exec_id = gateway_stack.docker.api.exec_create(alice_container, ["true"])["Id"]
+    bob = unprivileged_users[1]
+    status = call_as(bob, start_exec, str(gateway_stack.socket_path), exec_id)
+    assert status[0] == 403 and "not yours" in status[1]
+
+
+def start_exec(socket_path: str, exec_id: str) -> tuple[int, str]:
+    """As the forked user: POST /exec/<id>/start on a raw connection."""
+    import socket
+
+    body = b'{"Detach": true}'
+    request = (
+        f"POST /v1.41/exec/{exec_id}/start HTTP/1.1\r\nHost: d\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(socket_path)
+        sock.sendall(request)
+        answer = sock.recv(65536).decode()
+    return int(answer.split(" ")[1]), answer
