@@ -3,7 +3,8 @@
 `run`/`create` asking for GPUs get devices from the allocator (waiting in its queue with a
 progress line), are rewritten to `--gpus device=<uuid>` with the ds01.* labels, and then the
 real docker replaces this process. Everything else execs the real docker untouched, so exit
-codes, signals and output are exactly docker's.
+codes, signals and output are exactly docker's. With no Docker host chosen, the real docker
+talks to the gateway; the gateway takes over the reservation named in `ds01.allocation`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABE
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused, progress_line
 from .docker_args import gpu_request, parse_run, rewrite
+from .docker_endpoint import gateway_host
 
 REAL_DOCKER_ENV = "DS01_REAL_DOCKER"
 _MARKERS = (b"docker_wrapper_main", b"allocator.wrapper")
@@ -135,7 +137,13 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else list(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    host, warning = gateway_host(args, os.environ)
+    if warning:
+        print(f"ds01: {warning}", file=sys.stderr)
+    if host:
+        os.environ["DOCKER_HOST"] = host  # the real docker, exec'd below, inherits it
+    return run(args)
 
 
 if __name__ == "__main__":
