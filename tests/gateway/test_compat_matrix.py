@@ -17,10 +17,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from allocator.model import LIVE_STATES
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_TYPE, LABEL_USER
 from tests.gateway.clients import (
     CompatUser,
@@ -62,6 +64,7 @@ class Matrix:
     uuids: frozenset[str]
     alice: CompatUser
     bob: CompatUser
+    quota: int  # the users' group's max_gpus
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,7 @@ def matrix(gateway_stack, unprivileged_users) -> Matrix:
         uuids=frozenset(device.device_uuid for device in stack.devices),
         alice=unprivileged_users[0],
         bob=unprivileged_users[1],
+        quota=stack.policy.group_of(unprivileged_users[0].name).max_gpus,
     )
 
 
@@ -88,6 +92,9 @@ def remove_users_containers(matrix: Matrix) -> Iterator[None]:
             all=True, filters={"label": f"{LABEL_USER}={user.name}"}
         ):
             container.remove(force=True)
+    for allocation in matrix.allocator.allocations(everyone=True):
+        if allocation["state"] in LIVE_STATES:  # no hold period between cases: quota is 2
+            matrix.allocator.release(allocation["id"])
 
 
 def docker_as(matrix: Matrix, user: CompatUser, cli: str, *args: str, **kwargs):
@@ -101,9 +108,10 @@ def ok(done: subprocess.CompletedProcess) -> str:
 
 
 def assert_gpu_container(
-    matrix: Matrix, ref: str, *, user: CompatUser, ctype: str, count: int
+    matrix: Matrix, ref: str, *, user: CompatUser, ctype: str, count: int, runtime: bool = False
 ) -> tuple[str, ...]:
-    """The container names exactly its allocated devices, in label and DeviceRequests."""
+    """The container names exactly its allocated devices (label, and DeviceRequests or, for the
+    nvidia runtime form, NVIDIA_VISIBLE_DEVICES), is the caller's, and is bound."""
     attrs = matrix.docker.api.inspect_container(ref)
     labels = attrs["Config"]["Labels"]
     assert labels[LABEL_USER] == user.name
@@ -113,7 +121,12 @@ def assert_gpu_container(
     gpu_requests = [
         r for r in attrs["HostConfig"]["DeviceRequests"] or [] if ["gpu"] in r["Capabilities"]
     ]
-    assert [r["DeviceIDs"] for r in gpu_requests] == [list(devices)]
+    if runtime:
+        visible = [e for e in attrs["Config"]["Env"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+        assert visible == ["NVIDIA_VISIBLE_DEVICES=" + ",".join(devices)]
+        assert gpu_requests == []
+    else:
+        assert [r["DeviceIDs"] for r in gpu_requests] == [list(devices)]
     allocation_id = labels[LABEL_ALLOCATION]
 
     def bound() -> dict | None:
@@ -166,35 +179,50 @@ def test_docker_create_then_start_gpus(matrix: Matrix, label, cli):
     assert_gpu_container(matrix, name, user=matrix.bob, ctype="docker", count=1)
 
 
-def _compose_text(image: str, device: dict) -> str:
-    service = {
-        "image": image,
-        "command": ["sleep", "3600"],
-        "network_mode": "none",
-        "deploy": {"resources": {"reservations": {"devices": [device]}}},
-    }
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_docker_run_nvidia_runtime_visible_devices(matrix: Matrix, label, cli):
+    """The older form (--runtime nvidia -e NVIDIA_VISIBLE_DEVICES=…) is rewritten too."""
+    require_docker_cli(cli)
+    name = f"compat-{uuid.uuid4().hex[:8]}"
+    args = ["run", "--detach", "--name", name, "--network", "none", "--runtime", "nvidia"]
+    args += ["--env", "NVIDIA_VISIBLE_DEVICES=0:0", matrix.image, "sleep", "3600"]
+    ok(docker_as(matrix, matrix.alice, cli, *args))
+    assert_gpu_container(matrix, name, user=matrix.alice, ctype="docker", count=1, runtime=True)
+
+
+def _compose_text(image: str, gpu: dict) -> str:
+    """One service asking for GPUs as `gpu` says (a deploy device, or runtime + environment)."""
+    service = {"image": image, "command": ["sleep", "3600"], "network_mode": "none"}
+    if "runtime" in gpu:  # the 2.x file format's form
+        return json.dumps({"version": "2.4", "services": {"gpu": {**service, **gpu}}})
+    service["deploy"] = {"resources": {"reservations": {"devices": [gpu]}}}
     return json.dumps({"version": "3.8", "services": {"gpu": service}})  # JSON is YAML
 
 
 @pytest.mark.parametrize(
-    ("device", "count"),
+    ("gpu", "count"),
     [
         ({"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}, 1),
+        ({"driver": "nvidia", "count": 2, "capabilities": ["gpu"]}, 2),
         ({"driver": "nvidia", "device_ids": ["0:0", "0:1"], "capabilities": ["gpu"]}, 2),
+        ({"runtime": "nvidia", "environment": ["NVIDIA_VISIBLE_DEVICES=all"]}, 1),
     ],
-    ids=["count-all", "device-ids"],
+    ids=["count-all", "count-2", "device-ids", "runtime-nvidia"],
 )
-def test_compose_gpu_reservations(matrix: Matrix, user_workdir, device, count):
+def test_compose_gpu_reservations(matrix: Matrix, user_workdir, gpu, count):
     compose = compose_binary()
     folder = user_workdir(matrix.alice)
-    write_as_owner(matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, device))
+    write_as_owner(matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu))
     project = f"compat{uuid.uuid4().hex[:8]}"
     argv = [compose, "--project-name", project]
     env = {"DOCKER_HOST": matrix.docker_host}
     ok(run_as(matrix.alice, [*argv, "up", "--detach"], env=env, cwd=folder))
     made = matrix.docker.containers.list(filters={"label": f"com.docker.compose.project={project}"})
     assert len(made) == 1
-    assert_gpu_container(matrix, made[0].id, user=matrix.alice, ctype="compose", count=count)
+    runtime = "runtime" in gpu
+    assert_gpu_container(
+        matrix, made[0].id, user=matrix.alice, ctype="compose", count=count, runtime=runtime
+    )
     ok(run_as(matrix.alice, [*argv, "down", "--timeout", "1"], env=env, cwd=folder))
     assert not matrix.docker.containers.list(
         all=True, filters={"label": f"com.docker.compose.project={project}"}
@@ -243,6 +271,65 @@ def test_python_sdk_gpu(matrix: Matrix):
     name = f"compat-{uuid.uuid4().hex[:8]}"
     made = call_as(matrix.alice, _sdk_run_with_gpu, matrix.docker_host, matrix.image, name)
     assert_gpu_container(matrix, made, user=matrix.alice, ctype="docker", count=1)
+
+
+def _sdk_run_expecting_refusal(docker_host: str, image: str, count: int) -> str:
+    import docker
+    from docker.types import DeviceRequest
+
+    client = docker.DockerClient(base_url=docker_host, timeout=60)
+    try:
+        client.containers.create(
+            image,
+            ["true"],
+            network_mode="none",
+            device_requests=[DeviceRequest(count=count, capabilities=[["gpu"]])],
+        )
+    except docker.errors.APIError as exc:
+        return f"{exc.status_code} {exc.explanation}"
+    return "created"
+
+
+def _over_quota_attempt(matrix: Matrix, client: str, folder: Path, count: int) -> str:
+    """What the user sees when asking for more GPUs than the quota with `client`."""
+    env = {"DOCKER_HOST": matrix.docker_host}
+    gpus = ["--gpus", str(count), "--network", "none"]
+    if client == "compose":
+        gpu = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
+        write_as_owner(
+            matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu)
+        )
+        argv = [compose_binary(), "--project-name", f"quota{uuid.uuid4().hex[:8]}"]
+        done = run_as(matrix.alice, [*argv, "up", "--detach"], env=env, cwd=folder)
+    elif client == "devcontainer":
+        config = {"image": matrix.dev_image, "runArgs": gpus}
+        write_as_owner(matrix.alice, folder / ".devcontainer/devcontainer.json", json.dumps(config))
+        argv = [devcontainer_binary(), "up", "--workspace-folder", str(folder)]
+        done = run_as(matrix.alice, argv, env=env, timeout=120)
+    elif client == "python-sdk":
+        return call_as(
+            matrix.alice, _sdk_run_expecting_refusal, matrix.docker_host, matrix.image, count
+        )
+    else:
+        cli = require_docker_cli(dict(CLIS)[client])
+        done = docker_as(matrix, matrix.alice, cli, "run", "--rm", *gpus, matrix.image, "true")
+    assert done.returncode != 0, done.stdout
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("client", [*CLI_IDS, "compose", "devcontainer", "python-sdk"])
+def test_over_quota_the_allocators_message_reaches_the_user(matrix: Matrix, user_workdir, client):
+    """Bad input gets a clear error through every client, and leaves nothing behind."""
+    limit = matrix.quota
+    assert isinstance(limit, int), "the stack's users need a GPU quota (max_gpus)"
+    before = {a["id"] for a in matrix.allocator.allocations(everyone=True)}
+    seen = _over_quota_attempt(matrix, client, user_workdir(matrix.alice), limit + 1)
+    assert "GPU quota exceeded" in seen and f"asks for {limit + 1}" in seen, seen
+    after = {a["id"] for a in matrix.allocator.allocations(everyone=True)}
+    assert after == before
+    assert not matrix.docker.containers.list(
+        all=True, filters={"label": f"{LABEL_USER}={matrix.alice.name}"}
+    )
 
 
 # --- streams and hijacked connections -------------------------------------------------------
@@ -350,6 +437,70 @@ def test_events_stream(matrix: Matrix, label, cli):
         assert reader.process.poll() is None  # still streaming
     finally:
         reader.stop()
+
+
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_run_in_the_foreground_with_piped_stdin(matrix: Matrix, label, cli):
+    """run without -d attaches (hijack) before start; -i's stdin ends with a half-close."""
+    require_docker_cli(cli)
+    base = ["run", "--rm", "--network", "none"]
+    said = docker_as(matrix, matrix.alice, cli, *base, matrix.image, "echo", "hello")
+    assert ok(said) == "hello\n"
+    piped = docker_as(matrix, matrix.alice, cli, *base, "-i", matrix.image, "cat", input="a\nb\n")
+    assert ok(piped) == "a\nb\n"
+
+
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_container_verbs_on_ones_own_container(matrix: Matrix, user_workdir, label, cli):
+    """The everyday verbs, each on an owned container through the gateway's ownership check."""
+    require_docker_cli(cli)
+    name = _running(matrix, matrix.alice, cli)
+
+    def cli_ok(*args: str) -> str:
+        return ok(docker_as(matrix, matrix.alice, cli, *args))
+
+    assert cli_ok("ps", "--filter", f"name={name}", "--format", "{{.Names}}") == f"{name}\n"
+    assert cli_ok("inspect", "--format", "{{.Name}}", name) == f"/{name}\n"
+    assert "sleep" in cli_ok("top", name)
+    assert name in cli_ok("stats", "--no-stream", "--format", "{{.Name}}", name)
+    cli_ok("pause", name)
+    assert matrix.docker.containers.get(name).status == "paused"
+    cli_ok("unpause", name)
+    renamed = f"{name}-renamed"
+    cli_ok("rename", name, renamed)
+    cli_ok("exec", renamed, "touch", "/tmp/changed")
+    assert "/tmp/changed" in cli_ok("diff", renamed)
+    tag = f"ds01/compat-commit:{uuid.uuid4().hex[:8]}"
+    cli_ok("commit", renamed, tag)
+    try:
+        assert matrix.docker.images.get(tag).attrs["Size"] > 0
+    finally:
+        matrix.docker.images.remove(tag)
+    exported = user_workdir(matrix.alice) / "export.tar"
+    cli_ok("export", "--output", str(exported), renamed)
+    assert exported.stat().st_size > 0
+    cli_ok("kill", renamed)
+    assert cli_ok("wait", renamed).strip() == "137"
+    cli_ok("start", renamed)
+    cli_ok("stop", "--time", "0", renamed)
+    cli_ok("rm", renamed)
+    assert not matrix.docker.containers.list(all=True, filters={"name": renamed})
+
+
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_named_volume_round_trip(matrix: Matrix, label, cli):
+    require_docker_cli(cli)
+    volume = f"compat-{uuid.uuid4().hex[:8]}"
+    base = ["run", "--rm", "--network", "none", "--volume", f"{volume}:/data", matrix.image]
+    try:
+        ok(docker_as(matrix, matrix.alice, cli, "volume", "create", volume))
+        assert matrix.docker.volumes.get(volume).attrs["Labels"][LABEL_USER] == matrix.alice.name
+        ok(docker_as(matrix, matrix.alice, cli, *base, "sh", "-c", "echo kept > /data/f"))
+        assert ok(docker_as(matrix, matrix.alice, cli, *base, "cat", "/data/f")) == "kept\n"
+        ok(docker_as(matrix, matrix.alice, cli, "volume", "rm", volume))
+    finally:
+        if matrix.docker.volumes.list(filters={"name": volume}):
+            matrix.docker.volumes.get(volume).remove(force=True)
 
 
 # --- files and images -------------------------------------------------------------------------
