@@ -91,9 +91,13 @@ def test_gateway_sees_the_paths_dockerd_sees():
 
 def test_gateway_starts_after_dockerd_and_the_allocator():
     unit = UNITS / "ds01-gateway.service"
-    for key in ("After", "Requires"):
-        wanted = set(" ".join(setting(unit, "Unit", key)).split())
-        assert {"docker.service", "ds01-allocator.service"} <= wanted, key
+    after = set(" ".join(setting(unit, "Unit", "After")).split())
+    assert {"docker.service", "ds01-allocator.service"} <= after
+    assert "docker.service" in " ".join(setting(unit, "Unit", "Requires")).split()
+    # pulled in, but an allocator restart must not restart the gateway (open sessions)
+    assert "ds01-allocator.service" in " ".join(setting(unit, "Unit", "Wants")).split()
+    assert "ds01-allocator.service" not in " ".join(setting(unit, "Unit", "Requires")).split()
+    assert not setting(unit, "Unit", "BindsTo") and not setting(unit, "Unit", "PartOf")
 
 
 def dockerd_socket_dropin() -> tuple[str, str, str]:
