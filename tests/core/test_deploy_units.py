@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ds01.policy import load_policy
 from ds01.policy_model import GatewayPolicy, Services
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -168,3 +169,10 @@ def test_login_shells_talk_to_the_gateway():
 )
 def test_login_shells_keep_a_users_own_choice(env, expected):
     assert profile_docker_host(env) == expected
+
+
+def test_the_example_policy_shows_the_gateway_defaults_the_units_use():
+    example = load_policy(DEPLOY.parent / "config" / "ds01.example.yaml")
+    assert example.gateway == GatewayPolicy()
+    assert parsed_args("gateway").socket == example.gateway.socket
+    assert parsed_args("gateway").docker_host == f"unix://{example.gateway.docker_socket}"
