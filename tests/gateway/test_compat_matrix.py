@@ -250,6 +250,58 @@ def test_devcontainer_up_and_exec_with_gpus(matrix: Matrix, user_workdir, label,
     assert "in-42" in ok(said)
 
 
+def _devcontainer_up(matrix: Matrix, folder: Path, cli: str) -> dict:
+    argv = [devcontainer_binary(), "up", "--workspace-folder", str(folder), "--docker-path", cli]
+    up = run_as(matrix.alice, argv, env={"DOCKER_HOST": matrix.docker_host}, timeout=180)
+    lines = up.stdout.strip().splitlines()
+    outcome = json.loads(lines[-1]) if lines else {}
+    assert outcome.get("outcome") == "success", up.stdout[-3000:] + up.stderr[-3000:]
+    return outcome
+
+
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_devcontainer_built_from_a_dockerfile(matrix: Matrix, user_workdir, label, cli):
+    """`build` in devcontainer.json: the CLI runs `docker build` through the gateway first."""
+    require_docker_cli(cli)
+    folder = user_workdir(matrix.alice)
+    dockerfile = f"FROM {matrix.dev_image}\nRUN echo built > /built\n"
+    write_as_owner(matrix.alice, folder / ".devcontainer/Dockerfile", dockerfile)
+    config = {
+        "build": {"dockerfile": "Dockerfile"},
+        "runArgs": ["--gpus", "1", "--network", "none"],
+    }
+    write_as_owner(matrix.alice, folder / ".devcontainer/devcontainer.json", json.dumps(config))
+    container = matrix.docker.containers.get(_devcontainer_up(matrix, folder, cli)["containerId"])
+    try:
+        assert_gpu_container(matrix, container.id, user=matrix.alice, ctype="devcontainer", count=1)
+        assert container.exec_run(["cat", "/built"]).output == b"built\n"
+    finally:
+        container.remove(force=True)
+        matrix.docker.images.remove(container.image.id, force=True)
+
+
+def test_devcontainer_from_compose(matrix: Matrix, user_workdir):
+    """`dockerComposeFile`: the Dev Containers CLI drives docker-compose 1.29; its labels make
+    the container a devcontainer, not a compose one."""
+    compose_binary()
+    folder = user_workdir(matrix.alice)
+    gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    service = json.loads(_compose_text(matrix.dev_image, gpu))
+    service["services"]["gpu"]["volumes"] = [f"..:/workspaces/{folder.name}"]
+    write_as_owner(matrix.alice, folder / ".devcontainer/docker-compose.yml", json.dumps(service))
+    config = {
+        "dockerComposeFile": "docker-compose.yml",
+        "service": "gpu",
+        "workspaceFolder": f"/workspaces/{folder.name}",
+    }
+    write_as_owner(matrix.alice, folder / ".devcontainer/devcontainer.json", json.dumps(config))
+    outcome = _devcontainer_up(matrix, folder, CLIS[0][1])
+    container = outcome["containerId"]
+    assert_gpu_container(matrix, container, user=matrix.alice, ctype="devcontainer", count=1)
+    labels = matrix.docker.containers.get(container).labels
+    assert labels["com.docker.compose.project"] == outcome["composeProjectName"]
+
+
 def _sdk_run_with_gpu(docker_host: str, image: str, name: str) -> str:
     """In the child that became the user: what a Python program on the server would do."""
     import docker
