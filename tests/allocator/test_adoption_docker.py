@@ -133,3 +133,20 @@ def test_a_container_running_before_the_allocator_starts_is_adopted_at_reconcile
     runtime = allocator_factory(docker=docker_client)  # reconciles before it serves
     [alloc] = _bound_to(runtime, container.id)
     assert (alloc.state, alloc.user, alloc.devices) == ("bound", "bob", (device,))
+
+
+def test_an_adopted_container_stopped_while_the_allocator_was_down_is_held_after_restart(
+    allocator_factory, docker_client, containers, sim_inventory
+):
+    device = sim_inventory[2].device_uuid
+    policy = {"gpu_hold_after_stop": "1h"}
+    first = allocator_factory(policy=policy, docker=docker_client, name="restart")
+    container = containers(gpus=[device], labels=ALICE)
+    [adopted] = eventually(lambda: _bound_to(first, container.id), WAIT, "adoption")
+    first.stop()
+    container.kill()  # an unlabelled, stopped container: found again through its allocation
+    second = allocator_factory(policy=policy, docker=docker_client, name="restart")
+    [after] = _bound_to(second, container.id)
+    assert (after.id, after.state) == (adopted.id, "held")
+    container.remove(force=True)
+    eventually(lambda: not _bound_to(second, container.id), WAIT, "freed on destroy")
