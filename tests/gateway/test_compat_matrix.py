@@ -26,6 +26,7 @@ from allocator.model import LIVE_STATES
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_TYPE, LABEL_USER
 from tests.gateway.clients import (
     CompatUser,
+    TerminalSession,
     call_as,
     cli_supports_buildkit,
     compose_binary,
@@ -420,6 +421,35 @@ def test_exec_it_on_a_terminal(matrix: Matrix, label, cli):
     )
     assert done.returncode == 4, done.stdout + done.stderr
     assert "exec-42" in done.stdout and "/dev/pts/" in done.stdout
+
+
+@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
+def test_detach_keys_resize_and_attach_again(matrix: Matrix, label, cli):
+    """Ctrl-P Ctrl-Q leaves the container running (dockerd reads the keys, so they must pass
+    through); the terminal size arrives by a resize call; `attach` picks the shell up again."""
+    require_docker_cli(cli)
+    name = f"compat-{uuid.uuid4().hex[:8]}"
+    env = {"DOCKER_HOST": matrix.docker_host}
+    argv = [cli, "run", "-it", "--name", name, "--network", "none", matrix.dev_image, "sh"]
+    first = TerminalSession(matrix.alice, argv, env=env, rows=33, cols=111)
+    try:
+        first.expect("# ")
+        first.send("stty size\n")
+        first.expect("33 111")
+        first.send(b"\x10\x11")
+        assert first.wait() == 0, first.seen
+    finally:
+        first.close()
+    assert matrix.docker.containers.get(name).status == "running"
+    again = TerminalSession(matrix.alice, [cli, "attach", name], env=env)
+    try:
+        again.send("echo back-$((6*7))\n")
+        again.expect("back-42")
+        again.send("exit 5\n")
+        assert again.wait() == 5, again.seen
+    finally:
+        again.close()
+    assert matrix.docker.containers.get(name).attrs["State"]["ExitCode"] == 5
 
 
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
