@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from allocator.client import AllocatorClient
+from allocator.lifecycle import ContainerEvent, ContainerView
 from tests.allocator.conftest import WAIT, as_user, write_topology
 from tests.harness.waiting import eventually
 
@@ -150,3 +151,16 @@ def test_an_adopted_container_stopped_while_the_allocator_was_down_is_held_after
     assert (after.id, after.state) == (adopted.id, "held")
     container.remove(force=True)
     eventually(lambda: not _bound_to(second, container.id), WAIT, "freed on destroy")
+
+
+def test_a_start_event_is_completed_by_an_inspect_and_kept_as_is_when_the_container_is_gone(
+    allocator_factory, docker_client, containers, sim_inventory
+):
+    runtime = allocator_factory(docker=docker_client)
+    device = sim_inventory[2].device_uuid
+    container = containers(gpus=[device], labels=BOB)
+    bare = ContainerEvent("start", ContainerView(container.id, "", "", "", True), 1.0)
+    full = runtime.watcher.inspected(bare).container
+    assert (full.gpu_devices, full.user, full.container_type) == ((device,), "bob", "compose")
+    container.remove(force=True)
+    assert runtime.watcher.inspected(bare) == bare
