@@ -290,14 +290,17 @@ def user_workdir() -> Iterator[Callable[[CompatUser], Path]]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_as_owner(user: CompatUser, path: Path, text: str) -> Path:
-    """Write a file the user owns (compose files, Dockerfiles, devcontainer.json)."""
+def write_as_owner(user: CompatUser, path: Path, text: str | bytes) -> Path:
+    """Write a file the user owns (compose files, Dockerfiles, devcontainer.json, payloads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for folder in [path.parent, *path.parent.parents]:
         if folder == user.home or folder == Path("/"):
             break
         os.chown(folder, user.uid, user.gid)
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     os.chown(path, user.uid, user.gid)
     return path
 

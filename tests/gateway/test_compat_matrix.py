@@ -10,6 +10,7 @@ test_clients_dockerd.py runs the same clients against plain dockerd, as a baseli
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -590,14 +591,15 @@ def test_named_volume_round_trip(matrix: Matrix, label, cli):
 
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
 def test_cp_both_ways(matrix: Matrix, user_workdir, label, cli):
+    """A few MiB of binary: the upload spans many reads, the archive comes back byte-exact."""
     require_docker_cli(cli)
     folder = user_workdir(matrix.alice)
-    sent = write_as_owner(matrix.alice, folder / "in.txt", "payload " * 5000)
+    sent = write_as_owner(matrix.alice, folder / "in.bin", os.urandom(3 * 1024 * 1024 + 7))
     name = _running(matrix, matrix.alice, cli)
-    ok(docker_as(matrix, matrix.alice, cli, "cp", str(sent), f"{name}:/tmp/in.txt"))
-    back = folder / "back.txt"
-    ok(docker_as(matrix, matrix.alice, cli, "cp", f"{name}:/tmp/in.txt", str(back)))
-    assert back.read_text() == sent.read_text()
+    ok(docker_as(matrix, matrix.alice, cli, "cp", str(sent), f"{name}:/tmp/in.bin"))
+    back = folder / "back.bin"
+    ok(docker_as(matrix, matrix.alice, cli, "cp", f"{name}:/tmp/in.bin", str(back)))
+    assert back.read_bytes() == sent.read_bytes()
     assert back.stat().st_uid == matrix.alice.uid
 
 
@@ -614,6 +616,7 @@ def test_build(matrix: Matrix, user_workdir, label, cli, buildkit):
         f"FROM {matrix.image}\nRUN echo built > /tmp/marker\nCOPY hello.txt /hello.txt\n",
     )
     write_as_owner(matrix.alice, folder / "hello.txt", "hello\n")
+    write_as_owner(matrix.alice, folder / "ballast.bin", os.urandom(2 * 1024 * 1024))
     tag = f"ds01/compat-build:{uuid.uuid4().hex[:8]}"
     built = docker_as(
         matrix,
@@ -629,7 +632,9 @@ def test_build(matrix: Matrix, user_workdir, label, cli, buildkit):
         timeout=120,
     )
     try:
-        ok(built)
+        shown = ok(built) + built.stderr
+        # BuildKit (its /session upgraded to h2c) and the legacy builder print differently
+        assert ("load build definition" in shown) == (buildkit == "1"), shown
         out = matrix.docker.containers.run(
             tag, ["cat", "/tmp/marker", "/hello.txt"], network_mode="none", remove=True
         )
