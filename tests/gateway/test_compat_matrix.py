@@ -386,6 +386,61 @@ def test_over_quota_the_allocators_message_reaches_the_user(matrix: Matrix, user
     )
 
 
+def _sdk_everyday(docker_host: str, image: str) -> dict[str, Any]:
+    """In the child that became the user: run, exec, logs stream, archives, attach socket."""
+    import io
+    import socket
+    import tarfile
+
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=60)
+    seen: dict[str, Any] = {}
+    seen["run"] = client.containers.run(image, ["echo", "ran"], network_mode="none", remove=True)
+    box = client.containers.run(
+        image,
+        ["sh", "-c", "echo one; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo two"],
+        network_mode="none",
+        detach=True,
+    )
+    stream = box.logs(stream=True, follow=True)
+    seen["first"] = next(stream)
+    seen["exec"] = box.exec_run(["sh", "-c", "echo exec; touch /tmp/go"]).output
+    seen["rest"] = b"".join(stream)
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        info = tarfile.TarInfo("note.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"note\n"))
+    seen["put"] = box.put_archive("/tmp", payload.getvalue())
+    chunks, _ = box.get_archive("/tmp/note.txt")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        seen["got"] = tar.extractfile("note.txt").read()
+    seen["exit"] = box.wait()["StatusCode"]
+    box.remove()
+    echo = client.containers.create(image, ["cat"], network_mode="none", stdin_open=True)
+    sock = echo.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
+    echo.start()
+    sock._sock.sendall(b"via attach\n")
+    sock._sock.shutdown(socket.SHUT_WR)  # the half-close that ends cat's stdin
+    data = b""
+    while chunk := sock._sock.recv(4096):
+        data += chunk
+    seen["attach"] = data
+    seen["attach_exit"] = echo.wait()["StatusCode"]
+    echo.remove()
+    return seen
+
+
+def test_python_sdk_everyday(matrix: Matrix):
+    seen = call_as(matrix.alice, _sdk_everyday, matrix.docker_host, matrix.dev_image)
+    assert seen["run"] == b"ran\n"
+    assert seen["first"] == b"one\n"  # arrived while the container waited for /tmp/go
+    assert seen["exec"] == b"exec\n" and seen["rest"] == b"two\n" and seen["exit"] == 0
+    assert seen["put"] is True and seen["got"] == b"note\n"
+    assert seen["attach"].endswith(b"via attach\n") and seen["attach_exit"] == 0
+
+
 # --- streams and hijacked connections -------------------------------------------------------
 
 
