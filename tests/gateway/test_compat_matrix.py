@@ -9,7 +9,9 @@ test_clients_dockerd.py runs the same clients against plain dockerd, as a baseli
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -61,6 +63,7 @@ class Matrix:
     docker_host: str
     docker: Any  # SDK client on dockerd itself (root), to check what the gateway made
     allocator: Any  # AllocatorClient with admin rights
+    service: Any  # the allocator itself (in this process): who waits in its queue
     image: str
     dev_image: str
     uuids: frozenset[str]
@@ -76,6 +79,7 @@ def matrix(gateway_stack, unprivileged_users) -> Matrix:
         docker_host=stack.docker_host,
         docker=stack.docker,
         allocator=stack.allocator_client(),
+        service=stack.allocator,
         image=stack.image,
         dev_image=ensure_devcontainer_image(stack.docker),
         uuids=frozenset(device.device_uuid for device in stack.devices),
@@ -439,6 +443,102 @@ def test_python_sdk_everyday(matrix: Matrix):
     assert seen["exec"] == b"exec\n" and seen["rest"] == b"two\n" and seen["exit"] == 0
     assert seen["put"] is True and seen["got"] == b"note\n"
     assert seen["attach"].endswith(b"via attach\n") and seen["attach_exit"] == 0
+
+
+@contextlib.contextmanager
+def every_gpu_taken(matrix: Matrix) -> Iterator[None]:
+    """An unmanaged container on dockerd holding every device, until the block ends."""
+    from docker.types import DeviceRequest
+
+    blocker = matrix.docker.containers.run(
+        matrix.image,
+        ["sleep", "3600"],
+        network_mode="none",
+        detach=True,
+        device_requests=[DeviceRequest(device_ids=sorted(matrix.uuids), capabilities=[["gpu"]])],
+    )
+    try:
+        eventually(
+            lambda: all(d["state"] == "busy" for d in matrix.allocator.devices()),
+            30,
+            "the allocator to see every device busy",
+        )
+        yield
+    finally:
+        blocker.remove(force=True)
+
+
+def _waiting(matrix: Matrix, user: CompatUser) -> bool:
+    return matrix.service.usage(user.name)["waiting"] > 0
+
+
+def _queued_client(matrix: Matrix, client: str, folder: Path, env: dict[str, str]):
+    """Start `client` asking for one GPU; it blocks in the queue. Returns the process."""
+    if client == "compose":
+        gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+        write_as_owner(
+            matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu)
+        )
+        argv = [compose_binary(), "--project-name", f"queue{uuid.uuid4().hex[:8]}", "up", "-d"]
+        return start_as(matrix.alice, argv, env=env, cwd=folder)
+    cli = require_docker_cli(dict(CLIS)[client])
+    argv = [
+        cli,
+        "run",
+        "--detach",
+        "--network",
+        "none",
+        "--gpus",
+        "1",
+        matrix.image,
+        "sleep",
+        "600",
+    ]
+    return start_as(matrix.alice, argv, env=env)
+
+
+@pytest.mark.parametrize("client", [*CLI_IDS, "compose"])
+def test_waiting_in_the_queue_inside_the_call(matrix: Matrix, user_workdir, client):
+    """No free GPU: the create waits in the FIFO queue and succeeds when one frees."""
+    env = {"DOCKER_HOST": matrix.docker_host}
+    with every_gpu_taken(matrix):
+        waiting = _queued_client(matrix, client, user_workdir(matrix.alice), env)
+        try:
+            eventually(lambda: _waiting(matrix, matrix.alice), 30, "ds01alice in the queue")
+        except AssertionError:
+            waiting.kill()
+            raise
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    made = matrix.docker.containers.list(filters={"label": f"{LABEL_USER}={matrix.alice.name}"})
+    assert len(made) == 1
+    ctype = "compose" if client == "compose" else "docker"
+    assert_gpu_container(matrix, made[0].id, user=matrix.alice, ctype=ctype, count=1)
+
+
+def test_a_client_that_gives_up_leaves_no_ticket_behind(matrix: Matrix, user_workdir, caplog):
+    """compose's HTTP timeout (COMPOSE_HTTP_TIMEOUT, 60 s by default) can end a wait before
+    gpu_wait does: the gateway must cancel the ticket (not let it time out), so nothing is
+    granted or created later."""
+    caplog.set_level(logging.INFO, logger="allocator")
+    env = {"DOCKER_HOST": matrix.docker_host, "COMPOSE_HTTP_TIMEOUT": "2"}
+
+    def cancelled() -> bool:
+        return any(
+            "left while waiting for a GPU" in r.getMessage() and matrix.alice.name in r.getMessage()
+            for r in caplog.records
+        )
+
+    with every_gpu_taken(matrix):
+        gave_up = _queued_client(matrix, "compose", user_workdir(matrix.alice), env)
+        _, err = gave_up.communicate(timeout=60)
+        assert gave_up.returncode != 0 and "Read timed out" in err, err
+        eventually(cancelled, 30, "the gateway to cancel ds01alice's ticket")
+        assert not _waiting(matrix, matrix.alice)
+    assert matrix.service.usage(matrix.alice.name)["allocations"] == []
+    assert not matrix.docker.containers.list(
+        all=True, filters={"label": f"{LABEL_USER}={matrix.alice.name}"}
+    )
 
 
 # --- streams and hijacked connections -------------------------------------------------------
