@@ -235,6 +235,37 @@ def test_compose_gpu_reservations(matrix: Matrix, user_workdir, gpu, count):
     )
 
 
+def test_same_compose_project_name_for_two_users_leaves_the_first_alone(
+    matrix: Matrix, user_workdir
+):
+    """compose names a project after its folder, so two users' `app` folders collide; bob's
+    compose sees alice's containers (listing shows everyone) and may not touch them."""
+    compose = compose_binary()
+    text = json.dumps(
+        {
+            "version": "3.8",
+            "services": {
+                "web": {"image": matrix.image, "command": ["sleep", "3600"], "network_mode": "none"}
+            },
+        }
+    )
+    env = {"DOCKER_HOST": matrix.docker_host}
+    project = f"app{uuid.uuid4().hex[:6]}"
+    folders = {}
+    for user in (matrix.alice, matrix.bob):
+        folders[user.name] = user_workdir(user) / project
+        write_as_owner(user, folders[user.name] / "docker-compose.yml", text)
+    ok(run_as(matrix.alice, [compose, "up", "--detach"], env=env, cwd=folders[matrix.alice.name]))
+    label = {"label": f"com.docker.compose.project={project}"}
+    (alices,) = matrix.docker.containers.list(all=True, filters=label)
+    bobs = run_as(matrix.bob, [compose, "up", "--detach"], env=env, cwd=folders[matrix.bob.name])
+    if bobs.returncode:  # today: refused on alice's container
+        assert "is not yours" in bobs.stderr or "already in use" in bobs.stderr, bobs.stderr
+    after = matrix.docker.containers.get(alices.id)
+    assert after.labels[LABEL_USER] == matrix.alice.name and after.status == "running"
+    assert after.attrs["State"]["StartedAt"] == alices.attrs["State"]["StartedAt"]
+
+
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
 def test_devcontainer_up_and_exec_with_gpus(matrix: Matrix, user_workdir, label, cli):
     require_docker_cli(cli)
