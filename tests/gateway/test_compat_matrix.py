@@ -1,149 +1,56 @@
-"""The compatibility matrix: real clients, run by unprivileged users, through the gateway.
+"""The compatibility matrix, GPU requests: every client's way of asking, through the gateway.
 
-Each case is what a user of the shared server really types — docker CLI 20.10 and newer,
-docker-compose 1.29, the Dev Containers CLI, the Python SDK — against DOCKER_HOST=unix://<the
-gateway socket>, checked on dockerd's side: GPU containers name exactly the allocated devices,
-carry the caller as owner and the client type, and are bound in the allocator.
-test_clients_dockerd.py runs the same clients against plain dockerd, as a baseline.
+Real clients — docker CLI 20.10 and a newer one where installed, docker-compose 1.29, the Dev
+Containers CLI, the Python SDK — run by unprivileged users against DOCKER_HOST=unix://<the
+gateway socket>. Checked on dockerd's side: each GPU container names exactly its allocated
+devices, carries the caller as owner and the client as type, and is bound in the allocator.
+Streams, terminals, files and images: test_compat_streams.py; baseline: test_clients_dockerd.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import queue
-import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from allocator.model import LIVE_STATES
-from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_TYPE, LABEL_USER
+from ds01.containers import LABEL_USER
 from tests.gateway.clients import (
-    CompatUser,
-    TerminalSession,
     call_as,
-    cli_supports_buildkit,
     compose_binary,
     devcontainer_binary,
-    docker_clis,
-    ensure_devcontainer_image,
     require_docker_cli,
     run_as,
-    run_in_pty_as,
     start_as,
     write_as_owner,
 )
 from tests.gateway.clients import unprivileged_users as _users_fixture
 from tests.gateway.clients import user_workdir as _workdir_fixture
+from tests.gateway.compat import (
+    CLI_IDS,
+    CLIS,
+    Matrix,
+    assert_gpu_container,
+    compose_text,
+    docker_as,
+    every_gpu_taken,
+    ok,
+    waiting_in_queue,
+)
+from tests.gateway.compat import matrix as _matrix_fixture
+from tests.gateway.compat import remove_users_containers as _cleanup_fixture
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
-unprivileged_users = _users_fixture  # session fixtures, used by name
+unprivileged_users = _users_fixture  # fixtures, used by name
 user_workdir = _workdir_fixture
+matrix = _matrix_fixture
+remove_users_containers = _cleanup_fixture  # autouse
 
-CLIS = docker_clis()
-CLI_IDS = [label for label, _ in CLIS]
 GPU_FORMS = [("all", 1), ("2", 2), ('"device=0:0,0:1"', 2)]
 GPU_FORM_IDS = ["all", "count-2", "device-ids"]
-
-
-@dataclass(frozen=True)
-class Matrix:
-    """What every case needs: where the gateway listens and how to look behind it."""
-
-    docker_host: str
-    docker: Any  # SDK client on dockerd itself (root), to check what the gateway made
-    allocator: Any  # AllocatorClient with admin rights
-    service: Any  # the allocator itself (in this process): who waits in its queue
-    image: str
-    dev_image: str
-    uuids: frozenset[str]
-    alice: CompatUser
-    bob: CompatUser
-    quota: int  # the users' group's max_gpus
-
-
-@pytest.fixture(scope="module")
-def matrix(gateway_stack, unprivileged_users) -> Matrix:
-    stack = gateway_stack
-    return Matrix(
-        docker_host=stack.docker_host,
-        docker=stack.docker,
-        allocator=stack.allocator_client(),
-        service=stack.allocator,
-        image=stack.image,
-        dev_image=ensure_devcontainer_image(stack.docker),
-        uuids=frozenset(device.device_uuid for device in stack.devices),
-        alice=unprivileged_users[0],
-        bob=unprivileged_users[1],
-        quota=stack.policy.group_of(unprivileged_users[0].name).max_gpus,
-    )
-
-
-@pytest.fixture(autouse=True)
-def remove_users_containers(matrix: Matrix) -> Iterator[None]:
-    """Each case starts clean and leaves nothing: the matrix's users' containers go."""
-    yield
-    for user in (matrix.alice, matrix.bob):
-        for container in matrix.docker.containers.list(
-            all=True, filters={"label": f"{LABEL_USER}={user.name}"}
-        ):
-            container.remove(force=True)
-    for allocation in matrix.allocator.allocations(everyone=True):
-        if allocation["state"] in LIVE_STATES:  # no hold period between cases: quota is 2
-            matrix.allocator.release(allocation["id"])
-
-
-def docker_as(matrix: Matrix, user: CompatUser, cli: str, *args: str, **kwargs):
-    env = {"DOCKER_HOST": matrix.docker_host, **kwargs.pop("env", {})}
-    return run_as(user, [cli, *args], env=env, **kwargs)
-
-
-def ok(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def assert_gpu_container(
-    matrix: Matrix, ref: str, *, user: CompatUser, ctype: str, count: int, runtime: bool = False
-) -> tuple[str, ...]:
-    """The container names exactly its allocated devices (label, and DeviceRequests or, for the
-    nvidia runtime form, NVIDIA_VISIBLE_DEVICES), is the caller's, and is bound."""
-    attrs = matrix.docker.api.inspect_container(ref)
-    labels = attrs["Config"]["Labels"]
-    assert labels[LABEL_USER] == user.name
-    assert labels[LABEL_TYPE] == ctype
-    devices = tuple(labels[LABEL_DEVICES].split(","))
-    assert len(devices) == count and set(devices) <= matrix.uuids
-    gpu_requests = [
-        r for r in attrs["HostConfig"]["DeviceRequests"] or [] if ["gpu"] in r["Capabilities"]
-    ]
-    if runtime:
-        visible = [e for e in attrs["Config"]["Env"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
-        assert visible == ["NVIDIA_VISIBLE_DEVICES=" + ",".join(devices)]
-        assert gpu_requests == []
-    else:
-        assert [r["DeviceIDs"] for r in gpu_requests] == [list(devices)]
-    allocation_id = labels[LABEL_ALLOCATION]
-
-    def bound() -> dict | None:
-        allocation = matrix.allocator.get(allocation_id)
-        return allocation if allocation["state"] == "bound" else None
-
-    allocation = eventually(bound, 30, f"allocation {allocation_id} bound to {ref}")
-    assert allocation["user"] == user.name
-    assert allocation["container_id"] == attrs["Id"]
-    assert tuple(allocation["devices"]) == devices
-    return devices
 
 
 # --- GPU requests, each client ------------------------------------------------------------
@@ -196,15 +103,6 @@ def test_docker_run_nvidia_runtime_visible_devices(matrix: Matrix, label, cli):
     assert_gpu_container(matrix, name, user=matrix.alice, ctype="docker", count=1, runtime=True)
 
 
-def _compose_text(image: str, gpu: dict) -> str:
-    """One service asking for GPUs as `gpu` says (a deploy device, or runtime + environment)."""
-    service = {"image": image, "command": ["sleep", "3600"], "network_mode": "none"}
-    if "runtime" in gpu:  # the 2.x file format's form
-        return json.dumps({"version": "2.4", "services": {"gpu": {**service, **gpu}}})
-    service["deploy"] = {"resources": {"reservations": {"devices": [gpu]}}}
-    return json.dumps({"version": "3.8", "services": {"gpu": service}})  # JSON is YAML
-
-
 @pytest.mark.parametrize(
     ("gpu", "count"),
     [
@@ -218,7 +116,7 @@ def _compose_text(image: str, gpu: dict) -> str:
 def test_compose_gpu_reservations(matrix: Matrix, user_workdir, gpu, count):
     compose = compose_binary()
     folder = user_workdir(matrix.alice)
-    write_as_owner(matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu))
+    write_as_owner(matrix.alice, folder / "docker-compose.yml", compose_text(matrix.image, gpu))
     project = f"compat{uuid.uuid4().hex[:8]}"
     argv = [compose, "--project-name", project]
     env = {"DOCKER_HOST": matrix.docker_host}
@@ -323,7 +221,7 @@ def test_devcontainer_from_compose(matrix: Matrix, user_workdir):
     compose_binary()
     folder = user_workdir(matrix.alice)
     gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
-    service = json.loads(_compose_text(matrix.dev_image, gpu))
+    service = json.loads(compose_text(matrix.dev_image, gpu))
     service["services"]["gpu"]["volumes"] = [f"..:/workspaces/{folder.name}"]
     write_as_owner(matrix.alice, folder / ".devcontainer/docker-compose.yml", json.dumps(service))
     config = {
@@ -385,9 +283,7 @@ def _over_quota_attempt(matrix: Matrix, client: str, folder: Path, count: int) -
     gpus = ["--gpus", str(count), "--network", "none"]
     if client == "compose":
         gpu = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
-        write_as_owner(
-            matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu)
-        )
+        write_as_owner(matrix.alice, folder / "docker-compose.yml", compose_text(matrix.image, gpu))
         argv = [compose_binary(), "--project-name", f"quota{uuid.uuid4().hex[:8]}"]
         done = run_as(matrix.alice, [*argv, "up", "--detach"], env=env, cwd=folder)
     elif client == "devcontainer":
@@ -421,95 +317,11 @@ def test_over_quota_the_allocators_message_reaches_the_user(matrix: Matrix, user
     )
 
 
-def _sdk_everyday(docker_host: str, image: str) -> dict[str, Any]:
-    """In the child that became the user: run, exec, logs stream, archives, attach socket."""
-    import io
-    import socket
-    import tarfile
-
-    import docker
-
-    client = docker.DockerClient(base_url=docker_host, timeout=60)
-    seen: dict[str, Any] = {}
-    seen["run"] = client.containers.run(image, ["echo", "ran"], network_mode="none", remove=True)
-    box = client.containers.run(
-        image,
-        ["sh", "-c", "echo one; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo two"],
-        network_mode="none",
-        detach=True,
-    )
-    stream = box.logs(stream=True, follow=True)
-    seen["first"] = next(stream)
-    seen["exec"] = box.exec_run(["sh", "-c", "echo exec; touch /tmp/go"]).output
-    seen["rest"] = b"".join(stream)
-    payload = io.BytesIO()
-    with tarfile.open(fileobj=payload, mode="w") as tar:
-        info = tarfile.TarInfo("note.txt")
-        info.size = 5
-        tar.addfile(info, io.BytesIO(b"note\n"))
-    seen["put"] = box.put_archive("/tmp", payload.getvalue())
-    chunks, _ = box.get_archive("/tmp/note.txt")
-    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-        seen["got"] = tar.extractfile("note.txt").read()
-    seen["exit"] = box.wait()["StatusCode"]
-    box.remove()
-    echo = client.containers.create(image, ["cat"], network_mode="none", stdin_open=True)
-    sock = echo.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
-    echo.start()
-    sock._sock.sendall(b"via attach\n")
-    sock._sock.shutdown(socket.SHUT_WR)  # the half-close that ends cat's stdin
-    data = b""
-    while chunk := sock._sock.recv(4096):
-        data += chunk
-    seen["attach"] = data
-    seen["attach_exit"] = echo.wait()["StatusCode"]
-    echo.remove()
-    return seen
-
-
-def test_python_sdk_everyday(matrix: Matrix):
-    seen = call_as(matrix.alice, _sdk_everyday, matrix.docker_host, matrix.dev_image)
-    assert seen["run"] == b"ran\n"
-    assert seen["first"] == b"one\n"  # arrived while the container waited for /tmp/go
-    assert seen["exec"] == b"exec\n" and seen["rest"] == b"two\n" and seen["exit"] == 0
-    assert seen["put"] is True and seen["got"] == b"note\n"
-    assert seen["attach"].endswith(b"via attach\n") and seen["attach_exit"] == 0
-
-
-@contextlib.contextmanager
-def every_gpu_taken(matrix: Matrix) -> Iterator[None]:
-    """An unmanaged container on dockerd holding every device, until the block ends."""
-    from docker.types import DeviceRequest
-
-    blocker = matrix.docker.containers.run(
-        matrix.image,
-        ["sleep", "3600"],
-        network_mode="none",
-        detach=True,
-        device_requests=[DeviceRequest(device_ids=sorted(matrix.uuids), capabilities=[["gpu"]])],
-    )
-    try:
-        eventually(
-            lambda: all(d["state"] == "busy" for d in matrix.allocator.devices()),
-            30,
-            "the allocator to see every device busy",
-        )
-        yield
-    finally:
-        blocker.remove(force=True)
-
-
-def _waiting(matrix: Matrix, user: CompatUser) -> bool:
-    return matrix.service.usage(user.name)["waiting"] > 0
-
-
 def _queued_client(matrix: Matrix, client: str, folder: Path, env: dict[str, str]):
     """Start `client` asking for one GPU; it blocks in the queue. Returns the process."""
     if client == "compose":
         gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
-        write_as_owner(
-            matrix.alice, folder / "docker-compose.yml", _compose_text(matrix.image, gpu)
-        )
+        write_as_owner(matrix.alice, folder / "docker-compose.yml", compose_text(matrix.image, gpu))
         argv = [compose_binary(), "--project-name", f"queue{uuid.uuid4().hex[:8]}", "up", "-d"]
         return start_as(matrix.alice, argv, env=env, cwd=folder)
     cli = require_docker_cli(dict(CLIS)[client])
@@ -535,7 +347,7 @@ def test_waiting_in_the_queue_inside_the_call(matrix: Matrix, user_workdir, clie
     with every_gpu_taken(matrix):
         waiting = _queued_client(matrix, client, user_workdir(matrix.alice), env)
         try:
-            eventually(lambda: _waiting(matrix, matrix.alice), 30, "ds01alice in the queue")
+            eventually(lambda: waiting_in_queue(matrix, matrix.alice), 30, "ds01alice in the queue")
         except AssertionError:
             waiting.kill()
             raise
@@ -565,288 +377,8 @@ def test_a_client_that_gives_up_leaves_no_ticket_behind(matrix: Matrix, user_wor
         _, err = gave_up.communicate(timeout=60)
         assert gave_up.returncode != 0 and "Read timed out" in err, err
         eventually(cancelled, 30, "the gateway to cancel ds01alice's ticket")
-        assert not _waiting(matrix, matrix.alice)
+        assert not waiting_in_queue(matrix, matrix.alice)
     assert matrix.service.usage(matrix.alice.name)["allocations"] == []
     assert not matrix.docker.containers.list(
         all=True, filters={"label": f"{LABEL_USER}={matrix.alice.name}"}
     )
-
-
-# --- streams and hijacked connections -------------------------------------------------------
-
-
-def _running(matrix: Matrix, user: CompatUser, cli: str, *command: str) -> str:
-    """A container of `user` made through the gateway (no GPU), running `command`."""
-    name = f"compat-{uuid.uuid4().hex[:8]}"
-    args = ["run", "--detach", "--name", name, "--network", "none", matrix.dev_image]
-    ok(docker_as(matrix, user, cli, *args, *(command or ("sleep", "3600"))))
-    return name
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_run_it_on_a_terminal(matrix: Matrix, label, cli):
-    require_docker_cli(cli)
-    done = run_in_pty_as(
-        matrix.alice,
-        [cli, "run", "-it", "--rm", "--network", "none", matrix.dev_image, "sh"],
-        keystrokes="echo tty-$((6*7)); tty; exit 3\n",
-        env={"DOCKER_HOST": matrix.docker_host},
-    )
-    assert done.returncode == 3, done.stdout + done.stderr
-    assert "tty-42" in done.stdout and "/dev/pts/" in done.stdout
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_exec_it_on_a_terminal(matrix: Matrix, label, cli):
-    require_docker_cli(cli)
-    name = _running(matrix, matrix.alice, cli)
-    done = run_in_pty_as(
-        matrix.alice,
-        [cli, "exec", "-it", name, "sh"],
-        keystrokes="echo exec-$((6*7)); tty; exit 4\n",
-        env={"DOCKER_HOST": matrix.docker_host},
-    )
-    assert done.returncode == 4, done.stdout + done.stderr
-    assert "exec-42" in done.stdout and "/dev/pts/" in done.stdout
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_detach_keys_resize_and_attach_again(matrix: Matrix, label, cli):
-    """Ctrl-P Ctrl-Q leaves the container running (dockerd reads the keys, so they must pass
-    through); the terminal size arrives by a resize call; `attach` picks the shell up again."""
-    require_docker_cli(cli)
-    name = f"compat-{uuid.uuid4().hex[:8]}"
-    env = {"DOCKER_HOST": matrix.docker_host}
-    argv = [cli, "run", "-it", "--name", name, "--network", "none", matrix.dev_image, "sh"]
-    first = TerminalSession(matrix.alice, argv, env=env, rows=33, cols=111)
-    try:
-        first.expect("# ")
-        first.send("stty size\n")
-        first.expect("33 111")
-        first.send(b"\x10\x11")
-        assert first.wait() == 0, first.seen
-    finally:
-        first.close()
-    assert matrix.docker.containers.get(name).status == "running"
-    again = TerminalSession(matrix.alice, [cli, "attach", name], env=env)
-    try:
-        again.send("echo back-$((6*7))\n")
-        again.expect("back-42")
-        again.send("exit 5\n")
-        assert again.wait() == 5, again.seen
-    finally:
-        again.close()
-    assert matrix.docker.containers.get(name).attrs["State"]["ExitCode"] == 5
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_exec_i_stdin_ends_by_half_close(matrix: Matrix, label, cli):
-    require_docker_cli(cli)
-    name = _running(matrix, matrix.alice, cli)
-    done = docker_as(matrix, matrix.alice, cli, "exec", "-i", name, "cat", input="hi\nthere\n")
-    assert ok(done) == "hi\nthere\n"
-
-
-class LineReader:
-    """Lines of a running client's stdout, as they arrive (a thread feeds a queue)."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.process, self.lines = process, queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def next(self, timeout: float = 30) -> str | None:
-        return self.lines.get(timeout=timeout)
-
-    def stop(self) -> str:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        return self.process.stderr.read()
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_logs_follow_streams_before_exit(matrix: Matrix, label, cli):
-    require_docker_cli(cli)
-    script = "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second"
-    name = _running(matrix, matrix.alice, cli, "sh", "-c", script)
-    env = {"DOCKER_HOST": matrix.docker_host}
-    reader = LineReader(start_as(matrix.alice, [cli, "logs", "--follow", name], env=env))
-    try:
-        assert reader.next() == "first"
-        assert matrix.docker.containers.get(name).status == "running"  # streamed, not at exit
-        matrix.docker.containers.get(name).exec_run(["touch", "/tmp/go"])
-        assert reader.next() == "second"
-        assert reader.next() is None  # the stream ends with the container
-        assert reader.process.wait(timeout=30) == 0
-    finally:
-        if reader.process.poll() is None:
-            reader.stop()
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_events_stream(matrix: Matrix, label, cli):
-    """The first start may come as history (--since: no race with subscribing); the restart's
-    start can only arrive through the open stream."""
-    require_docker_cli(cli)
-    name = f"compat-{uuid.uuid4().hex[:8]}"
-    since = str(int(time.time()) - 1)
-    argv = [cli, "events", "--since", since, "--filter", f"container={name}"]
-    argv += ["--filter", "event=start", "--format", "{{.Action}} {{.Actor.Attributes.name}}"]
-    reader = LineReader(start_as(matrix.alice, argv, env={"DOCKER_HOST": matrix.docker_host}))
-    try:
-        args = ["run", "--detach", "--name", name, "--network", "none", matrix.image]
-        ok(docker_as(matrix, matrix.alice, cli, *args, "sleep", "3600"))
-        assert reader.next() == f"start {name}"
-        ok(docker_as(matrix, matrix.alice, cli, "restart", "--time", "0", name))
-        assert reader.next() == f"start {name}"
-        assert reader.process.poll() is None  # still streaming
-    finally:
-        reader.stop()
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_run_in_the_foreground_with_piped_stdin(matrix: Matrix, label, cli):
-    """run without -d attaches (hijack) before start; -i's stdin ends with a half-close."""
-    require_docker_cli(cli)
-    base = ["run", "--rm", "--network", "none"]
-    said = docker_as(matrix, matrix.alice, cli, *base, matrix.image, "echo", "hello")
-    assert ok(said) == "hello\n"
-    piped = docker_as(matrix, matrix.alice, cli, *base, "-i", matrix.image, "cat", input="a\nb\n")
-    assert ok(piped) == "a\nb\n"
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_container_verbs_on_ones_own_container(matrix: Matrix, user_workdir, label, cli):
-    """The everyday verbs, each on an owned container through the gateway's ownership check."""
-    require_docker_cli(cli)
-    name = _running(matrix, matrix.alice, cli)
-
-    def cli_ok(*args: str) -> str:
-        return ok(docker_as(matrix, matrix.alice, cli, *args))
-
-    assert cli_ok("ps", "--filter", f"name={name}", "--format", "{{.Names}}") == f"{name}\n"
-    assert cli_ok("inspect", "--format", "{{.Name}}", name) == f"/{name}\n"
-    assert "sleep" in cli_ok("top", name)
-    assert name in cli_ok("stats", "--no-stream", "--format", "{{.Name}}", name)
-    cli_ok("pause", name)
-    assert matrix.docker.containers.get(name).status == "paused"
-    cli_ok("unpause", name)
-    renamed = f"{name}-renamed"
-    cli_ok("rename", name, renamed)
-    cli_ok("exec", renamed, "touch", "/tmp/changed")
-    assert "/tmp/changed" in cli_ok("diff", renamed)
-    tag = f"ds01/compat-commit:{uuid.uuid4().hex[:8]}"
-    cli_ok("commit", renamed, tag)
-    try:
-        assert matrix.docker.images.get(tag).attrs["Size"] > 0
-    finally:
-        matrix.docker.images.remove(tag)
-    exported = user_workdir(matrix.alice) / "export.tar"
-    cli_ok("export", "--output", str(exported), renamed)
-    assert exported.stat().st_size > 0
-    cli_ok("kill", renamed)
-    assert cli_ok("wait", renamed).strip() == "137"
-    cli_ok("start", renamed)
-    cli_ok("stop", "--time", "0", renamed)
-    cli_ok("rm", renamed)
-    assert not matrix.docker.containers.list(all=True, filters={"name": renamed})
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_named_volume_round_trip(matrix: Matrix, label, cli):
-    require_docker_cli(cli)
-    volume = f"compat-{uuid.uuid4().hex[:8]}"
-    base = ["run", "--rm", "--network", "none", "--volume", f"{volume}:/data", matrix.image]
-    try:
-        ok(docker_as(matrix, matrix.alice, cli, "volume", "create", volume))
-        assert matrix.docker.volumes.get(volume).attrs["Labels"][LABEL_USER] == matrix.alice.name
-        ok(docker_as(matrix, matrix.alice, cli, *base, "sh", "-c", "echo kept > /data/f"))
-        assert ok(docker_as(matrix, matrix.alice, cli, *base, "cat", "/data/f")) == "kept\n"
-        ok(docker_as(matrix, matrix.alice, cli, "volume", "rm", volume))
-    finally:
-        if matrix.docker.volumes.list(filters={"name": volume}):
-            matrix.docker.volumes.get(volume).remove(force=True)
-
-
-# --- files and images -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_cp_both_ways(matrix: Matrix, user_workdir, label, cli):
-    """A few MiB of binary: the upload spans many reads, the archive comes back byte-exact."""
-    require_docker_cli(cli)
-    folder = user_workdir(matrix.alice)
-    sent = write_as_owner(matrix.alice, folder / "in.bin", os.urandom(3 * 1024 * 1024 + 7))
-    name = _running(matrix, matrix.alice, cli)
-    ok(docker_as(matrix, matrix.alice, cli, "cp", str(sent), f"{name}:/tmp/in.bin"))
-    back = folder / "back.bin"
-    ok(docker_as(matrix, matrix.alice, cli, "cp", f"{name}:/tmp/in.bin", str(back)))
-    assert back.read_bytes() == sent.read_bytes()
-    assert back.stat().st_uid == matrix.alice.uid
-
-
-@pytest.mark.parametrize("buildkit", ["0", "1"], ids=["legacy", "buildkit"])
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_build(matrix: Matrix, user_workdir, label, cli, buildkit):
-    require_docker_cli(cli)
-    if buildkit == "1" and not cli_supports_buildkit(cli):
-        pytest.skip(f"{label} needs the buildx plugin for BuildKit, and none is installed")
-    folder = user_workdir(matrix.alice)
-    write_as_owner(
-        matrix.alice,
-        folder / "Dockerfile",
-        f"FROM {matrix.image}\nRUN echo built > /tmp/marker\nCOPY hello.txt /hello.txt\n",
-    )
-    write_as_owner(matrix.alice, folder / "hello.txt", "hello\n")
-    write_as_owner(matrix.alice, folder / "ballast.bin", os.urandom(2 * 1024 * 1024))
-    tag = f"ds01/compat-build:{uuid.uuid4().hex[:8]}"
-    built = docker_as(
-        matrix,
-        matrix.alice,
-        cli,
-        "build",
-        "--network",
-        "none",
-        "--tag",
-        tag,
-        str(folder),
-        env={"DOCKER_BUILDKIT": buildkit},
-        timeout=120,
-    )
-    try:
-        shown = ok(built) + built.stderr
-        # BuildKit (its /session upgraded to h2c) and the legacy builder print differently
-        assert ("load build definition" in shown) == (buildkit == "1"), shown
-        out = matrix.docker.containers.run(
-            tag, ["cat", "/tmp/marker", "/hello.txt"], network_mode="none", remove=True
-        )
-        assert out == b"built\nhello\n"
-    finally:
-        if matrix.docker.images.list(name=tag):
-            matrix.docker.images.remove(tag, force=True)
-
-
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
-def test_load_a_saved_image(matrix: Matrix, user_workdir, label, cli):
-    """Without a registry, `docker save` on one machine and `load` here is how images arrive."""
-    require_docker_cli(cli)
-    tag = f"ds01/compat-load:{uuid.uuid4().hex[:8]}"
-    matrix.docker.images.get(matrix.image).tag(tag)
-    folder = user_workdir(matrix.alice)
-    tarball = folder / "image.tar"
-    with tarball.open("wb") as out:
-        for piece in matrix.docker.images.get(tag).save(named=tag):
-            out.write(piece)
-    tarball.chmod(0o644)
-    matrix.docker.images.remove(tag)
-    try:
-        loaded = ok(docker_as(matrix, matrix.alice, cli, "load", "--input", str(tarball)))
-        assert tag in loaded
-        assert matrix.docker.images.get(tag).id == matrix.docker.images.get(matrix.image).id
-    finally:
-        if matrix.docker.images.list(name=tag):
-            matrix.docker.images.remove(tag)
