@@ -118,16 +118,20 @@ def test_run_it_on_a_terminal(matrix: Matrix, label, cli):
 
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
 def test_exec_it_on_a_terminal(matrix: Matrix, label, cli):
+    """exec -it: a hijacked exec on a pty; its resizes go to /exec/{id}/resize (owner-checked)."""
     require_docker_cli(cli)
     name = running_container(matrix, matrix.alice, cli)
-    done = run_in_pty_as(
-        matrix.alice,
-        [cli, "exec", "-it", name, "sh"],
-        keystrokes="echo exec-$((6*7)); tty; exit 4\n",
-        env={"DOCKER_HOST": matrix.docker_host},
-    )
-    assert done.returncode == 4, done.stdout + done.stderr
-    assert "exec-42" in done.stdout and "/dev/pts/" in done.stdout
+    env = {"DOCKER_HOST": matrix.docker_host}
+    session = TerminalSession(matrix.alice, [cli, "exec", "-it", name, "sh"], env=env, rows=30)
+    try:
+        session.expect("# ")
+        session.ask_until("stty size; tty", "30 132")
+        session.resize(25, 90)
+        assert "/dev/pts/" in session.ask_until("stty size; tty", "25 90")
+        session.send("exit 4\n")
+        assert session.wait() == 4, session.seen
+    finally:
+        session.close()
 
 
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
@@ -141,8 +145,9 @@ def test_detach_keys_resize_and_attach_again(matrix: Matrix, label, cli):
     first = TerminalSession(matrix.alice, argv, env=env, rows=33, cols=111)
     try:
         first.expect("# ")
-        first.send("stty size\n")
-        first.expect("33 111")
+        first.ask_until("stty size", "33 111")  # the size at start
+        first.resize(21, 77)
+        first.ask_until("stty size", "21 77")  # the window changed while attached
         first.send(b"\x10\x11")
         assert first.wait() == 0, first.seen
     finally:
