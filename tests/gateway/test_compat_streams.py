@@ -7,6 +7,7 @@ Python SDK — each with the real clients, as unprivileged users, through the ga
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -19,7 +20,9 @@ from tests.gateway.clients import (
     TerminalSession,
     call_as,
     cli_supports_buildkit,
+    compose_binary,
     require_docker_cli,
+    run_as,
     run_in_pty_as,
     start_as,
     write_as_owner,
@@ -31,6 +34,8 @@ from tests.gateway.compat import (
     CLIS,
     LineReader,
     Matrix,
+    assert_gpu_container,
+    compose_text,
     docker_as,
     ok,
     running_container,
@@ -330,6 +335,32 @@ def test_build(matrix: Matrix, user_workdir, label, cli, buildkit):
         )
         assert out == b"built\nhello\n"
     finally:
+        if matrix.docker.images.list(name=tag):
+            matrix.docker.images.remove(tag, force=True)
+
+
+def test_compose_builds_then_runs_with_a_gpu(matrix: Matrix, user_workdir):
+    """compose 1.29 builds through docker-py (a streamed context upload), then creates."""
+    folder = user_workdir(matrix.alice)
+    write_as_owner(matrix.alice, folder / "Dockerfile", f"FROM {matrix.image}\nRUN echo c > /c\n")
+    write_as_owner(matrix.alice, folder / "ballast.bin", os.urandom(1024 * 1024))
+    tag = f"ds01/compat-compose:{uuid.uuid4().hex[:8]}"
+    gpu = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    service = json.loads(compose_text(matrix.image, gpu))
+    service["services"]["gpu"].update({"build": ".", "image": tag})
+    write_as_owner(matrix.alice, folder / "docker-compose.yml", json.dumps(service))
+    project = f"build{uuid.uuid4().hex[:8]}"
+    argv = [compose_binary(), "--project-name", project, "up", "--detach", "--build"]
+    try:
+        ok(run_as(matrix.alice, argv, env={"DOCKER_HOST": matrix.docker_host}, cwd=folder))
+        (made,) = matrix.docker.containers.list(
+            filters={"label": f"com.docker.compose.project={project}"}
+        )
+        assert_gpu_container(matrix, made.id, user=matrix.alice, ctype="compose", count=1)
+        assert made.exec_run(["cat", "/c"]).output == b"c\n"
+    finally:
+        for container in matrix.docker.containers.list(all=True, filters={"ancestor": tag}):
+            container.remove(force=True)
         if matrix.docker.images.list(name=tag):
             matrix.docker.images.remove(tag, force=True)
 
