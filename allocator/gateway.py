@@ -16,7 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from ds01.containers import LABEL_ALLOCATION
 from ds01.policy import Policy
@@ -37,6 +37,8 @@ from .gateway_create import (
     CreateRefused,
     CreateRules,
     GpuAsk,
+    bind_refusal,
+    bind_sources,
     client_type,
     create_refusal,
     gpu_ask,
@@ -46,6 +48,7 @@ from .gateway_create import (
     rewrite_create,
     stamp_labels,
     volume_options_refusal,
+    with_bind_sources,
 )
 from .gateway_http import (
     NONE,
@@ -64,6 +67,7 @@ from .gateway_http import (
     splice,
     status_code,
 )
+from .gateway_pins import LABEL_PINS, BindPins, PinError, PinSweeper, open_source
 from .server import peer_credentials
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class GatewaySettings:
     read_timeout: float = 60.0  # a request head or body that stops arriving
     max_connections: int = 1024
     drain_after_close: float = 2.0  # hijack: the client's time to close after the daemon did
+    pin_sweep_interval: float = 60.0  # how often pins of removed containers are released
 
 
 class Refusal(Exception):
@@ -250,6 +255,46 @@ class Connection:
             raise Refusal(400, f"ds01: {exc}") from None
         name = dict(parse_qsl(urlsplit(target).query)).get("name", "")
         ctype = client_type(body.get("Labels") or {})
+        pinned = None if caller.admin else self._pin_binds(body)
+        try:
+            return self._create_pinned(head, target, body, ask, ctype, name, runtime, pinned)
+        except BaseException:
+            if pinned:
+                gateway.pins.release(pinned[1])
+            raise
+
+    def _pin_binds(self, body: dict) -> tuple[dict, str] | None:
+        """Open each bind source once, check where it really is, and pin exactly that."""
+        sources = bind_sources(body)
+        if not sources:
+            return None
+        pins, rules, home = self.gateway.pins, self.gateway.rules, self.caller.home
+        token = pins.new_token()
+        replaced = {}
+        try:
+            for index, source in enumerate(sources):
+                try:
+                    opened = open_source(source.path)
+                except PinError as exc:
+                    raise Refusal(400, f"ds01: {source.field}: {exc.strerror}") from None
+                try:
+                    problem = bind_refusal(
+                        opened.real, source.field, home=home, rules=rules, realpath=_same
+                    )
+                    if problem:
+                        raise Refusal(403, f"ds01: {problem}")
+                    replaced[source.key] = pins.pin(token, index, opened)
+                finally:
+                    os.close(opened.fd)
+        except BaseException:
+            pins.release(token)
+            raise
+        return with_bind_sources(body, replaced), token
+
+    def _create_pinned(self, head, target, body, ask, ctype, name, runtime, pinned) -> bool:
+        gateway, caller = self.gateway, self.caller
+        if pinned:
+            body = pinned[0]
         grant = None
         if ask is not None:
             grant = self._claimed(body, ask) or self._grant(ask, ctype, name)
@@ -259,6 +304,8 @@ class Connection:
             ctype=ctype,
             allocation=grant.allocation if grant else "",
         )
+        if pinned:
+            stamps[LABEL_PINS] = pinned[1]
         rewritten = rewrite_create(
             body,
             stamps=stamps,
@@ -272,6 +319,8 @@ class Connection:
             if grant:
                 gateway.grants.release(grant.allocation)
             raise
+        if pinned and status >= 300:
+            gateway.pins.release(pinned[1])
         if grant and status >= 300:
             gateway.grants.release(grant.allocation)  # nothing will bind it: free it now
             logger.info("create failed (%d); released allocation %s", status, grant.allocation)
@@ -334,9 +383,7 @@ class Connection:
         body = self._json_body(head, self.gateway.policy.gateway.max_create_body)
         caller = self.caller
         if kind == routes.VOLUME_CREATE and not caller.admin:
-            problem = volume_options_refusal(
-                body.get("DriverOpts"), "DriverOpts", home=caller.home, rules=self.gateway.rules
-            )
+            problem = volume_options_refusal(body.get("DriverOpts"), "DriverOpts")
             if problem:
                 raise Refusal(403, f"ds01: {problem}")
         try:
@@ -419,6 +466,10 @@ class Connection:
         return not closing and not head.start.endswith("HTTP/1.0")
 
 
+def _same(path: str) -> str:
+    return path
+
+
 def _is_start(target: str) -> bool:
     return urlsplit(target).path.rstrip("/").endswith("/start")
 
@@ -435,6 +486,7 @@ class GatewayServer:
         grants: AllocatorGrants,
         settings: GatewaySettings = GatewaySettings(),
         probe: DockerProbe | None = None,
+        pin_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.docker_socket = docker_socket
@@ -452,6 +504,8 @@ class GatewayServer:
                 "/var/run/docker.sock",
             ),
         )
+        self.pins = BindPins(pin_dir or self.socket_path.parent / "gateway-binds")
+        self._sweeper = PinSweeper(self.pins, self._pin_tokens, settings.pin_sweep_interval)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._listener = self._listen()
         self._stopping = threading.Event()
@@ -475,7 +529,19 @@ class GatewayServer:
         listener.listen(256)
         return listener
 
+    def _pin_tokens(self) -> list[str]:
+        filters = quote(json.dumps({"label": [LABEL_PINS]}))
+        status, listed = self.probe.get(f"/containers/json?all=1&filters={filters}")
+        if status != 200:
+            raise DockerUnavailable(f"dockerd answered {status} to the container list")
+        return [c.get("Labels", {}).get(LABEL_PINS, "") for c in listed]
+
+    def release_unused_pins(self, *, older_than: float = 60.0) -> int:
+        """Unmount the pins of containers that no longer exist (the sweeper does it routinely)."""
+        return self.pins.sweep(self._pin_tokens(), older_than=older_than)
+
     def serve_forever(self) -> None:
+        self._sweeper.start()
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
@@ -516,7 +582,9 @@ class GatewayServer:
         return self
 
     def close(self) -> None:
+        """Stop serving; pins stay mounted (containers that exist may start again)."""
         self._stopping.set()
+        self._sweeper.stop()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
