@@ -186,7 +186,11 @@ class Connection:
             if container:
                 self._check_owner(container)
         elif route.kind == routes.SCOPE or (
-            route.kind == routes.LIST and not self.gateway.policy.gateway.list_all_containers
+            route.kind == routes.LIST
+            and (
+                not self.gateway.policy.gateway.list_all_containers
+                or routes.finds_by_client_labels(target)
+            )
         ):
             return self._forward(self._retarget(head, method, target))
         return self._forward(head)
