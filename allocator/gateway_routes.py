@@ -46,6 +46,14 @@ _SHARED_PREFIXES = (
 READ_ONLY = ("GET", "HEAD")
 
 
+class Refusal(Exception):
+    """A rule said no: the client gets a Docker-style error; the connection goes on or closes."""
+
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
+
+
 @dataclass(frozen=True)
 class Route:
     kind: str
