@@ -23,6 +23,7 @@ from .gateway_create import (
     client_type,
     create_refusal,
     gpu_ask,
+    named_volumes,
     owner_stamps,
     profile_hint,
     referenced_containers,
@@ -59,6 +60,8 @@ class CreateFlow:
                     raise Refusal(403, f"ds01: {problem}")
                 for field, ref in referenced_containers(body):
                     self.conn.check_owner(ref, field=field)
+                for field, volume in named_volumes(body):
+                    self.conn.check_volume_owner(volume, field=field)
             ask = gpu_ask(body, default_runtime=runtime)
             stamp_labels(body.get("Labels"), {})  # validates the labels' shape
         except CreateRefused as exc:

@@ -169,11 +169,6 @@ def test_detach_keys_resize_and_attach_again(matrix: Matrix, label, cli):
     assert matrix.docker.containers.get(name).attrs["State"]["ExitCode"] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway gap reported to the lead: POST /containers/{id}/exec bodies are not "
-    "checked, so `exec --privileged` reaches dockerd (all capabilities, no seccomp/AppArmor)",
-)
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=CLI_IDS)
 def test_exec_privileged_is_refused_naming_the_field(matrix: Matrix, label, cli):
     """A privileged container is refused at create; a privileged exec in one's own container
