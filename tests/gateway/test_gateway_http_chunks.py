@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 
 import pytest
 
@@ -13,6 +15,7 @@ from allocator.gateway_http import (
     ProtocolError,
     Stream,
     body_pieces,
+    copy_body,
     read_body,
 )
 
@@ -33,6 +36,9 @@ class TrickleStream(Stream):
 
     def fill(self, size: int = CHUNK) -> bool:
         return super().fill(min(size, self.step))
+
+    def receive(self, size: int = CHUNK) -> tuple[bytearray, int]:
+        return super().receive(min(size, self.step))
 
 
 def chunked(*chunks: bytes, trailer: bytes = b"") -> bytes:
@@ -84,3 +90,30 @@ def test_a_body_cut_off_mid_chunk_is_an_error_not_a_short_body():
 def test_an_endless_chunk_size_line_is_refused():
     with pytest.raises(ProtocolError):
         b"".join(body_pieces(stream_of(b"1" * 5000), Framing(CHUNKED)))
+
+
+def test_copy_body_passes_a_stream_larger_than_its_read_buffer_on_unchanged():
+    """The reused read buffer: every piece must be sent before the next read overwrites it."""
+    wire = chunked(*[os.urandom(32768) for _ in range(40)])  # 1.3 MB: several reads
+    source, source_peer = socket.socketpair()
+    dest, dest_peer = socket.socketpair()
+    received = bytearray()
+
+    def write() -> None:
+        source_peer.sendall(wire + b"NEXT")
+        source_peer.close()
+
+    def read() -> None:
+        while piece := dest_peer.recv(65536):
+            received.extend(piece)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    stream = Stream(source)
+    copy_body(stream, Framing(CHUNKED), dest)
+    dest.close()
+    for thread in threads:
+        thread.join(30)
+    assert bytes(received) == wire
+    assert stream.read_exact(4) == b"NEXT"
