@@ -184,7 +184,9 @@ class Collector:
     def _device_state(
         self, device: GpuDevice, sample: DeviceSample | None, busy: bool, now: float
     ) -> DeviceState:
-        last_busy = self._book.observe_device(device.device_uuid, busy=busy, now=now)
+        last_busy = self._book.observe_device(
+            device.device_uuid, busy=busy, now=now, measured_since=self._measured_since
+        )
         processes = None
         if sample is not None and sample.processes is not None:
             processes = len(sample.processes)

@@ -212,7 +212,7 @@ def test_without_docker_nothing_new_is_published(make_collector, clock, start):
     assert collector.snapshot is published
 
 
-def test_a_restart_keeps_clocks_and_deadlines(
+def test_a_restart_keeps_runtime_clocks_and_resumes_idle_clocks_from_the_restart(
     make_collector, sim_state, sim_inventory, clock, start
 ):
     sim_state.set_device(sim_inventory[0].index, busy=True)
@@ -223,14 +223,32 @@ def test_a_restart_keeps_clocks_and_deadlines(
     before = by_name(first.snapshot)
     sim_state.set_device(sim_inventory[0].index, busy=False)
     clock.advance(120)  # the exporter was down for two minutes
+    restart = clock.current
     second = make_collector()
     second.collect_once()
     after = by_name(second.snapshot)
     for name in ("alice-train", "bob-dev"):
         assert after[name].first_start == before[name].first_start
-        assert after[name].last_busy == before[name].last_busy
-        assert after[name].idle_deadline == before[name].idle_deadline
         assert after[name].runtime_deadline == before[name].runtime_deadline
+        assert after[name].last_busy == restart
+        assert after[name].idle_deadline == restart + 600
+
+
+def test_exporter_downtime_longer_than_the_idle_timeout_never_puts_the_deadline_in_the_past(
+    make_collector, clock, start
+):
+    first = make_collector()
+    clock.current = start + 10
+    first.collect_once()
+    first.stop()
+    clock.advance(45 * 60)  # down 45 minutes, idle timeout 10 minutes, idle warning 10 minutes
+    restart = clock.current
+    second = make_collector()
+    second.collect_once()
+    for state in second.snapshot.containers:
+        assert state.idle_deadline >= restart + 600
+    devices = second.snapshot.devices
+    assert all(d.last_busy >= restart for d in devices)
 
 
 def test_removed_containers_lose_their_clocks(
