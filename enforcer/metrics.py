@@ -17,8 +17,8 @@ ENDPOINTS = ("alerts", "notify")
 ALERT_STATUSES = ("accepted", "duplicate", "resolved", "wrong_endpoint")
 REQUEST_CODES = ("200", "400", "401", "413", "503")
 ACTION_RESULTS = {
-    "stop": ("stopped", "skipped", "failed", "dry_run"),
-    "notify": ("notified", "skipped", "failed"),
+    "stop": ("stopped", "deferred", "skipped", "failed", "dry_run"),
+    "notify": ("notified", "skipped", "failed", "dry_run"),
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
 DEPENDENCIES = ("docker", "prometheus")

@@ -19,6 +19,7 @@ from .facts import DockerSource, Health, PrometheusSource
 from .intake import Intake
 from .journal import Journal
 from .metrics import EnforcerMetrics
+from .warned import WarningBook
 from .worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Enforcer:
     ) -> None:
         self.config = config
         self.journal = Journal(config.journal_path)
+        self.warnings = WarningBook(config.journal_path.with_name("enforcer-warnings.sqlite"))
         self.audit = AuditLog(config.audit_path, dry_run=config.dry_run, clock=clock)
         self.metrics = EnforcerMetrics(clock=clock)
         self.docker = DockerSource(config.docker_host)
@@ -72,6 +74,7 @@ class Enforcer:
             intake=intake,
             settings=config.worker,
             clock=clock,
+            warnings=self.warnings,
         )
         self.app: Flask = create_app(
             token=token,
@@ -102,4 +105,5 @@ class Enforcer:
     def close(self) -> None:
         self.worker.stop()
         self.journal.close()
+        self.warnings.close()
         self.audit.close()

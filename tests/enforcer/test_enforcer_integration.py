@@ -275,6 +275,81 @@ def test_dry_run_decides_but_does_not_stop(enforcer_factory, containers, deadlin
     assert box.status == "running"
 
 
+def test_dry_run_touches_no_container_and_audits_what_it_would_do(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(dry_run=True)
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+
+    enforcer.post("notify", webhook(alert_for(box, action="notify", summary="idle, stop in 10m")))
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    records = enforcer.wait_records(box.id, 2)
+    assert sorted(r["decision"] for r in records) == [
+        "dry-run: would notify",
+        "dry-run: would stop",
+    ]
+    assert all(r["dry_run"] for r in records)
+    code, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
+    assert code != 0, f"dry-run wrote a notice: {output!r}"
+    assert enforcer.metric("ds01_enforcer_actions_total", action="notify", result="dry_run") == 1
+
+
+def test_an_idle_stop_that_arrives_unwarned_warns_first_and_stops_after_idle_warning(
+    enforcer_factory, containers, deadlines
+):
+    # As after a restart of Prometheus or Alertmanager: the stop alert comes with no warning.
+    enforcer = enforcer_factory(policy=make_policy(idle_warning="2s"))
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    deferred, stopped = eventually(
+        lambda: len(r := enforcer.records_for(box.id, deferred=True)) >= 2 and r,
+        WAIT,
+        "a deferral, then the stop",
+    )
+    assert deferred["decision"].startswith("deferred: not warned yet")
+    assert "warning notified" in deferred["decision"]
+    assert stopped["decision"] == "stopped"
+    not_before = float(deferred["detail"].removeprefix("stop not before "))
+    assert not_before - _epoch(deferred["time"]) >= 2.0 - 0.5  # the warning period, from now
+    assert _epoch(stopped["time"]) >= not_before
+    box.start()
+    _, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
+    lines = output.decode().splitlines()
+    assert "ds01 WARNING:" in lines[0] and "will be stopped at" in lines[0]
+    assert "stopping this container now" in lines[1]
+
+
+def test_a_warning_delivered_by_alertmanager_lets_the_idle_stop_go_ahead_after_its_period(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(policy=make_policy(idle_warning="1s"))
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+    enforcer.post("notify", webhook(alert_for(box, action="notify", summary="idle")))
+    [notified] = enforcer.wait_records(box.id)
+    assert notified["decision"] == "notified"
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    records = enforcer.wait_records(box.id, 2)
+    assert records[1]["decision"] == "stopped"
+    assert _epoch(records[1]["time"]) - _epoch(notified["time"]) >= 1.0
+    assert not any(
+        "not warned yet" in r["decision"] for r in enforcer.records_for(box.id, deferred=True)
+    )
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def test_warning_appends_the_notice_file_readable_in_the_container(
     enforcer_factory, containers, deadlines
 ):
