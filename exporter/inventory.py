@@ -39,12 +39,14 @@ class KnownContainer:
     mounts: tuple[Mount, ...] = ()
 
 
-def known_container(inspect: Mapping[str, Any], devices: Iterable[GpuDevice]) -> KnownContainer:
+def known_container(
+    inspect: Mapping[str, Any], devices: Iterable[GpuDevice], default_runtime: str | None = None
+) -> KnownContainer:
     mounts = tuple(
         Mount(str(m.get("Destination", "")), str(m.get("Source") or ""), str(m.get("Type", "")))
         for m in inspect.get("Mounts") or ()
     )
-    return KnownContainer(classify(inspect, devices), mounts)
+    return KnownContainer(classify(inspect, devices, default_runtime=default_runtime), mounts)
 
 
 class Inventory:
@@ -56,6 +58,7 @@ class Inventory:
         self._lock = threading.Lock()
         self._containers: dict[str, KnownContainer] = {}
         self._ready = False
+        self.default_runtime: str | None = None  # dockerd's, set by the watcher at each listing
 
     @property
     def ready(self) -> bool:
@@ -69,14 +72,14 @@ class Inventory:
         """Install a full listing: containers not in it are gone."""
         fresh = {}
         for data in inspects:
-            entry = known_container(data, self._devices)
+            entry = known_container(data, self._devices, self.default_runtime)
             fresh[entry.facts.container_id] = entry
         with self._lock:
             self._containers = fresh
             self._ready = True
 
     def put(self, data: Mapping[str, Any]) -> None:
-        entry = known_container(data, self._devices)
+        entry = known_container(data, self._devices, self.default_runtime)
         with self._lock:
             self._containers[entry.facts.container_id] = entry
 
@@ -200,6 +203,8 @@ class DockerWatcher:
 
     def relist(self) -> None:
         """Full listing: every container, running or not (a stopped one keeps its clock)."""
+        info = self._client().info()
+        self._inventory.default_runtime = str(info.get("DefaultRuntime") or "runc")
         listed = self._client().api.containers(all=True, quiet=True)
         inspects = []
         for item in listed:

@@ -43,9 +43,24 @@ def test_index_list_resolves_mig_index_and_whole_gpu(sim_inventory):
     assert facts.gpu_devices == (by_index["0:2"], by_index["1"])
 
 
-def test_compose_env_var_owner_from_working_dir(sim_inventory):
+def test_nvidia_visible_devices_under_runc_is_no_gpu_access(sim_inventory):
+    """CUDA images carry NVIDIA_VISIBLE_DEVICES in their image env: under runc, no GPU."""
     facts = classify(inspect("compose_env"), sim_inventory)
     assert (facts.type, facts.user, facts.managed) == ("compose", "bob", False)
+    assert facts.gpu_devices == ()
+    assert not classify(inspect("compose_env"), sim_inventory, default_runtime="nvidia").has_gpu
+
+
+@pytest.mark.parametrize(
+    ("runtime", "default_runtime"),
+    [("nvidia", None), ("nvidia", "runc"), ("", "nvidia"), (None, "nvidia-cdi")],
+)
+def test_nvidia_visible_devices_counts_under_the_nvidia_runtime(
+    sim_inventory, runtime, default_runtime
+):
+    data = inspect("compose_env")
+    data["HostConfig"]["Runtime"] = runtime
+    facts = classify(data, sim_inventory, default_runtime=default_runtime)
     assert facts.gpu_devices == (next(d for d in sim_inventory if d.index == "1").device_uuid,)
 
 
