@@ -44,12 +44,18 @@ class ContainerFacts:
 
 
 def container_type(labels: Mapping[str, str]) -> str:
-    if labels.get(LABEL_MANAGED) == "true":
-        return "ds01"
+    """The client that made the container, first match wins (DESIGN.md): devcontainer labels,
+    compose labels, `ds01.type=ds01` (only `container deploy` stamps it), else docker.
+
+    `ds01.managed=true` says who allocated the GPU, not what made the container: a devcontainer
+    started through our tools keeps its 7-day limit, a plain `docker run` its 2 days.
+    """
     if "devcontainer.local_folder" in labels or "devcontainer.config_file" in labels:
         return "devcontainer"
     if "com.docker.compose.project" in labels:
         return "compose"
+    if labels.get(LABEL_TYPE) == "ds01":
+        return "ds01"
     return "docker"
 
 

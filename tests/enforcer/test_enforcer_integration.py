@@ -391,7 +391,8 @@ def test_stop_leaves_a_notice_for_the_owner(enforcer_factory, containers, deadli
 
 def test_ds01_native_container_is_removed_after_the_hold(enforcer_factory, containers, deadlines):
     enforcer = enforcer_factory(policy=make_policy(container_hold_after_stop="1s"))
-    box = containers(gpus=[GPU], labels={"ds01.managed": "true", "ds01.user": "alice"})
+    labels = {"ds01.managed": "true", "ds01.user": "alice", "ds01.type": "ds01"}
+    box = containers(gpus=[GPU], labels=labels)
     deadlines.past_idle(box)
 
     enforcer.post("alerts", webhook(alert_for(box)))
@@ -401,6 +402,33 @@ def test_ds01_native_container_is_removed_after_the_hold(enforcer_factory, conta
     assert removed["event"] == "remove"
     assert removed["decision"] == "removed"
     assert box.id not in {c.id for c in box.client.containers.list(all=True)}
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"ds01.type": "docker"},  # the wrapper's plain `docker run`
+        {"ds01.type": "devcontainer", "devcontainer.local_folder": "/home/alice/x"},
+        {"ds01.type": "compose", "com.docker.compose.project": "exp"},
+    ],
+)
+def test_a_container_allocated_by_us_but_not_deployed_is_kept_after_the_stop(
+    enforcer_factory, containers, deadlines, labels
+):
+    enforcer = enforcer_factory(policy=make_policy(container_hold_after_stop="0s"))
+    box = containers(gpus=[GPU], labels={"ds01.managed": "true", "ds01.user": "alice", **labels})
+    deadlines.past_idle(box)
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    [stopped] = enforcer.wait_records(box.id)
+    assert stopped["decision"] == "stopped"
+    enforcer.service.worker.wake()
+    # The worker is idle once the journal holds nothing pending: no removal was scheduled.
+    eventually(lambda: enforcer.metric("ds01_enforcer_queue_depth") == 0, WAIT, "an empty queue")
+    assert [r["event"] for r in enforcer.records_for(box.id)] == ["stop"]
+    box.reload()
+    assert box.status == "exited"
 
 
 def test_docker_unreachable_is_503_and_the_alert_runs_once_docker_is_back(
