@@ -179,6 +179,69 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         docker_client.containers.get("wrapped").remove(force=True)
 
 
+def test_wrapper_gives_a_two_device_request_to_docker_in_a_form_it_accepts(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, _, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "-d", "--network", "none", "--name", "pair",
+         "--gpus", '"device=0,1"', busybox_image, "sleep", "3600"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert run.returncode == 0, run.stderr
+        attrs = docker_client.api.inspect_container("pair")
+        [request] = attrs["HostConfig"]["DeviceRequests"]
+        assert len(request["DeviceIDs"]) == 2
+        assert attrs["Config"]["Labels"]["ds01.gpu.devices"] == ",".join(request["DeviceIDs"])
+    finally:
+        subprocess.run(["/usr/bin/docker", "rm", "-f", "pair"], env=env, capture_output=True)
+
+
+def test_a_failed_docker_run_after_a_grant_releases_the_allocation_at_once(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, client, _ = stack()  # reservation_ttl 60s: only the wrapper can free it sooner
+    env = _docker_env(runtime, dockerd)
+    taken = docker_client.containers.run(
+        busybox_image, ["sleep", "3600"], name="taken", detach=True, network_mode="none"
+    )
+    try:
+        run = subprocess.run(
+            [BIN / "ds01-docker", "run", "-d", "--network", "none", "--name", "taken",
+             "--gpus", "1", busybox_image, "sleep", "3600"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 125, run.stderr
+        assert "Conflict" in run.stderr or "already in use" in run.stderr
+        assert "released GPU allocation" in run.stderr
+        [alloc] = client.allocations(everyone=True)
+        assert alloc["state"] == "released"
+        assert not runtime.allocator.live()
+    finally:
+        taken.remove(force=True)
+
+
+def test_a_container_that_ran_and_failed_keeps_its_allocation(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, client, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "--network", "none", "--name", "failing",
+         "--gpus", "1", busybox_image, "sleep", "not-a-number"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert run.returncode == 1, run.stderr  # the container's own exit code
+        assert "released" not in run.stderr
+        alloc_id = docker_client.containers.get("failing").labels["ds01.allocation"]
+        assert client.get(alloc_id)["state"] in ("bound", "held")
+    finally:
+        docker_client.containers.get("failing").remove(force=True)
+
+
 def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
     if not Path("/usr/bin/docker").exists():
         pytest.skip("the docker CLI is not installed")
