@@ -216,8 +216,7 @@ def test_a_failed_docker_run_after_a_grant_releases_the_allocation_at_once(
         assert run.returncode == 125, run.stderr
         assert "Conflict" in run.stderr or "already in use" in run.stderr
         assert "released GPU allocation" in run.stderr
-        [alloc] = client.allocations(everyone=True)
-        assert alloc["state"] == "released"
+        assert client.allocations(everyone=True) == []  # live ones only: nothing is held
         assert not runtime.allocator.live()
     finally:
         taken.remove(force=True)
