@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.dockerio import DockerLink, connect
 from ds01.durations import format_duration
 from ds01.gpu import open_backend
 from ds01.logs import setup_logging
@@ -115,13 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OSError, ValueError) as exc:
         parser.error(f"--gpu-backend {kind}: {exc}")
-    docker_client = None
-    try:
-        from ds01.dockerio import connect
-
-        docker_client = connect(args.docker_host)
-    except Exception:
-        logger.exception("cannot reach Docker; lifecycle follows once it answers")
+    # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
+    docker_client = DockerLink(lambda: connect(args.docker_host))
     runtime = build_runtime(
         policy,
         db_path=args.db or state_dir / "allocator.sqlite",

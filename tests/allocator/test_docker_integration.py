@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from allocator import container_cli
 from allocator.client import AllocatorClient, Refused
@@ -267,6 +269,73 @@ def test_wrapper_reports_a_refusal_and_runs_nothing(stack, dockerd, busybox_imag
     )  # fmt: skip
     assert run.returncode == 125
     assert run.stderr.startswith("ds01: asked for 9")
+
+
+def _metrics_text(sock: Path) -> str:
+    """GET /metrics over the allocator's Unix socket (HTTP/1.0: the server closes after)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(sock))
+        conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: allocator\r\n\r\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text.split("\r\n\r\n", 1)[1]):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def test_an_allocator_started_while_docker_is_down_follows_docker_once_it_answers(
+    short_dir, dockerd, docker_client, busybox_image
+):
+    folder = short_dir / "late"
+    folder.mkdir()
+    late_socket = folder / "docker.sock"  # absent: Docker is down when the allocator starts
+    policy = write_policy(folder)
+    sock = folder / "s.sock"
+    argv = [
+        str(BIN / "ds01"), "allocator", "--policy", str(policy), "--state-dir", str(folder),
+        "--socket", str(sock), "--docker-host", f"unix://{late_socket}", "--gpu-backend", "sim",
+        "--tick", "50ms", "--inventory-refresh", "0",
+    ]  # fmt: skip
+    client = AllocatorClient(str(sock))
+    child = ChildProcess("allocator", argv, folder / "allocator.log").start()
+    container = None
+    try:
+        child.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        alloc = client.allocate(user="bob", name="late")
+        container = docker_client.containers.run(
+            busybox_image,
+            ["sleep", "3600"],
+            detach=True,
+            network_mode="none",
+            labels={"ds01.user": "bob", "ds01.allocation": alloc["id"]},
+        )
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_allocator_errors_total", source="docker") >= 2
+            ),
+            WAIT,
+            "the events follower to retry while Docker is down",
+        )
+        assert client.get(alloc["id"])["state"] == "reserved"
+
+        late_socket.symlink_to(dockerd.socket_path)  # Docker answers now
+
+        eventually(lambda: client.get(alloc["id"])["state"] == "bound", WAIT, "reconciled")
+        container.remove(force=True)
+        container = None
+        eventually(lambda: client.get(alloc["id"])["state"] == "released", WAIT, "followed")
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        child.stop()
 
 
 def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busybox_image):
