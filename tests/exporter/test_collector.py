@@ -7,6 +7,7 @@ import functools
 import math
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ds01.cgroups import container_id_of_pid
 from ds01.clock import FrozenClock
@@ -17,6 +18,7 @@ from exporter.collector import Collector
 from exporter.health import ErrorCounters
 from exporter.inventory import Inventory
 from exporter.keepalive import KeepAliveChecker
+from exporter.metrics import SnapshotCollector
 from exporter.service import load_clocks
 
 POLICY = {
@@ -86,12 +88,12 @@ def inventory(docker_state, sim_inventory) -> Inventory:
 
 @pytest.fixture
 def make_collector(inventory, sim_backend, clock, tmp_path, fake_proc):
-    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None):
+    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None, **kw):
         errors = errors or ErrorCounters()
         clock_store = ClockStore(tmp_path / "state") if store else None
         return Collector(
             backend=backend or sim_backend,
-            inventory=inventory,
+            inventory=kw.get("inventory", inventory),
             policy=parse_policy(policy),
             keepalive=KeepAliveChecker(
                 path="/workspace/.keep-alive", archive_stat=None, interval=60, errors=errors
@@ -200,16 +202,45 @@ def test_an_unmeasurable_device_counts_busy_and_is_counted(
     assert errors.values()["gpu"] == 1
 
 
-def test_without_docker_nothing_new_is_published(make_collector, clock, start):
+def test_without_docker_devices_stay_fresh_and_containers_keep_their_last_picture(
+    make_collector, sim_state, sim_inventory, clock, start
+):
     healthy = {"ok": True}
     collector = make_collector(docker_ok=lambda: healthy["ok"])
     clock.current = start + 10
     collector.collect_once()
     published = collector.snapshot
     healthy["ok"] = False
+    sim_state.set_device(sim_inventory[1].index, busy=True)
     clock.advance(30)
-    assert collector.collect_once() is False
-    assert collector.snapshot is published
+    assert collector.collect_once() is True
+    latest = collector.snapshot
+    assert latest.timestamp == published.timestamp  # the container picture is stale: rules see it
+    assert latest.containers == published.containers
+    devices = {d.device.device_uuid: d for d in latest.devices}
+    assert devices[sim_inventory[1].device_uuid].busy
+    assert devices[sim_inventory[1].device_uuid].last_busy == start + 40
+
+
+def test_device_metrics_are_served_from_the_first_collect_before_docker_answers(
+    make_collector, inventory, sim_state, sim_inventory, clock, start
+):
+    empty = Inventory(lambda _cid: None, sim_inventory)  # Docker never answered: not ready
+    collector = make_collector(docker_ok=lambda: False, inventory=empty)
+    sim_state.set_device(sim_inventory[0].index, busy=True)
+    clock.current = start + 10
+    assert collector.collect_once() is True
+    snapshot = collector.snapshot
+    assert snapshot.timestamp == 0.0 and snapshot.containers == ()
+    assert len(snapshot.devices) == len(sim_inventory)
+    assert {d.device.device_uuid for d in snapshot.devices if d.busy} >= {
+        sim_inventory[0].device_uuid
+    }
+    reg = CollectorRegistry()
+    reg.register(SnapshotCollector(lambda: snapshot, ErrorCounters(), version="t", backend="sim"))
+    uuid = sim_inventory[0].device_uuid
+    assert reg.get_sample_value("ds01_gpu_device_busy", {"device_uuid": uuid}) == 1
+    assert reg.get_sample_value("ds01_exporter_last_collect_timestamp_seconds") == 0
 
 
 def test_a_restart_keeps_runtime_clocks_and_resumes_idle_clocks_from_the_restart(
