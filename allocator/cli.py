@@ -15,6 +15,8 @@ from ds01.dockerio import DockerLink, connect
 from ds01.durations import format_duration
 from ds01.gpu import open_backend
 from ds01.logs import setup_logging
+from ds01.policy import Policy
+from ds01.policy_reload import PolicyReloader
 
 from .runtime import build_runtime
 from .service import Settings
@@ -130,6 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tick=args.tick,
         settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
     )
+
+    def use_policy(fresh: Policy) -> None:
+        runtime.allocator.policy = fresh
+
+    PolicyReloader(
+        policy, path=args.policy, apply=use_policy, registry=runtime.registry
+    ).on_sighup()
     logger.info(
         "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
         "hold_after_stop=%s reservation_ttl=%s db=%s",

@@ -55,7 +55,7 @@ class Enforcer:
         self.prometheus = PrometheusSource(config.prometheus_url)
         self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
         intake = Intake()
-        executor = Executor(
+        self.executor = executor = Executor(
             self.docker,
             policy=policy,
             notice_path=config.notice_path,
@@ -86,6 +86,11 @@ class Enforcer:
             clock=clock,
             max_body=config.max_body,
         )
+
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy: jobs decided from now on use it (SIGHUP)."""
+        self.worker.policy = policy
+        self.executor.policy = policy
 
     def _enqueued(self) -> None:
         self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook

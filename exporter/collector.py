@@ -75,6 +75,11 @@ class Collector:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy: the next cycle decides with it (SIGHUP, ds01/policy_reload.py)."""
+        self._policy = policy
+        self._keepalive.path = policy.keep_alive.path
+
     @property
     def snapshot(self) -> Snapshot | None:
         """The last published snapshot (None before the first good cycle)."""

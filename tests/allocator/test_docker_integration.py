@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -335,6 +336,54 @@ def test_an_allocator_started_while_docker_is_down_follows_docker_once_it_answer
     finally:
         if container is not None:
             container.remove(force=True)
+        child.stop()
+
+
+def test_sighup_reloads_the_policy_and_refuses_a_bad_one(short_dir, dockerd):
+    folder = short_dir / "reload"
+    folder.mkdir()
+    policy = write_policy(folder)
+    sock = folder / "s.sock"
+    argv = [
+        str(BIN / "ds01"), "allocator", "--policy", str(policy), "--state-dir", str(folder),
+        "--socket", str(sock), "--docker-host", dockerd.url, "--gpu-backend", "sim",
+        "--tick", "50ms", "--inventory-refresh", "0",
+    ]  # fmt: skip
+    client = AllocatorClient(str(sock))
+    child = ChildProcess("allocator", argv, folder / "allocator.log").start()
+    try:
+        child.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        assert child.process is not None
+
+        policy.write_text(policy.read_text() + "gpu_wait: never\n")
+        child.process.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_policy_reloads_total", result="refused") == 1
+            ),
+            WAIT,
+            "the bad file refused",
+        )
+        assert "gpu_wait" in (folder / "allocator.log").read_text()
+        first = client.allocate(user="bob", count=2)  # student: 2 GPUs under the old policy
+        client.release(first["id"])
+
+        groups = {
+            "student": {"max_gpus": 1, "max_runtime": "24h"},
+            "admin": {"max_gpus": None, "max_runtime": "72h"},
+        }
+        write_policy(folder, groups=groups)
+        child.process.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_policy_reloads_total", result="applied") == 1
+            ),
+            WAIT,
+            "the good file applied",
+        )
+        with pytest.raises(Refused, match="1"):
+            client.allocate(user="bob", count=2)
+    finally:
         child.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ HEALTH_METRICS = {
     "ds01_exporter_collect_duration_seconds",
     "ds01_exporter_last_collect_timestamp_seconds",
     "ds01_exporter_collect_errors_total",
+    "ds01_policy_reloads_total",
+    "ds01_policy_loaded_timestamp_seconds",
 }
 CONTAINER_KEYS = {"container_id", "container", "user", "group", "type"}
 RUNTIME_RESEARCHER = 48 * 3600.0
@@ -320,6 +323,38 @@ def test_device_metrics_are_served_before_docker_ever_answers(
     assert value(samples, "ds01_exporter_last_collect_timestamp_seconds") == 0
     assert not [x for x in samples if x.name == "ds01_container_info"]
     assert exporter.state()["docker_connected"] is False
+
+
+def test_sighup_reloads_the_policy_and_refuses_a_bad_one(
+    exporter_factory, policy_file, containers, sim_inventory
+):
+    box = containers(gpus=[sim_inventory[1].device_uuid])
+    exporter = exporter_factory()
+    eventually(lambda: shows(exporter, box.id), WAIT, "container listed")
+
+    def idle_timeout_in_force() -> float:
+        samples = exporter.scrape()
+        deadline = value(
+            samples, "ds01_container_idle_deadline_timestamp_seconds", container_id=box.id
+        )
+        last = value(samples, "ds01_container_last_busy_timestamp_seconds", container_id=box.id)
+        return deadline - last
+
+    def reloads(result: str) -> float:
+        return value(exporter.scrape(), "ds01_policy_reloads_total", result=result)
+
+    assert idle_timeout_in_force() == IDLE_TIMEOUT
+    policy_file.write_text(policy_file.read_text().replace("idle_timeout: 10m", "idle_timeout: x"))
+    os.kill(exporter.child.process.pid, signal.SIGHUP)
+    eventually(lambda: reloads("refused") == 1, WAIT, "the bad file refused")
+    assert idle_timeout_in_force() == IDLE_TIMEOUT  # the last good policy stays in force
+    assert "idle_timeout" in exporter.child.log_path.read_text()
+
+    policy_file.write_text(policy_file.read_text().replace("idle_timeout: x", "idle_timeout: 20m"))
+    os.kill(exporter.child.process.pid, signal.SIGHUP)
+    eventually(lambda: reloads("applied") == 1, WAIT, "the good file applied")
+    eventually(lambda: idle_timeout_in_force() == 1200.0, WAIT, "the new idle timeout")
+    assert exporter.child.process.poll() is None
 
 
 def test_once_prints_the_metrics_and_exits(
