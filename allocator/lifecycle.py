@@ -55,7 +55,7 @@ def transition(alloc: Allocation, event: ContainerEvent, *, hold: float) -> Allo
     view = event.container
     if not alloc.live or not _claims(alloc, view):
         return None
-    named = {"container_id": view.container_id, "container_name": view.name}
+    named: dict[str, Any] = {"container_id": view.container_id, "container_name": view.name}
     if event.action in ("create", "start"):
         if alloc.state == BOUND and alloc.container_id == view.container_id:
             return None
@@ -187,7 +187,7 @@ class DockerWatcher:
 
     def reconcile_now(self) -> int:
         """List labelled containers and reconcile; returns the number of changes."""
-        views = {}
+        views: dict[str, ContainerView] = {}
         client = self._client()
         for summary in client.api.containers(all=True, filters={"label": LABEL_ALLOCATION}):
             try:

@@ -126,21 +126,6 @@ def check_warned(
     return WarningCheck(act(f"warned {format_duration(now - warned_at)} ago"))
 
 
-def decide_stop(
-    *,
-    alert: Alert,
-    container: ContainerFacts | None,
-    deadlines: Deadlines,
-    policy: Policy,
-    now: float,
-) -> Decision:
-    """Both checks, in order; the first failing one names the skip."""
-    first = check_container(alert=alert, container=container, policy=policy, now=now)
-    if not first.act:
-        return first
-    return check_deadline(alert=alert, deadlines=deadlines, policy=policy, now=now)
-
-
 def decide_notify(
     *, alert: Alert, container: ContainerFacts | None, policy: Policy, now: float
 ) -> Decision:

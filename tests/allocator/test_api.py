@@ -11,6 +11,7 @@ import pytest
 
 from allocator.client import AllocatorClient, Refused
 from tests.allocator.conftest import WAIT, as_user
+from tests.harness.components import require_root
 from tests.harness.waiting import eventually
 
 
@@ -237,8 +238,7 @@ def _request_as(uid: int, socket_path: str, body: dict) -> dict:
 
 
 def test_identity_comes_from_the_socket_not_the_body(allocator, client):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to another uid")
+    require_root("switching to another uid")
     answer = _request_as(65534, str(allocator.socket_path), {"count": 1, "user": "alice"})
     assert answer["status"] == 201
     assert answer["allocation"]["user"] == "nobody"
@@ -247,8 +247,7 @@ def test_identity_comes_from_the_socket_not_the_body(allocator, client):
 
 
 def test_only_the_owner_or_root_may_release(allocator, client):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to another uid")
+    require_root("switching to another uid")
     alloc = as_user(client, "alice").allocate()
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -17,6 +17,7 @@ from allocator import container_cli
 from allocator.client import AllocatorClient, Refused
 from ds01.stack import ChildProcess
 from tests.allocator.conftest import WAIT, write_policy
+from tests.harness.components import require_binary
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -150,15 +151,13 @@ def _docker_env(runtime, dockerd) -> dict[str, str]:
         **os.environ,
         "DOCKER_HOST": dockerd.url,
         "DS01_ALLOCATOR_SOCKET": str(runtime.socket_path),
-        "DS01_REAL_DOCKER": "/usr/bin/docker",
+        "DS01_REAL_DOCKER": require_binary("docker"),
     }
 
 
 def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
     stack, docker_client, dockerd, busybox_image
 ):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, client, _ = stack()
     env = _docker_env(runtime, dockerd)
     run = subprocess.run(
@@ -199,7 +198,7 @@ def test_wrapper_gives_a_two_device_request_to_docker_in_a_form_it_accepts(
         assert len(request["DeviceIDs"]) == 2
         assert attrs["Config"]["Labels"]["ds01.gpu.devices"] == ",".join(request["DeviceIDs"])
     finally:
-        subprocess.run(["/usr/bin/docker", "rm", "-f", "pair"], env=env, capture_output=True)
+        subprocess.run([require_binary("docker"), "rm", "-f", "pair"], env=env, capture_output=True)
 
 
 def test_a_failed_docker_run_after_a_grant_releases_the_allocation_at_once(
@@ -245,12 +244,10 @@ def test_a_container_that_ran_and_failed_keeps_its_allocation(
 
 
 def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, _, _ = stack()
     env = _docker_env(runtime, dockerd)
     for args in (["ps"], ["ps", "-a", "--format", "{{.Names}}"], ["inspect", "no-such-thing"]):
-        real = subprocess.run(["/usr/bin/docker", *args], env=env, capture_output=True)
+        real = subprocess.run([require_binary("docker"), *args], env=env, capture_output=True)
         wrapped = subprocess.run([BIN / "ds01-docker", *args], env=env, capture_output=True)
         assert (wrapped.returncode, wrapped.stdout, wrapped.stderr) == (
             real.returncode,
@@ -260,8 +257,6 @@ def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
 
 
 def test_wrapper_reports_a_refusal_and_runs_nothing(stack, dockerd, busybox_image):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, _, _ = stack()
     env = _docker_env(runtime, dockerd)
     run = subprocess.run(

@@ -176,6 +176,24 @@ class RunningEnforcer:
             and (deferred or not r["decision"].startswith("deferred:"))
         ]
 
+    def journaled(self, container_id: str) -> list[dict[str, Any]]:
+        """The container's rows in the journal. A webhook journals before it answers, so once
+        the reply is in, no row here means nothing will ever be done (no waiting needed)."""
+        assert self.service is not None, "only for an in-process enforcer"
+        return [d for d in self.service.journal.decisions() if d["container_id"] == container_id]
+
+    def wait_done(self, container_id: str) -> list[dict[str, Any]]:
+        """Wait until every journaled job of the container has its decision."""
+        return eventually(
+            lambda: (
+                (rows := self.journaled(container_id))
+                and all(r["state"] == "done" for r in rows)
+                and rows
+            ),
+            WAIT,
+            f"the jobs of {container_id[:12]} decided",
+        )
+
     def wait_records(self, container_id: str, count: int = 1) -> list[dict[str, Any]]:
         return eventually(
             lambda: len(self.records_for(container_id)) >= count and self.records_for(container_id),

@@ -8,7 +8,14 @@ import pytest
 
 from ds01.containers import ContainerFacts
 from enforcer.payload import Alert
-from enforcer.verify import Deadlines, check_warned, decide_notify, decide_remove, decide_stop
+from enforcer.verify import (
+    Deadlines,
+    check_container,
+    check_deadline,
+    check_warned,
+    decide_notify,
+    decide_remove,
+)
 from tests.enforcer.conftest import make_policy
 
 NOW = 1_800_000_000.0
@@ -42,9 +49,17 @@ PAST = Deadlines(idle=NOW - 60, runtime=NOW - 60)
 
 
 def stop(**kw):
+    """The worker's order: the container checks, then (only if they pass) the deadline."""
     args = dict(alert=alert(), container=container(), deadlines=PAST, policy=make_policy(), now=NOW)
     args.update(kw)
-    return decide_stop(**args)
+    first = check_container(
+        alert=args["alert"], container=args["container"], policy=args["policy"], now=args["now"]
+    )
+    if not first.act:
+        return first
+    return check_deadline(
+        alert=args["alert"], deadlines=args["deadlines"], policy=args["policy"], now=args["now"]
+    )
 
 
 def test_acts_when_every_check_passes():

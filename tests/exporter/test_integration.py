@@ -255,8 +255,20 @@ def test_keep_alive_file_moves_the_idle_deadline_to_infinity(
     stale.touch()
     old = time.time() - 2 * 3600  # older than keep_alive.max_age (1h)
     os.utime(stale, (old, old))
-    time.sleep(1.5)  # three collect cycles: a stale file must not suspend the deadline
-    assert deadlines(exporter.scrape())[mounted.id] == before[mounted.id]
+    touched = time.time()
+    # A collect cycle that began after the file went stale (the host mount is read every cycle).
+    after = eventually(
+        lambda: (
+            (
+                value(s := exporter.scrape(), "ds01_exporter_last_collect_timestamp_seconds")
+                > touched
+            )
+            and s
+        ),
+        WAIT,
+        "a collect cycle after the stale touch",
+    )
+    assert deadlines(after)[mounted.id] == before[mounted.id]
 
 
 def test_docker_outage_serves_the_last_snapshot_then_catches_up(
