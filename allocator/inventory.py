@@ -49,6 +49,9 @@ class CachedInventory:
             if self._reading is None or now - self._read_at >= self.refresh:
                 try:
                     self._reading = self.backend.read()
+                    if self._reading.errors:  # devices it could not sample, counted as the
+                        self.errors += 1  # exporter counts them
+                        self._on_error()
                 except Exception:
                     self.errors += 1
                     self._on_error()

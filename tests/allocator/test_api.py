@@ -50,6 +50,14 @@ def test_grant_reserves_a_mig_device_and_exports_it(client):
     assert _metric(client, "ds01_allocator_devices_free", profile="1g.18gb") == 1.0
 
 
+def test_error_counters_start_at_zero_and_count_a_failing_gpu_read(client, sim_state):
+    for source in ("docker", "gpu", "tick"):
+        assert _metric(client, "ds01_allocator_errors_total", source=source) == 0.0
+    sim_state.path.write_text("{not json")  # the sim backend cannot read its device state
+    client.devices()  # a fresh GPU reading (inventory_refresh 0 in tests)
+    assert _metric(client, "ds01_allocator_errors_total", source="gpu") >= 1.0
+
+
 def test_a_student_at_quota_is_refused_at_once_with_both_numbers(client):
     alice = as_user(client, "alice")
     alice.allocate()
