@@ -21,7 +21,7 @@ ACTION_RESULTS = {
     "notify": ("notified", "skipped", "failed", "dry_run"),
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
-DEPENDENCIES = ("docker", "prometheus")
+DEPENDENCIES = ("docker", "prometheus", "journal")
 
 
 class _QueueCollector(Collector):
@@ -96,7 +96,7 @@ class EnforcerMetrics:
         )
         self.dependency_errors = Counter(
             "ds01_enforcer_dependency_errors",
-            "Failed attempts to reach Docker or Prometheus, in errors.",
+            "Failed attempts to reach Docker or Prometheus, or to write the journal, in errors.",
             ["dependency"],
             registry=r,
         )

@@ -9,6 +9,7 @@ Prometheus puts the job back with exponential backoff; any other failure is reco
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 
@@ -108,23 +109,36 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            with self._cond:
-                seen = self._wakes
-            job = self._claim()
-            self.publish_stats()
-            if job is None:
-                with self._cond:
-                    if self._wakes == seen and not self._stopping.is_set():
-                        self._cond.wait(self._idle_wait())
-                continue
             try:
-                if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
-                    continue  # stopping: the job stays pending in the journal
-                self.intake.wait_quiet(self.settings.intake_hold)
-                self.process(job)
-            finally:
-                self._release(job)
-            self._maybe_prune()
+                self._pass()
+            except sqlite3.Error as exc:  # the journal failed (disk full, locked): keep going
+                self.metrics.dependency_errors.labels("journal").inc()
+                logger.error(
+                    "journal failed: %s; jobs stay pending, retry in %.1fs",
+                    exc,
+                    self.settings.poll_interval,
+                )
+                self._stopping.wait(self.settings.poll_interval)
+
+    def _pass(self) -> None:
+        """Claim one due job and process it, or wait for work."""
+        with self._cond:
+            seen = self._wakes
+        job = self._claim()
+        self.publish_stats()
+        if job is None:
+            with self._cond:
+                if self._wakes == seen and not self._stopping.is_set():
+                    self._cond.wait(self._idle_wait())
+            return
+        try:
+            if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
+                return  # stopping: the job stays pending in the journal
+            self.intake.wait_quiet(self.settings.intake_hold)
+            self.process(job)
+        finally:
+            self._release(job)
+        self._maybe_prune()
 
     def _idle_wait(self) -> float:
         due = self.journal.next_due_at()
@@ -157,17 +171,6 @@ class Worker:
         self.warnings.forget_before(now - self.settings.retention)
         if removed:
             logger.info("journal pruned rows=%d", removed)
-
-    def run_pending(self) -> int:
-        """Process every due job in this thread (for tests and one-shot use); how many."""
-        done = 0
-        while (job := self._claim()) is not None:
-            try:
-                self.process(job)
-            finally:
-                self._release(job)
-            done += 1
-        return done
 
     def publish_stats(self) -> None:
         self.metrics.queue.publish(self.journal.stats())

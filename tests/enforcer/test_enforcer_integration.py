@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -464,6 +465,35 @@ def test_docker_unreachable_is_503_and_the_alert_runs_once_docker_is_back(
     assert again.status_code == 200 and again.json()["duplicates"] == 1
     assert len(enforcer.journaled(box.id)) == 1  # the repeat was not journaled: no second stop
     assert len(enforcer.records_for(box.id)) == 1
+
+
+def test_a_journal_that_cannot_be_written_keeps_the_job_and_the_worker_alive(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(action_delay=1.0)  # time to lock the journal after the ack
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+    assert enforcer.post("alerts", webhook(alert_for(box))).status_code == 200
+    locker = sqlite3.connect(str(enforcer.service.config.journal_path), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the journal: writes fail (locked)
+    try:
+        eventually(
+            lambda: (
+                enforcer.metric("ds01_enforcer_dependency_errors_total", dependency="journal") >= 1
+            ),
+            WAIT,
+            "the journal failure to be counted",
+        )
+        assert [j["state"] for j in enforcer.journaled(box.id)] == ["pending"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    [job] = enforcer.wait_done(box.id)  # the same worker threads go on once it can write
+    assert job["decision"] == "stopped"
+    assert [r["decision"] for r in enforcer.records_for(box.id)] == ["stopped"]
+    box.reload()
+    assert box.status == "exited"
 
 
 def test_metrics_page_has_the_contract_series(enforcer_factory):
