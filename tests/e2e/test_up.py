@@ -66,10 +66,13 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_ds01_up_starts_everything_and_ctrl_c_stops_it(dockerd, tmp_path):
+def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(dockerd, tmp_path):
     env = dict(os.environ, DOCKER_HOST=dockerd.url, PYTHONUNBUFFERED="1")
     env.pop("DS01_POLICY", None)
     log = tmp_path / "up.out"
+    policy = tmp_path / "ds01.yaml"
+    example = (REPO / "config" / "ds01.example.yaml").read_text()
+    policy.write_text(example)
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [
@@ -80,7 +83,7 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(dockerd, tmp_path):
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--policy",
-                str(REPO / "config" / "ds01.example.yaml"),
+                str(policy),
             ],
             env=env,
             stdout=out,
@@ -99,6 +102,21 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(dockerd, tmp_path):
         assert requests.get(urls["exporter"], timeout=5).status_code == 200
         assert requests.get(urls["Prometheus"].replace("/alerts", "/-/ready"), timeout=5).ok
         assert requests.get(f"{urls['Alertmanager']}/-/ready", timeout=5).ok
+
+        # SIGHUP: a bad file is refused (and not passed on); a good one reaches every part and
+        # the alert rules.
+        policy.write_text(example + "\nidle_warning: soon\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reload refused", proc)
+        assert "idle_warning" in log.read_text()
+        policy.write_text(example + "\nidle_warning: 7m\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reloaded", proc)
+        rules = "".join(p.read_text() for p in (tmp_path / "state/prometheus/rules").glob("*"))
+        assert "time() + 420" in rules
+        for part in ("exporter", "allocator", "enforcer"):
+            _wait_for(tmp_path / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         for url in urls.values():
@@ -109,3 +127,12 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(dockerd, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 60.0) -> None:
+    """Until `text` shows in the log at `path` (a hang bound, not a speed expectation)."""
+    deadline = time.monotonic() + bound
+    while not (path.exists() and text in path.read_text()):
+        assert proc.poll() is None, path.read_text() if path.exists() else ""
+        assert time.monotonic() < deadline, f"{text!r} not in {path}"
+        time.sleep(0.2)

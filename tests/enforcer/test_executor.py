@@ -103,9 +103,7 @@ def test_a_container_gone_before_the_act_is_skipped_gone(dockerd, containers):
     assert (notified.result, notified.detail) == ("failed", "container gone")
 
 
-def test_docker_refusing_the_stop_is_recorded_as_failed_stop_refused(
-    refusing_docker, containers
-):
+def test_docker_refusing_the_stop_is_recorded_as_failed_stop_refused(refusing_docker, containers):
     source = DockerSource(refusing_docker)
     executor = Executor(source, policy=make_policy(), notice_path="/workspace/.ds01-alerts")
     box = containers(gpus=[GPU])
