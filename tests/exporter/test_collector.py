@@ -161,6 +161,32 @@ def test_exemptions_from_the_policy_make_deadlines_infinite(
     assert math.isinf(carol.runtime_deadline) and carol.runtime_deadline_reason == "exempt"
 
 
+@pytest.mark.parametrize(
+    ("labels", "ctype", "days"),
+    [
+        (
+            {"devcontainer.local_folder": "/home/alice/x", "ds01.type": "devcontainer"},
+            "devcontainer",
+            7,
+        ),
+        ({"com.docker.compose.project": "exp", "ds01.type": "compose"}, "compose", 3),
+        ({"ds01.type": "docker"}, "docker", 2),
+    ],
+)
+def test_a_container_allocated_through_our_tools_keeps_its_clients_runtime_limit(
+    make_collector, inventory, docker_state, managed, clock, start, labels, ctype, days
+):
+    docker_state[managed["Id"]]["Config"]["Labels"].pop("ds01.type", None)
+    docker_state[managed["Id"]]["Config"]["Labels"].update(labels)  # still ds01.managed=true
+    inventory.replace_all(docker_state.values())
+    clock.current = start + 10
+    collector = make_collector()
+    collector.collect_once()
+    state = by_name(collector.snapshot)["alice-train"]
+    assert state.facts.managed and state.facts.type == ctype
+    assert state.runtime_deadline == pytest.approx(start + days * 86400)
+
+
 def test_on_a_shared_device_the_process_owner_is_busy_and_the_other_is_not(
     make_collector, inventory, managed, sim_state, sim_inventory, fake_proc, clock, start
 ):
