@@ -2,7 +2,9 @@
 
 reserved -> bound when a container labelled ds01.allocation=<id> appears; bound -> held when it
 dies (devices kept for gpu_hold_after_stop); held -> bound when it starts again; any -> released
-when it is removed. The transitions are pure; `DockerWatcher` feeds them from Docker.
+when it is removed. Once bound, an allocation follows its container by id (adopted containers
+carry no label). The transitions are pure; `DockerWatcher` feeds them from Docker, and also
+reports every running GPU container, labelled or not, so none of its devices is ever granted.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ds01.containers import LABEL_ALLOCATION, LABEL_USER, parse_docker_time
+from ds01.containers import LABEL_ALLOCATION, LABEL_USER, classify, parse_docker_time
 from ds01.docker_events import EventFollower
+from ds01.gpu import GpuDevice
 
 from .model import BOUND, HELD, RELEASED, RESERVED, Allocation
 
@@ -26,14 +29,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ContainerView:
-    """What the lifecycle needs of one labelled container."""
+    """What the lifecycle and adoption need of one container (labelled or not)."""
 
     container_id: str
     name: str
-    allocation: str
-    user: str
+    allocation: str  # the ds01.allocation label ("" when none): a claim, checked
+    user: str  # the owner as classified (ds01.user, else /home/<u> paths, else "unknown")
     running: bool
     finished_at: float | None = None
+    gpu_devices: tuple[str, ...] = ()  # device UUIDs from its config; () = no GPU access known
+    container_type: str = "docker"
+    started_at: float | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.container_id[:12]
+
+
+EVENT_ACTIONS = ("create", "start", "die", "destroy")
 
 
 @dataclass(frozen=True)
@@ -44,10 +57,13 @@ class ContainerEvent:
 
 
 def _claims(alloc: Allocation, view: ContainerView) -> bool:
-    """A container may bind an allocation only for its owner, and only one container."""
-    if view.user != alloc.user:
-        return False
-    return not alloc.container_id or alloc.container_id == view.container_id
+    """A container may bind an allocation only for its owner, and only one container.
+
+    Once bound, the container id (a fact, not a label) is what ties the two together.
+    """
+    if alloc.container_id:
+        return alloc.container_id == view.container_id
+    return view.user == alloc.user
 
 
 def transition(alloc: Allocation, event: ContainerEvent, *, hold: float) -> Allocation | None:
@@ -81,11 +97,18 @@ def reconcile(
     *,
     now: float,
     hold: float,
+    by_container: Mapping[str, ContainerView] | None = None,
 ) -> list[Allocation]:
-    """Changed allocations after comparing the store with Docker's labelled containers."""
+    """Changed allocations after comparing the store with Docker's containers.
+
+    `containers` is keyed by the allocation label; `by_container` by container id, for
+    allocations already bound (an adopted container has no label).
+    """
     changes = []
     for alloc in live:
         view = containers.get(alloc.id)
+        if (view is None or not _claims(alloc, view)) and alloc.container_id and by_container:
+            view = by_container.get(alloc.container_id)
         if view is None or not _claims(alloc, view):
             if alloc.state in (BOUND, HELD):
                 changes.append(released(alloc, at=now, reason="container_gone"))
@@ -108,34 +131,38 @@ def reconcile(
     return changes
 
 
-def view_from_inspect(inspect: Mapping[str, Any]) -> ContainerView:
-    labels = (inspect.get("Config") or {}).get("Labels") or {}
+def view_from_inspect(
+    inspect: Mapping[str, Any], inventory: Iterable[GpuDevice] = ()
+) -> ContainerView:
+    """The view of one container, classified against the GPU inventory (type, owner, devices)."""
+    facts = classify(inspect, inventory)
     state = inspect.get("State") or {}
     return ContainerView(
-        container_id=inspect["Id"],
-        name=str(inspect.get("Name", "")).lstrip("/"),
-        allocation=labels.get(LABEL_ALLOCATION, ""),
-        user=labels.get(LABEL_USER, ""),
-        running=bool(state.get("Running")),
+        container_id=facts.container_id,
+        name=facts.name,
+        allocation=facts.allocation,
+        user=facts.user,
+        running=facts.running,
         finished_at=parse_docker_time(state.get("FinishedAt")),
+        gpu_devices=facts.gpu_devices,
+        container_type=facts.type,
+        started_at=facts.started_at,
     )
 
 
 def event_from_docker(raw: Mapping[str, Any]) -> ContainerEvent | None:
-    """A container event of interest from one decoded Docker events message."""
+    """A container event of interest from one decoded Docker events message.
+
+    Events carry labels only: a `start` needs an inspect (see `DockerWatcher`) for devices.
+    """
     action = str(raw.get("Action") or raw.get("status") or "")
-    if raw.get("Type", "container") != "container" or action not in (
-        "create",
-        "start",
-        "die",
-        "destroy",
-    ):
+    if raw.get("Type", "container") != "container" or action not in EVENT_ACTIONS:
         return None
     actor = raw.get("Actor") or {}
     attrs = actor.get("Attributes") or {}
-    allocation = attrs.get(LABEL_ALLOCATION)
-    if not allocation:
-        return None
+    allocation = attrs.get(LABEL_ALLOCATION, "")
+    if action == "create" and not allocation:
+        return None  # only a labelled create binds; an unlabelled one is looked at on start
     nanos = raw.get("timeNano")
     at = nanos / 1e9 if nanos else float(raw.get("time", 0))
     view = ContainerView(
@@ -186,17 +213,42 @@ class DockerWatcher:
         return self._follower.wait_connected(timeout)
 
     def reconcile_now(self) -> int:
-        """List labelled containers and reconcile; returns the number of changes."""
-        views: dict[str, ContainerView] = {}
-        client = self._client()
-        for summary in client.api.containers(all=True, filters={"label": LABEL_ALLOCATION}):
+        """List containers and reconcile; returns the number of changes (adoptions included).
+
+        Not only labelled ones: any running GPU container blocks its devices from grants, and
+        an adopted one carries no label. A stopped container matters only with a label or
+        an allocation bound to it; the others are not inspected.
+        """
+        devices = self.allocator.inventory.current().devices
+        bound = {a.container_id for a in self.allocator.live() if a.container_id}
+        views = []
+        for summary in self.client.api.containers(all=True):
+            labels = summary.get("Labels") or {}
+            if (
+                summary.get("State") != "running"
+                and LABEL_ALLOCATION not in labels
+                and summary.get("Id") not in bound
+            ):
+                continue
             try:
-                view = view_from_inspect(client.api.inspect_container(summary["Id"]))
+                inspect = self.client.api.inspect_container(summary["Id"])
             except Exception:  # noqa: BLE001 - removed between list and inspect
                 logger.debug("container %s vanished while listing", summary.get("Id"))
                 continue
-            views.setdefault(view.allocation, view)
+            views.append(view_from_inspect(inspect, devices))
         return self.allocator.reconcile(views)
+
+    def inspected(self, event: ContainerEvent) -> ContainerEvent:
+        """A `start` event completed by an inspect: events carry labels, not GPU devices."""
+        if event.action != "start":
+            return event
+        try:
+            inspect = self.client.api.inspect_container(event.container.container_id)
+        except Exception:  # noqa: BLE001 - removed already; its die/destroy events follow
+            logger.debug("container %s vanished before inspect", event.container.short_id)
+            return event
+        view = view_from_inspect(inspect, self.allocator.inventory.current().devices)
+        return replace(event, container=replace(view, running=True))
 
     def start(self) -> None:
         self._follower.start()
@@ -209,7 +261,7 @@ class DockerWatcher:
         return self._client().api.events(
             since=self._since,
             decode=True,
-            filters={"type": "container", "label": LABEL_ALLOCATION},
+            filters={"type": "container", "event": list(EVENT_ACTIONS)},
         )
 
     def _catch_up(self) -> None:
@@ -227,7 +279,7 @@ class DockerWatcher:
         if event.at < self._reconciled_at:
             logger.debug("skipping replayed %s event of %s", event.action, event.at)
             return
-        self.allocator.apply_event(event)
+        self.allocator.apply_event(self.inspected(event))
 
     def _failed(self, reason: object) -> None:
         self.errors += 1

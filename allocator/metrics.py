@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from .model import DENIAL_REASONS, Allocation
 
 ERROR_SOURCES = ("docker", "gpu", "tick")  # events stream/reconcile, GPU reading, expiry pass
+ADOPTION_RESULTS = ("adopted", "refused")
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
 
 
@@ -41,6 +42,15 @@ class AllocatorMetrics:
         )
         for reason in DENIAL_REASONS:
             self.denials.labels(reason=reason)
+        self.adoptions = Counter(
+            "ds01_allocator_adoptions",
+            "GPU containers that bypassed the allocator, by result: adopted (given a bound "
+            "allocation) or refused (left unmanaged; counted once per container start).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ADOPTION_RESULTS:
+            self.adoptions.labels(result=result)
         self.queue_wait = Histogram(
             "ds01_allocator_queue_wait_seconds",
             "Seconds a request spent in the wait queue until granted or timed out "
@@ -65,6 +75,9 @@ class AllocatorMetrics:
     def granted(self, waited: float) -> None:
         self.grants.inc()
         self.queue_wait.observe(max(0.0, waited))
+
+    def adoption(self, result: str) -> None:
+        self.adoptions.labels(result=result).inc()
 
     def denied(self, reason: str, waited: float | None = None) -> None:
         self.denials.labels(reason=reason).inc()

@@ -2,6 +2,8 @@
 
 Every decision (quota check, device choice, insert) happens in one store transaction while
 the allocator lock is held, so no device is ever in two allocations and no user passes quota.
+A device that a running container uses is never granted; a GPU container that bypassed the
+allocator is adopted (given a bound allocation) when `adoption.decide_adoption` allows it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.gpu import GpuBackend, GpuReading
 from ds01.policy import Policy
 
-from .inventory import CachedInventory, process_owner
+from .adoption import adopted_allocation, decide_adoption, first_come, foreign_containers
+from .inventory import CachedInventory, RunningContainers, process_owner
 from .lifecycle import ContainerEvent, ContainerView, reconcile, released, transition
 from .metrics import AllocatorMetrics, AllocatorSnapshot
 from .model import (
@@ -88,6 +91,7 @@ class Allocator:
         )
         self.owner_of_pid = owner_of_pid
         self.queue = WaitQueue()
+        self.running = RunningContainers()  # guarded by _lock
         self._lock = threading.RLock()
 
     # --- requests ---------------------------------------------------------------------------
@@ -221,6 +225,7 @@ class Allocator:
                     ",".join(alloc.devices),
                     reason,
                 )
+                self._adopt_foreign(tx, reading, now)
                 woken = self._serve(tx, tx.live(), reading, now) if len(self.queue) else []
             self._wake(woken)
         return done
@@ -257,15 +262,22 @@ class Allocator:
         }
 
     def devices(self) -> list[dict]:
-        """Every device with its holder and state (free, busy, reserved, bound, held, vanished)."""
+        """Every device with its holder and state (free, busy, reserved, bound, held, vanished).
+
+        `busy`: compute processes, or a running container that no allocation gives it.
+        """
         reading = self.inventory.current()
         holders = {uuid: a for a in self.live() for uuid in a.devices}
+        with self._lock:
+            in_use = self.running.devices()
         rows = []
         for device in reading.devices:
             alloc = holders.pop(device.device_uuid, None)
             sample = reading.samples.get(device.device_uuid)
             pids = list(sample.process_pids) if sample else []
-            state = alloc.state if alloc else ("busy" if pids else "free")
+            foreign = None if alloc else in_use.get(device.device_uuid)
+            state = alloc.state if alloc else ("busy" if pids or foreign else "free")
+            holder = alloc or foreign
             rows.append(
                 {
                     "device_uuid": device.device_uuid,
@@ -275,9 +287,11 @@ class Allocator:
                     "model": device.model,
                     "state": state,
                     "allocation": alloc.id if alloc else "",
-                    "user": alloc.user if alloc else "",
-                    "container_id": alloc.container_id if alloc else "",
-                    "container_name": alloc.container_name if alloc else "",
+                    "user": holder.user if holder else "",
+                    "container_id": holder.container_id if holder else "",
+                    "container_name": (
+                        alloc.container_name if alloc else foreign.name if foreign else ""
+                    ),
                     "pids": pids,
                 }
             )
@@ -302,51 +316,64 @@ class Allocator:
     # --- lifecycle --------------------------------------------------------------------------
 
     def apply_event(self, event: ContainerEvent) -> Allocation | None:
-        """Apply one Docker container event to the allocation it names."""
+        """Apply one Docker container event: move the allocation bound to the container (by id)
+        or named by its label, track running GPU containers, adopt foreign ones."""
         reading = self.inventory.current()
+        view = event.container
         with self._lock:
             with self.store.transaction() as tx:
-                alloc = tx.get(event.container.allocation)
-                if alloc is None:
-                    logger.debug("event %s for unknown allocation", event.action)
-                    return None
-                changed = transition(alloc, event, hold=self.policy.gpu_hold_after_stop)
-                if changed is None:
-                    if alloc.live and event.container.user != alloc.user:
+                now = self.clock.time()
+                alloc = self._allocation_of(tx, view)
+                changed = None
+                if alloc is not None:
+                    changed = transition(alloc, event, hold=self.policy.gpu_hold_after_stop)
+                    if changed is not None:
+                        tx.update(changed)
+                        logger.info(
+                            "allocation=%s %s -> %s container=%s event=%s",
+                            alloc.id,
+                            alloc.state,
+                            changed.state,
+                            view.short_id,
+                            event.action,
+                        )
+                    elif alloc.live and view.user != alloc.user and not self._bound_to(alloc, view):
                         logger.warning(
-                            "container %s (user label %r) claims allocation %s of %s; ignored",
-                            event.container.container_id[:12],
-                            event.container.user,
+                            "container %s (user %r) claims allocation %s of %s; ignored",
+                            view.short_id,
+                            view.user,
                             alloc.id,
                             alloc.user,
                         )
-                    return None
-                tx.update(changed)
-                logger.info(
-                    "allocation=%s %s -> %s container=%s event=%s",
-                    alloc.id,
-                    alloc.state,
-                    changed.state,
-                    event.container.container_id[:12],
-                    event.action,
-                )
-                woken = (
-                    self._serve(tx, tx.live(), reading, self.clock.time())
-                    if len(self.queue)
-                    else []
-                )
+                self.running.follow(event)
+                adopted = self._adopt_foreign(tx, reading, now)
+                woken = self._serve(tx, tx.live(), reading, now) if len(self.queue) else []
             self._wake(woken)
+        if changed is None:
+            return next((a for a in adopted if a.container_id == view.container_id), None)
         return changed
 
-    def reconcile(self, containers: Mapping[str, ContainerView]) -> int:
-        """Bring the store in line with Docker's labelled containers and the GPU inventory."""
+    def reconcile(self, containers: Iterable[ContainerView]) -> int:
+        """Bring the store in line with Docker's containers and the GPU inventory; adopt."""
+        views = list(containers)
+        by_allocation: dict[str, ContainerView] = {}
+        for view in views:
+            if view.allocation:
+                by_allocation.setdefault(view.allocation, view)
+        by_container = {v.container_id: v for v in views}
         reading = self.inventory.current()
         present = {d.device_uuid for d in reading.devices}
         with self._lock:
             now = self.clock.time()  # inside the lock: times follow commit order
             with self.store.transaction() as tx:
                 live = tx.live()
-                changes = reconcile(live, containers, now=now, hold=self.policy.gpu_hold_after_stop)
+                changes = reconcile(
+                    live,
+                    by_allocation,
+                    now=now,
+                    hold=self.policy.gpu_hold_after_stop,
+                    by_container=by_container,
+                )
                 changed_ids = {c.id for c in changes}
                 for alloc in live:
                     gone = tuple(u for u in alloc.devices if u not in present)
@@ -363,10 +390,19 @@ class Allocator:
                             change.id,
                             ",".join(change.vanished),
                         )
+                self.running.replace_all(views)
+                adopted = self._adopt_foreign(tx, reading, now)
                 woken = self._serve(tx, tx.live(), reading, now)
+                running = len(self.running.views())
             self._wake(woken)
-        logger.info("reconciled: %d live allocations, %d changed", len(live), len(changes))
-        return len(changes)
+        logger.info(
+            "reconciled: %d live allocations, %d changed, %d adopted, %d running GPU containers",
+            len(live),
+            len(changes),
+            len(adopted),
+            running,
+        )
+        return len(changes) + len(adopted)
 
     def tick(self) -> None:
         """Expire reservations, holds and overdue or abandoned tickets; serve the queue."""
@@ -396,20 +432,22 @@ class Allocator:
                 for waiter in self.queue.abandoned(now, self.settings.ticket_grace):
                     self._drop(waiter, "not polled for too long")
                 self.queue.forget_old(now)
+                self._adopt_foreign(tx, reading, now)
                 woken += self._serve(tx, tx.live(), reading, now)
             self._wake(woken)
 
     def snapshot(self) -> AllocatorSnapshot:
         reading = self.inventory.current()
         allocations = tuple(self.live())
-        held = {u for a in allocations for u in a.devices}
+        with self._lock:
+            length = len(self.queue)
+            in_use = self.running.devices()
+        held = {u for a in allocations for u in a.devices} | set(in_use)
         free: dict[str, int] = {d.profile: 0 for d in reading.devices}
         for device in reading.devices:
             sample = reading.samples.get(device.device_uuid)
             if device.device_uuid not in held and not (sample and sample.process_pids):
                 free[device.profile] += 1
-        with self._lock:
-            length = len(self.queue)
         return AllocatorSnapshot(allocations, length, free)
 
     # --- internals --------------------------------------------------------------------------
@@ -445,7 +483,7 @@ class Allocator:
         """Grant what the FIFO plan allows, inside the caller's transaction; returns the woken."""
         if not len(self.queue):
             return []
-        held = {u for a in live for u in a.devices}
+        held = {u for a in live for u in a.devices} | set(self.running.devices())
         free = [d.device_uuid for d in reading.devices if d.device_uuid not in held]
         owners = self._process_owners(reading, free)
         waiters = list(self.queue)
@@ -504,6 +542,85 @@ class Allocator:
                 now - waiter.enqueued_at,
             )
         return woken
+
+    @staticmethod
+    def _bound_to(alloc: Allocation, view: ContainerView) -> bool:
+        return bool(alloc.container_id) and alloc.container_id == view.container_id
+
+    def _allocation_of(self, tx: StoreTx, view: ContainerView) -> Allocation | None:
+        """The live allocation bound to this container id, else the one its label names."""
+        if view.container_id:
+            for alloc in tx.live():
+                if alloc.container_id == view.container_id:
+                    return alloc
+        return tx.get(view.allocation) if view.allocation else None
+
+    def _adopt_foreign(self, tx: StoreTx, reading: GpuReading, now: float) -> list[Allocation]:
+        """Give each running GPU container that no allocation is bound to a bound allocation,
+        when `decide_adoption` allows; first started first. Re-run after every change."""
+        running = first_come(self.running.views())
+        if not running:
+            return []
+        live = tx.live()
+        if not foreign_containers(running, live):
+            return []
+        bound = {a.container_id for a in live if a.container_id}
+        adopted: list[Allocation] = []
+        for position, view in enumerate(running):
+            if view.container_id in bound:
+                continue
+            group = self.policy.group_of(view.user)
+            decision = decide_adoption(
+                container=view,
+                live=live,
+                inventory=reading.devices,
+                earlier=running[:position],
+                group=group.name,
+                max_gpus=group.max_gpus,
+                allow_full_gpu=group.allow_full_gpu,
+                waiting=self.queue.waiting_for(view.user),
+            )
+            if not decision.adopt:
+                self._note_refusal(view, decision.reason)
+                continue
+            alloc = adopted_allocation(
+                container=view,
+                devices=decision.devices,
+                group=group.name,
+                allocation_id=uuid.uuid4().hex[:16],
+                now=now,
+            )
+            tx.insert(alloc)
+            live.append(alloc)
+            adopted.append(alloc)
+            self.running.adopted(view.container_id)
+            self.metrics.adoption("adopted")
+            logger.info(
+                "adopted container=%s name=%s user=%s type=%s allocation=%s devices=%s: %s",
+                view.short_id,
+                view.name,
+                view.user,
+                view.container_type,
+                alloc.id,
+                ",".join(alloc.devices),
+                decision.reason,
+            )
+        return adopted
+
+    def _note_refusal(self, view: ContainerView, reason: str) -> None:
+        """Count a refusal once per container start; log it again only when the reason changes."""
+        first, changed = self.running.refused(view.container_id, reason)
+        if first:
+            self.metrics.adoption("refused")
+        if changed:
+            logger.warning(
+                "not adopting container=%s name=%s user=%s: %s; it stays unmanaged and its "
+                "devices are not granted while it runs",
+                view.short_id,
+                view.name,
+                view.user,
+                reason,
+            )
 
     def _process_owners(self, reading: GpuReading, uuids: list[str]) -> dict[str, set[str]]:
         """For free devices with compute processes: who runs them ("?" when unknown)."""

@@ -4,7 +4,9 @@
 progress line), are rewritten to `--gpus device=<uuid>` with the ds01.* labels, and run by the
 real docker as a child: when it fails and no container carries the allocation, the wrapper
 releases it at once (instead of leaving it to `reservation_ttl`). Everything else execs the
-real docker untouched, so exit codes, signals and output are exactly docker's.
+real docker untouched, so exit codes, signals and output are exactly docker's. With no Docker
+host chosen, the real docker talks to the gateway; the gateway takes over the reservation
+named in `ds01.allocation`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABE
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused, progress_line
 from .docker_args import RunCommand, gpu_request, parse_run, rewrite
+from .docker_endpoint import gateway_host
 
 REAL_DOCKER_ENV = "DS01_REAL_DOCKER"
 _MARKERS = (b"docker_wrapper_main", b"allocator.wrapper")
@@ -207,7 +210,13 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else list(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    host, warning = gateway_host(args, os.environ)
+    if warning:
+        print(f"ds01: {warning}", file=sys.stderr)
+    if host:
+        os.environ["DOCKER_HOST"] = host  # the real docker, exec'd below, inherits it
+    return run(args)
 
 
 if __name__ == "__main__":

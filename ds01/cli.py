@@ -20,6 +20,7 @@ SERVICES = {
     "exporter": ("exporter.cli", "serve GPU and container metrics for Prometheus"),
     "enforcer": ("enforcer.cli", "receive Alertmanager webhooks; warn owners, stop containers"),
     "allocator": ("allocator.cli", "hand out GPUs and MIG instances under quotas"),
+    "gateway": ("allocator.gateway_cli", "serve the Docker API to every user, in front of dockerd"),
 }
 
 

@@ -23,6 +23,7 @@ from .policy_model import (  # re-exported: callers import records from here
     EXEMPTION_KINDS,
     INF,
     Exemption,
+    GatewayPolicy,
     GpuSettings,
     GroupPolicy,
     KeepAlive,
@@ -128,6 +129,17 @@ _TOP_KEYS = (
     "unmanaged_gpu",
     "gpu",
     "services",
+    "gateway",
+)
+_GATEWAY_KEYS = (
+    "socket",
+    "docker_socket",
+    "list_all_containers",
+    "admin_groups",
+    "allowed_bind_paths",
+    "allowed_capabilities",
+    "allowed_devices",
+    "max_create_body",
 )
 _GROUP_KEYS = ("max_gpus", "max_runtime", "idle_timeout", "allow_full_gpu")
 _SERVICE_KEYS = tuple(f for f in Services.__dataclass_fields__)
@@ -238,6 +250,52 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         ),
         gpu=GpuSettings(backend, topology),
         services=Services(**services_values),
+        gateway=_gateway(r, top.get("gateway"), groups),
+    )
+
+
+def _gateway(r: _Reader, value: Any, groups: Mapping[str, GroupPolicy]) -> GatewayPolicy:
+    raw = r.mapping(value, "gateway", _GATEWAY_KEYS)
+    base = GatewayPolicy()
+    if "admin_groups" in raw:
+        admin_groups = r.names(raw["admin_groups"], "gateway.admin_groups")
+    else:  # the default names `admin` only where the policy has such a group
+        admin_groups = base.admin_groups & frozenset(groups)
+    unknown = sorted(admin_groups - set(groups))
+    if unknown:
+        raise r.fail("gateway.admin_groups", f"unknown group {unknown[0]!r}")
+    paths = r.names(raw.get("allowed_bind_paths", []), "gateway.allowed_bind_paths")
+    for path in paths:
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise r.fail("gateway.allowed_bind_paths", f"{path!r} must be an absolute path below /")
+    devices = r.names(raw.get("allowed_devices", []), "gateway.allowed_devices")
+    for device in devices:
+        if not device.startswith("/dev/") or device.startswith("/dev/nvidia"):
+            raise r.fail(
+                "gateway.allowed_devices", f"{device!r} must be a /dev path other than /dev/nvidia*"
+            )
+    caps = r.names(
+        raw.get("allowed_capabilities", sorted(base.allowed_capabilities)),
+        "gateway.allowed_capabilities",
+    )
+    if "ALL" in {c.upper() for c in caps}:
+        raise r.fail("gateway.allowed_capabilities", "ALL would allow every capability")
+    limit = r.count(
+        raw.get("max_create_body", base.max_create_body), "gateway.max_create_body", nullable=False
+    )
+    if not limit or limit < 4096:
+        raise r.fail("gateway.max_create_body", "must be at least 4096 bytes")
+    return GatewayPolicy(
+        socket=r.text(raw.get("socket", base.socket), "gateway.socket"),
+        docker_socket=r.text(raw.get("docker_socket", base.docker_socket), "gateway.docker_socket"),
+        list_all_containers=r.boolean(
+            raw.get("list_all_containers", True), "gateway.list_all_containers"
+        ),
+        admin_groups=admin_groups,
+        allowed_bind_paths=tuple(sorted(paths)),
+        allowed_capabilities=frozenset(c.upper().removeprefix("CAP_") for c in caps),
+        allowed_devices=devices,
+        max_create_body=limit,
     )
 
 

@@ -80,6 +80,20 @@ class Services:
 
 
 @dataclass(frozen=True)
+class GatewayPolicy:
+    """The Docker API gateway: its sockets, who is an admin, what users' containers may have."""
+
+    socket: str = "/run/ds01/docker.sock"
+    docker_socket: str = "/run/ds01/dockerd.sock"  # dockerd's own, root-only
+    list_all_containers: bool = True
+    admin_groups: frozenset[str] = frozenset({"admin"})
+    allowed_bind_paths: tuple[str, ...] = ()  # besides the caller's home
+    allowed_capabilities: frozenset[str] = frozenset({"SYS_PTRACE"})
+    allowed_devices: frozenset[str] = frozenset()
+    max_create_body: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Limits:
     """What applies to one (user, container type) at one moment."""
 
@@ -119,6 +133,7 @@ class Policy:
     unmanaged_gpu: UnmanagedGpu = field(default_factory=UnmanagedGpu)
     gpu: GpuSettings = field(default_factory=GpuSettings)
     services: Services = field(default_factory=Services)
+    gateway: GatewayPolicy = field(default_factory=GatewayPolicy)
 
     def group_of(self, user: str) -> GroupPolicy:
         return self.groups[self.users.get(user, self.default_group)]

@@ -197,14 +197,16 @@ def start_dockerd(root: str | os.PathLike[str], *, timeout: float = 60.0) -> Doc
     child = ChildProcess("dockerd", argv, base / "dockerd.log", env=env).start()
     engine = Dockerd(base, child)
     try:
-        child.wait_until(lambda: _docker_ping(engine.socket_path), timeout, "answering")
+        child.wait_until(lambda: docker_ping(engine.socket_path), timeout, "answering")
     except StackError:
         child.stop()
         raise
     return engine
 
 
-def _docker_ping(sock_path: Path) -> bool:
+def docker_ping(sock_path: str | os.PathLike[str]) -> bool:
+    """True when a Docker API (dockerd, or the gateway in front of it) answers `/_ping`."""
+    sock_path = Path(sock_path)
     if not sock_path.exists():
         return False
     with socket.socket(socket.AF_UNIX) as sock:

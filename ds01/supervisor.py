@@ -1,4 +1,5 @@
-"""Run the whole stack on one host: exporter, allocator, enforcer, Prometheus, Alertmanager.
+"""Run the whole stack on one host: exporter, allocator, gateway, enforcer, Prometheus,
+Alertmanager.
 
 `ds01 up` and the end-to-end tests both use `StackSupervisor`: free local ports, one state
 folder, configs generated from the repository's generators, a fresh enforcer token, every
@@ -12,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from .stack import (
     Dockerd,
     Prometheus,
     StackError,
+    docker_ping,
     ensure_busybox_image,
     free_port,
     start_alertmanager,
@@ -79,6 +82,8 @@ class Endpoints:
     enforcer: str = ""
     allocator_socket: str = ""
     allocator_http: str = ""
+    gateway_socket: str = ""  # empty: not started (see gateway_note)
+    gateway_note: str = ""
     prometheus: str = ""
     alertmanager: str = ""
     token_file: str = ""
@@ -86,6 +91,11 @@ class Endpoints:
     audit_log: str = ""
     backend: str = ""
     local_image: str = ""  # a tiny image imported here, for a private dockerd with no registry
+
+    @property
+    def gateway_host(self) -> str:
+        """The DOCKER_HOST users should use: the gateway, or dockerd when there is none."""
+        return f"unix://{self.gateway_socket}" if self.gateway_socket else self.docker_host
 
 
 def _py(*args: str) -> list[str]:
@@ -97,6 +107,21 @@ def _duration(seconds: float) -> str:
 
 
 LOCAL_DOCKER = "unix:///var/run/docker.sock"
+
+
+def unreachable_folder(path: Path) -> Path | None:
+    """The first folder above `path` that other users cannot traverse (None: all can)."""
+    for folder in reversed(path.absolute().parents):
+        try:
+            if not folder.stat().st_mode & 0o001:
+                return folder
+        except OSError:
+            return folder
+    return None
+
+
+def _http_ready(url: str) -> Callable[[], bool]:
+    return lambda: requests.get(url, timeout=1).status_code == 200
 
 
 def docker_answers(url: str) -> bool:
@@ -114,7 +139,7 @@ def docker_answers(url: str) -> bool:
         return False
 
 
-RELOADED_ON_SIGHUP = ("exporter", "allocator", "enforcer", "prometheus")
+RELOADED_ON_SIGHUP = ("exporter", "allocator", "gateway", "enforcer", "prometheus")
 
 
 class StackSupervisor:
@@ -179,7 +204,7 @@ class StackSupervisor:
                 "--collect-interval",
                 _duration(t.collect_interval),
             ),
-            f"{ep.exporter}/healthz",
+            _http_ready(f"{ep.exporter}/healthz"),
         )
         self._spawn(
             "allocator",
@@ -196,8 +221,9 @@ class StackSupervisor:
                 "--token-file",
                 token,
             ),
-            f"{ep.allocator_http}/healthz",
+            _http_ready(f"{ep.allocator_http}/healthz"),
         )
+        self._start_gateway(common)
         self._spawn(
             "enforcer",
             _py(
@@ -214,7 +240,7 @@ class StackSupervisor:
                 "--audit-log",
                 ep.audit_log,
             ),
-            f"{ep.enforcer}/healthz",
+            _http_ready(f"{ep.enforcer}/healthz"),
         )
         ep.backend = self._exporter_backend()
 
@@ -277,6 +303,37 @@ class StackSupervisor:
         finally:
             client.close()
 
+    def _start_gateway(self, common: list[str]) -> None:
+        """The Docker API gateway in front of the dockerd in use, on a socket any user opens."""
+        ep = self.endpoints
+        if not ep.docker_host.startswith("unix://"):
+            ep.gateway_note = f"not started: dockerd at {ep.docker_host} is not a Unix socket"
+            logger.warning("gateway %s", ep.gateway_note)
+            return
+        state = self.options.state_dir
+        try:
+            state.chmod(state.stat().st_mode | 0o011)  # others traverse it to both sockets
+        except PermissionError:
+            logger.debug("state dir %s is not ours to open up; reported below", state)
+        socket_path = state / "docker.sock"
+        self._spawn(
+            "gateway",
+            _py(
+                "gateway",
+                *common,
+                "--socket",
+                str(socket_path),
+                "--allocator-socket",
+                ep.allocator_socket,
+            ),
+            lambda: docker_ping(socket_path),
+        )
+        ep.gateway_socket = str(socket_path)
+        blocked = unreachable_folder(socket_path)
+        if blocked is not None:
+            ep.gateway_note = f"only for root and you: others cannot traverse {blocked}"
+            logger.warning("gateway socket %s: %s", socket_path, ep.gateway_note)
+
     def _write_token(self) -> str:
         path = self.options.state_dir / "enforcer.token"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -286,14 +343,12 @@ class StackSupervisor:
         self.endpoints.token_file = str(path)
         return str(path)
 
-    def _spawn(self, name: str, argv: list[str], health_url: str) -> ChildProcess:
+    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool]) -> ChildProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = self.options.state_dir / "logs" / f"{name}.log"
         child = ChildProcess(name, argv, log, env=env).start()
         self.children.append(child)
-        child.wait_until(
-            lambda: requests.get(health_url, timeout=1).status_code == 200, 60, "healthy"
-        )
+        child.wait_until(ready, 60, "healthy")
         return child
 
     def _exporter_backend(self) -> str:

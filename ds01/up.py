@@ -1,8 +1,9 @@
 """`ds01 up`: the whole stack in the foreground, with a banner of where to look; Ctrl-C stops it.
 
+Users reach Docker through the gateway it starts: the banner prints the DOCKER_HOST to use.
 `--demo` compresses time (idle timeout 2 m, warning at 1 m, max runtime 10 m) and starts two
-containers through the wrapper, one busy and one idle, so a newcomer can watch the idle one
-be warned, stopped and its MIG instance freed.
+containers through the wrapper and the gateway, one busy and one idle, so a newcomer can watch
+the idle one be warned, stopped and its MIG instance freed.
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ def effective_policy(args: argparse.Namespace, state_dir: Path) -> Path:
     return target
 
 
+def gateway_row(ep: Endpoints) -> str:
+    """Where users' Docker clients should point, or why there is no gateway."""
+    if not ep.gateway_socket:
+        return ep.gateway_note or "not started"
+    row = f"{ep.gateway_host}   export DOCKER_HOST={ep.gateway_host}"
+    return row + (f"   ({ep.gateway_note})" if ep.gateway_note else "")
+
+
 def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
     docker = ep.docker_host + (" (private dockerd started by ds01 up)" if ep.docker_private else "")
     backend = {"sim": "sim (no NVIDIA driver: simulated H200 MIG + whole GPU)"}.get(
@@ -110,6 +119,7 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
         ("policy", str(policy_file) + ("  [demo timings]" if demo else "")),
         ("exporter", f"{ep.exporter}/metrics   {ep.exporter}/api/state"),
         ("allocator", f"unix://{ep.allocator_socket}   {ep.allocator_http}/metrics"),
+        ("gateway", gateway_row(ep)),
         ("enforcer", f"{ep.enforcer}/metrics   audit log {ep.audit_log}"),
         ("Prometheus", f"{ep.prometheus}/alerts"),
         ("Alertmanager", ep.alertmanager),
@@ -120,7 +130,7 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
     env = (
         f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_EXPORTER_URL={ep.exporter} "
         f"DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
-        f"DOCKER_HOST={ep.docker_host} DS01_SIM_STATE={ep.sim_state}"
+        f"DOCKER_HOST={ep.gateway_host} DS01_SIM_STATE={ep.sim_state}"
     )
     deploy_extra = (
         f" --image {ep.local_image} --network none --command 'sleep 3600'" if ep.local_image else ""
@@ -140,12 +150,12 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
 
 
 def start_demo_containers(ep: Endpoints) -> None:
-    """Two containers through the wrapper: `demo-busy` (kept busy) and `demo-idle`."""
+    """Two containers through the wrapper and the gateway: `demo-busy` (kept busy), `demo-idle`."""
     import docker
 
     client = docker.DockerClient(base_url=ep.docker_host)
     image = ensure_busybox_image(client)
-    env = dict(os.environ, DOCKER_HOST=ep.docker_host, DS01_ALLOCATOR_SOCKET=ep.allocator_socket)
+    env = dict(os.environ, DOCKER_HOST=ep.gateway_host, DS01_ALLOCATOR_SOCKET=ep.allocator_socket)
     wrapper = [sys.executable, "-m", "allocator.wrapper"]
     for name in ("demo-busy", "demo-idle"):
         try:

@@ -79,4 +79,8 @@ def test_docker_event_is_read_from_actor_attributes():
     assert event.action == "die" and event.container.allocation == "a1"
     assert event.at == 1_700_000_000.5
     assert event_from_docker({**raw, "Action": "exec_start"}) is None
-    assert event_from_docker({**raw, "Actor": {"ID": CID, "Attributes": {}}}) is None
+    unlabelled = {**raw, "Actor": {"ID": CID, "Attributes": {}}}
+    # an unlabelled die still counts (an adopted container is followed by its id) ...
+    assert event_from_docker(unlabelled).container.allocation == ""
+    # ... but only a labelled create can bind anything
+    assert event_from_docker({**unlabelled, "Action": "create"}) is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from ds01.supervisor import Endpoints, StackOptions, StackSupervisor, Timings
+from tests.gateway.clients import unprivileged_users, user_workdir
 from tests.harness import waiting
 from tests.harness.components import require_binary
+
+__all__ = ["unprivileged_users", "user_workdir"]  # fixtures for tests through the gateway
 
 # Two MIG instances only, so a third request has to wait for one to be freed.
 TOPOLOGY = """
@@ -98,7 +103,9 @@ def stack(dockerd, docker_client, busybox_image, tmp_path: Path) -> Iterator[Run
     topology.write_text(TOPOLOGY)
     policy = tmp_path / "ds01.yaml"
     policy.write_text(POLICY % topology)
-    state = Path(os.environ.get("DS01_E2E_STATE", tmp_path / "state"))
+    # A short, world-traversable state folder: unprivileged users open the gateway socket in it.
+    state = Path(os.environ.get("DS01_E2E_STATE") or tempfile.mkdtemp(prefix="ds01e-", dir="/tmp"))
+    os.chmod(state, 0o755)
     timings = Timings(
         collect_interval=0.5,
         scrape_interval=1.0,
@@ -132,6 +139,8 @@ def stack(dockerd, docker_client, busybox_image, tmp_path: Path) -> Iterator[Run
     for container in docker_client.containers.list(all=True):
         if container.id not in before:
             container.remove(force=True)
+    if "DS01_E2E_STATE" not in os.environ:
+        shutil.rmtree(state, ignore_errors=True)
     for pid in pids:
         assert pid is not None and not _alive(pid), f"process {pid} left running after teardown"
 

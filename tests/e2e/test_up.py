@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import pytest
 import requests
 import yaml
 
+from allocator.client import AllocatorClient
 from ds01.policy import parse_policy
-from ds01.supervisor import Endpoints
+from ds01.supervisor import Endpoints, unreachable_folder
 from ds01.up import banner, demo_policy
+from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
+from tests.harness.components import require_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -41,6 +46,7 @@ def test_banner_names_backend_and_every_url():
         prometheus="http://127.0.0.1:4",
         alertmanager="http://127.0.0.1:5",
         backend="sim",
+        gateway_socket="/g/docker.sock",
     )
     text = banner(ep, Path("/p.yaml"), demo=True)
     for needle in (
@@ -50,8 +56,31 @@ def test_banner_names_backend_and_every_url():
         "http://127.0.0.1:4",
         "http://127.0.0.1:5",
         "[demo timings]",
+        "  gateway       unix:///g/docker.sock   export DOCKER_HOST=unix:///g/docker.sock",
     ):
         assert needle in text
+    assert "DOCKER_HOST=unix:///d.sock" not in text, "users are sent to the gateway, not dockerd"
+
+
+def test_banner_says_why_there_is_no_gateway():
+    ep = Endpoints(docker_host="tcp://10.0.0.1:2375", gateway_note="not started: tcp")
+    text = banner(ep, Path("/p.yaml"), demo=False)
+    assert re.search(r"^  gateway\s+not started: tcp$", text, re.M)
+    assert "DOCKER_HOST=tcp://10.0.0.1:2375" in text
+
+
+def test_unreachable_folder_names_the_first_closed_parent():
+    base = Path(tempfile.mkdtemp(prefix="ds01reach-", dir="/tmp"))  # /tmp: open to all
+    try:
+        os.chmod(base, 0o755)
+        closed = base / "closed"
+        (closed / "open").mkdir(parents=True)
+        os.chmod(closed, 0o700)
+        assert unreachable_folder(closed / "open" / "docker.sock") == closed
+        os.chmod(closed, 0o711)  # traversable without being listable is enough
+        assert unreachable_folder(closed / "open" / "docker.sock") is None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -66,13 +95,34 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(dockerd, tmp_path):
+def gpu_run_through(docker_host: str, name: str, image: str, user: object = None):
+    """`docker run --gpus 1` with the DOCKER_HOST the banner printed (as root, or as `user`)."""
+    argv = ["docker", "run", "--name", name, "--gpus", "1", "--network", "none", image, "true"]
+    if user is None:
+        env = dict(os.environ, DOCKER_HOST=docker_host)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    return run_as(user, argv, env={"DOCKER_HOST": docker_host}, timeout=120)
+
+
+def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
+    dockerd,
+    docker_client,
+    busybox_image,
+    unprivileged_users,  # noqa: F811
+    tmp_path,
+):
+    require_binary("docker")
     env = dict(os.environ, DOCKER_HOST=dockerd.url, PYTHONUNBUFFERED="1")
     env.pop("DS01_POLICY", None)
     log = tmp_path / "up.out"
-    policy = tmp_path / "ds01.yaml"
+    # a state folder other users can traverse, as /var/lib/ds01/up is (tmp_path is not)
+    state = Path(tempfile.mkdtemp(prefix="ds01up-", dir="/tmp"))
+    os.chmod(state, 0o755)
+    policy = state / "ds01.yaml"
     example = (REPO / "config" / "ds01.example.yaml").read_text()
     policy.write_text(example)
+    alice = unprivileged_users[0]
+    names = ("ds01-up-root", "ds01-up-alice")
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [
@@ -81,7 +131,7 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(dockerd
                 "ds01.cli",
                 "up",
                 "--state-dir",
-                str(tmp_path / "state"),
+                str(state / "state"),
                 "--policy",
                 str(policy),
             ],
@@ -103,6 +153,22 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(dockerd
         assert requests.get(urls["Prometheus"].replace("/alerts", "/-/ready"), timeout=5).ok
         assert requests.get(f"{urls['Alertmanager']}/-/ready", timeout=5).ok
 
+        gateway = re.search(r"^  gateway\s+(unix://\S+)\s+export DOCKER_HOST=(\S+)$", text, re.M)
+        assert gateway, text
+        assert gateway[1] == gateway[2] != dockerd.url
+        allocator_socket = re.search(r"^  allocator\s+unix://(\S+)", text, re.M)[1]
+        for name, user in zip(names, (None, alice), strict=True):
+            done = gpu_run_through(gateway[2], name, busybox_image, user)
+            assert done.returncode == 0, done.stderr
+            labels = docker_client.containers.get(name).labels
+            owner = user.name if user else "root"
+            assert labels["ds01.user"] == owner and labels["ds01.managed"] == "true"
+            status, answer = AllocatorClient(allocator_socket).call(
+                "GET", f"/v1/allocations/{labels['ds01.allocation']}"
+            )
+            assert status == 200 and answer["allocation"]["user"] == owner, answer
+            assert answer["allocation"]["devices"] == labels["ds01.gpu.devices"].split(",")
+
         # SIGHUP: a bad file is refused (and not passed on); a good one reaches every part and
         # the alert rules.
         policy.write_text(example + "\nidle_warning: soon\n")
@@ -112,21 +178,27 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(dockerd
         policy.write_text(example + "\nidle_warning: 7m\n")
         proc.send_signal(signal.SIGHUP)
         _wait_for(log, "policy reloaded", proc)
-        rules = "".join(p.read_text() for p in (tmp_path / "state/prometheus/rules").glob("*"))
+        rules = "".join(p.read_text() for p in (state / "state/prometheus/rules").glob("*"))
         assert "time() + 420" in rules
         for part in ("exporter", "allocator", "enforcer"):
-            _wait_for(tmp_path / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
+            _wait_for(state / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         for url in urls.values():
             with pytest.raises(requests.ConnectionError):
                 requests.get(url, timeout=2)
-        assert processes_mentioning(str(tmp_path / "state")) == []
+        assert processes_mentioning(str(state / "state")) == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for name in names:
+            try:
+                docker_client.containers.get(name).remove(force=True)
+            except Exception:  # noqa: BLE001 - never created
+                continue
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 60.0) -> None:

@@ -1,0 +1,7 @@
+# Installed as /etc/profile.d/ds01-docker-host.sh: every login shell talks to Docker through
+# the DS01 gateway, as the user who opened the connection. A user may still set DOCKER_HOST
+# or a docker context of their own; only the gateway's socket leads anywhere.
+if [ -z "${DOCKER_HOST:-}" ] && [ -z "${DOCKER_CONTEXT:-}" ]; then
+    DOCKER_HOST=unix:///run/ds01/docker.sock
+    export DOCKER_HOST
+fi
