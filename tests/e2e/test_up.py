@@ -180,7 +180,7 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
         _wait_for(log, "policy reloaded", proc)
         rules = "".join(p.read_text() for p in (state / "state/prometheus/rules").glob("*"))
         assert "time() + 420" in rules
-        for part in ("exporter", "allocator", "enforcer"):
+        for part in ("exporter", "allocator", "gateway", "enforcer"):
             _wait_for(state / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
 
         proc.send_signal(signal.SIGINT)
