@@ -28,6 +28,7 @@ bench: deps
 # Line and branch coverage, child processes included (needs `.venv/bin/pip install coverage`).
 coverage: deps
 	rm -rf .coverage-data && mkdir -p .coverage-data
-	CI=true $(VENV)/bin/coverage run --rcfile=scripts/coverage.ini -m pytest -q
-	$(VENV)/bin/coverage combine --rcfile=scripts/coverage.ini -q
+	export COVERAGE_FILE=$(CURDIR)/.coverage-data/.coverage; \
+	CI=true $(VENV)/bin/coverage run --rcfile=scripts/coverage.ini -m pytest -q && \
+	$(VENV)/bin/coverage combine --rcfile=scripts/coverage.ini -q && \
 	$(VENV)/bin/coverage report --rcfile=scripts/coverage.ini
