@@ -133,3 +133,18 @@ def test_dry_run_removes_nothing(dockerd, containers):
     assert (outcome.result, outcome.decision) == ("dry_run", "dry-run: would remove")
     box.reload()
     assert box.status == "exited"
+
+
+def test_docker_refusing_a_removal_is_recorded_as_failed_remove_refused(dockerd, containers):
+    source = DockerSource(dockerd.url)
+    executor = Executor(source, policy=make_policy(), notice_path="/workspace/.ds01-alerts")
+    box = containers(gpus=[GPU])  # running: dockerd refuses to remove it without force
+    facts = source.container(box.id)
+    assert facts is not None
+
+    outcome = executor.remove(facts)
+
+    assert (outcome.result, outcome.decision) == ("failed", "failed: remove refused")
+    assert "running" in outcome.detail.lower()
+    box.reload()
+    assert box.status == "running"

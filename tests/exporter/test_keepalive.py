@@ -72,6 +72,16 @@ def test_reads_through_the_mount_every_time_without_docker(tmp_path):
     assert stub.calls == 0
 
 
+def test_a_host_path_that_cannot_be_a_folder_is_counted_not_taken_as_absent(tmp_path):
+    errors = ErrorCounters()
+    stub = ArchiveStub(mtime=42.0)
+    (tmp_path / "ws").write_text("a file where a folder was expected")
+    c = container(mounts=(Mount("/workspace", str(tmp_path / "ws"), "bind"),))
+    assert checker(stub, errors).mtime(c, now=0.0) is None
+    assert errors.values()["keepalive"] == 1
+    assert stub.calls == 0
+
+
 def test_a_mount_not_visible_here_falls_back_to_the_archive_api(tmp_path):
     stub = ArchiveStub(mtime=42.0)
     c = container(mounts=(Mount("/workspace", str(tmp_path / "not-here"), "bind"),))
