@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .model import RELEASED, Allocation
+from .model import LIVE_STATES, RELEASED, Allocation
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS allocations (
     released_at REAL,
     release_reason TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS allocations_by_state ON allocations(state);
+DROP INDEX IF EXISTS allocations_by_state;
+CREATE INDEX IF NOT EXISTS allocations_by_state_released
+    ON allocations(state, released_at);
 CREATE TABLE IF NOT EXISTS allocation_devices (
     allocation_id TEXT NOT NULL REFERENCES allocations(id) ON DELETE CASCADE,
     device_uuid TEXT NOT NULL,
@@ -65,6 +67,8 @@ class StoreTx(Protocol):
     def insert(self, allocation: Allocation) -> None: ...
 
     def update(self, allocation: Allocation) -> None: ...
+
+    def prune(self, released_before: float) -> int: ...
 
 
 class AllocationStore(Protocol):
@@ -121,7 +125,9 @@ class SqliteTx:
         return result
 
     def live(self) -> list[Allocation]:
-        return self._load("WHERE state != ?", (RELEASED,))
+        """Live allocations through the state index: the cost follows them, not the history."""
+        marks = ",".join("?" * len(LIVE_STATES))
+        return self._load(f"WHERE state IN ({marks})", LIVE_STATES)
 
     def get(self, allocation_id: str) -> Allocation | None:
         found = self._load("WHERE id = ?", (allocation_id,))
@@ -189,7 +195,7 @@ class SqliteTx:
         )
 
     def prune(self, released_before: float) -> int:
-        """Delete released allocations older than the given time; returns how many."""
+        """Delete allocations released before `released_before` (and their device rows)."""
         cursor = self._conn.execute(
             "DELETE FROM allocations WHERE state = ? AND released_at < ?",
             (RELEASED, released_before),
