@@ -3,7 +3,14 @@
 One row per (fingerprint, startsAt, kind) however often Alertmanager repeats an alert; `kind`
 is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follow-up
 (`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
-acknowledgement and the action only delays the action. WAL mode, synchronous=FULL.
+acknowledgement and the action only delays the action.
+
+Three connections, so a webhook never waits behind the workers: intake inserts on its own
+connection (synchronous=FULL: an acknowledged alert survives even a power cut) with group
+commit; the workers' bookkeeping writes on another (synchronous=NORMAL: survives SIGKILL; a
+decision lost to a power cut is re-verified, and skipped, after the restart); reads on a third
+(WAL readers never wait for writers). One write lock orders the two writers, so neither ever
+meets SQLite's busy back-off; a worker holds it for one short UPDATE, never while it reads.
 """
 
 from __future__ import annotations
@@ -70,28 +77,56 @@ class QueueStats:
     oldest_received_at: float | None  # None when nothing is pending
 
 
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per row
+_JOB_COLUMNS = "id, kind, alert, received_at, due_at, attempts"
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        alert=Alert.from_json(json.loads(row[2])),
+        received_at=row[3],
+        due_at=row[4],
+        attempts=row[5],
+    )
+
+
 class Journal:
-    """SQLite journal shared by the web threads and the workers (one connection, one lock)."""
+    """SQLite journal shared by the web threads (intake) and the workers (see the module doc)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # orders the two writing connections
+        self._read_lock = threading.Lock()
         self._waiting: list[_Batch] = []
         self._waiting_lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._intake_db = _connect(self.path, "FULL")
+        self._intake_db.executescript(_SCHEMA)
+        self._db = _connect(self.path, "NORMAL")  # the workers' writes
+        self._reader = _connect(self.path, "NORMAL")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._write_lock, self._read_lock:
+            for db in (self._intake_db, self._db, self._reader):
+                db.close()
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[int]:
         """Run `sql` for each row in one transaction; the row counts it changed, in order."""
-        with self._lock:
+        with self._write_lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -126,7 +161,7 @@ class Journal:
                     a.fingerprint,
                     a.starts_at,
                     a.container_id,
-                    json.dumps(a.to_json(), separators=(",", ":")),
+                    _compact(a.to_json()),
                     now,
                     due,
                 )
@@ -135,7 +170,7 @@ class Journal:
         )
         with self._waiting_lock:
             self._waiting.append(batch)
-        with self._lock:
+        with self._write_lock:
             if batch.result is None and batch.error is None:
                 self._commit_waiting()
         if batch.error is not None:
@@ -151,7 +186,7 @@ class Journal:
             "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
             "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        cur = self._db.cursor()
+        cur = self._intake_db.cursor()
         try:
             cur.execute("BEGIN IMMEDIATE")
             results = []
@@ -163,7 +198,7 @@ class Journal:
                 results.append(flags)
             cur.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - re-raised in every waiting webhook's thread
-            if self._db.in_transaction:
+            if self._intake_db.in_transaction:
                 cur.execute("ROLLBACK")
             for batch in batches:
                 batch.error = exc
@@ -177,22 +212,27 @@ class Journal:
         marks = ",".join("?" * len(skip))
         where = f"AND id NOT IN ({marks})" if skip else ""
         sql = (
-            "SELECT id, kind, alert, received_at, due_at, attempts FROM jobs "
+            f"SELECT {_JOB_COLUMNS} FROM jobs "
             f"WHERE state = 'pending' AND due_at <= ? {where} ORDER BY due_at, id LIMIT ?"
         )
-        with self._lock:
-            rows = self._db.execute(sql, (now, *skip, limit)).fetchall()
-        return [
-            Job(
-                id=r[0],
-                kind=r[1],
-                alert=Alert.from_json(json.loads(r[2])),
-                received_at=r[3],
-                due_at=r[4],
-                attempts=r[5],
-            )
-            for r in rows
-        ]
+        return [_job(r) for r in self._read(sql, (now, *skip, limit))]
+
+    def next_job(
+        self, now: float, *, busy_jobs: Iterable[int] = (), busy_containers: Iterable[str] = ()
+    ) -> Job | None:
+        """The oldest due job that is not in flight and whose container has none in flight."""
+        jobs, containers = tuple(busy_jobs), tuple(busy_containers)
+        where = ""
+        if jobs:
+            where += f" AND id NOT IN ({','.join('?' * len(jobs))})"
+        if containers:
+            where += f" AND container_id NOT IN ({','.join('?' * len(containers))})"
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'pending' AND due_at <= ?"
+            f"{where} ORDER BY due_at, id LIMIT 1"
+        )
+        rows = self._read(sql, (now, *jobs, *containers))
+        return _job(rows[0]) if rows else None
 
     def finish(self, job_id: int, *, decision: str, detail: str, now: float) -> None:
         self._write(
@@ -208,17 +248,13 @@ class Journal:
         )
 
     def stats(self) -> QueueStats:
-        with self._lock:
-            depth, oldest = self._db.execute(
-                "SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state = 'pending'"
-            ).fetchone()
+        [(depth, oldest)] = self._read(
+            "SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state = 'pending'"
+        )
         return QueueStats(depth=depth, oldest_received_at=oldest)
 
     def next_due_at(self) -> float | None:
-        with self._lock:
-            (due,) = self._db.execute(
-                "SELECT MIN(due_at) FROM jobs WHERE state = 'pending'"
-            ).fetchone()
+        [(due,)] = self._read("SELECT MIN(due_at) FROM jobs WHERE state = 'pending'")
         return due
 
     def prune(self, *, finished_before: float) -> int:
@@ -230,10 +266,9 @@ class Journal:
 
     def decisions(self) -> list[dict[str, Any]]:
         """Every row with its state and decision, for inspection (and tests)."""
-        with self._lock:
-            cur = self._db.execute(
-                "SELECT id, kind, fingerprint, starts_at, container_id, state, attempts, "
-                "last_error, decision, detail FROM jobs ORDER BY id"
-            )
-            names = [c[0] for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        names = (
+            "id", "kind", "fingerprint", "starts_at", "container_id", "state", "attempts",
+            "last_error", "decision", "detail",
+        )  # fmt: skip
+        rows = self._read(f"SELECT {', '.join(names)} FROM jobs ORDER BY id")
+        return [dict(zip(names, row, strict=True)) for row in rows]

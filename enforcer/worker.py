@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from ds01.clock import SYSTEM_CLOCK, Clock
@@ -25,6 +26,8 @@ from .metrics import EnforcerMetrics
 from .verify import check_container, check_deadline, decide_notify, decide_remove
 
 logger = logging.getLogger(__name__)
+
+STATS_INTERVAL = 0.25  # seconds between queue-gauge refreshes while jobs keep coming
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_prune = 0.0
+        self._last_stats = float("-inf")
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -93,8 +97,8 @@ class Worker:
             with self._cond:
                 seen = self._wakes
             job = self._claim()
-            self.publish_stats()
             if job is None:
+                self.publish_stats()
                 with self._cond:
                     if self._wakes == seen and not self._stopping.is_set():
                         self._cond.wait(self._idle_wait())
@@ -115,14 +119,17 @@ class Worker:
         return min(self.settings.poll_interval, max(0.01, due - self._clock.time()))
 
     def _claim(self) -> Job | None:
+        """One due job, reserved for this thread: one row read and parsed, not a page of them."""
         with self._cond:
-            jobs = self.journal.due(self._clock.time(), limit=64, exclude=self._busy_jobs)
-            for job in jobs:
-                if job.alert.container_id not in self._busy_containers:
-                    self._busy_jobs.add(job.id)
-                    self._busy_containers.add(job.alert.container_id)
-                    return job
-        return None
+            job = self.journal.next_job(
+                self._clock.time(),
+                busy_jobs=self._busy_jobs,
+                busy_containers=self._busy_containers,
+            )
+            if job is not None:
+                self._busy_jobs.add(job.id)
+                self._busy_containers.add(job.alert.container_id)
+            return job
 
     def _release(self, job: Job) -> None:
         with self._cond:
@@ -150,7 +157,13 @@ class Worker:
             done += 1
         return done
 
-    def publish_stats(self) -> None:
+    def publish_stats(self, *, at_most_every: float = 0.0) -> None:
+        """Refresh the queue gauges (throttled while busy; always when a worker goes idle)."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_stats < at_most_every:
+                return
+            self._last_stats = now
         self.metrics.queue.publish(self.journal.stats())
 
     # --- one job ----------------------------------------------------------------------------
@@ -242,7 +255,7 @@ class Worker:
         self.journal.finish(
             job.id, decision=outcome.decision, detail=outcome.detail, now=self._clock.time()
         )
-        self.publish_stats()
+        self.publish_stats(at_most_every=STATS_INTERVAL)
 
     def _schedule_removal(self, job: Job, container: ContainerFacts) -> None:
         hold = self.policy.container_hold_after_stop
