@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from ds01.cgroups import container_id_of_pid
@@ -145,6 +146,8 @@ class Collector:
                 self._on_publish(snapshot)  # pre-render /metrics before scrapes can see it
             except Exception:
                 logger.exception("preparing the metrics body failed; scrapes will render it")
+        # The published duration covers the whole cycle, pre-rendering included.
+        snapshot = replace(snapshot, duration=time.perf_counter() - wall_start)
         self._snapshot = snapshot
         self.last_cycle_cpu_seconds = time.thread_time() - cpu_start
         self._log_summary(snapshot)
