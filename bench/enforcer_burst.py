@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -53,6 +54,7 @@ from tests.enforcer.series import (  # noqa: E402
 )
 
 TOKEN = "bench-token"
+HTTP_THREADS = 8  # `ds01 enforcer --threads` default
 GPU = "MIG-bench-0000"
 
 
@@ -111,6 +113,12 @@ def serve_empty(port: int, threads: int) -> None:
     ).run()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def burst(port: int, big_body: bytes, bodies: list[bytes]) -> tuple[list[float], float, Counter]:
     """The big webhook, then every body at once; (ack seconds of all, of the big one, codes)."""
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -155,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         help="hold the workers (--action-delay 1h) and measure the acks alone",
     )
     parser.add_argument("--serve-empty", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=HTTP_THREADS,
+        help=f"HTTP threads of the enforcer and of the empty app alike ({HTTP_THREADS})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.serve_empty:
         serve_empty(args.serve_empty, args.threads)
@@ -228,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.workers),
                 "--log-level",
                 "WARNING",
+                f"--threads={args.threads}",
                 *args.enforcer_arg,
             ],  # fmt: skip
             root / "enforcer.log",
@@ -252,18 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         empty_port = free_port()
         empty = ChildProcess(
             "empty app",
-            [sys.executable, __file__, "--serve-empty", str(empty_port), "--threads", "8"],
+            [
+                sys.executable,
+                __file__,
+                "--serve-empty",
+                str(empty_port),
+                "--threads",
+                str(args.threads),
+            ],  # fmt: skip
             root / "empty.log",
             cwd=REPO,
         ).start()
         started.append(empty)
         empty_url = f"http://127.0.0.1:{empty_port}"
         empty.wait_until(lambda: requests.get(f"{empty_url}/healthz", timeout=1).ok, 60, "ready")
+        cpu = cpu_seconds(empty.pid)
         base, base_big, _ = burst(empty_port, big_body, bodies)
+        base_cpu = cpu_seconds(empty.pid) - cpu
         empty.stop()
 
         t_start = time.monotonic()
+        cpu = cpu_seconds(enforcer.pid)
         latencies, big_latency, codes = burst(port, big_body, bodies)
+        burst_cpu = cpu_seconds(enforcer.pid) - cpu
+        print(f"server CPU during the burst: enforcer {burst_cpu * 1e3:.0f} ms, empty app "
+              f"{base_cpu * 1e3:.0f} ms", flush=True)  # fmt: skip
         if args.intake_only:
             p99, b99 = percentile(latencies, 0.99), percentile(base, 0.99)
             print(

@@ -5,12 +5,12 @@ is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follo
 (`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
 acknowledgement and the action only delays the action.
 
-Three connections, so a webhook never waits behind the workers: intake inserts on its own
-connection (synchronous=FULL: an acknowledged alert survives even a power cut) with group
-commit; the workers' bookkeeping writes on another (synchronous=NORMAL: survives SIGKILL; a
-decision lost to a power cut is re-verified, and skipped, after the restart); reads on a third
-(WAL readers never wait for writers). One write lock orders the two writers, so neither ever
-meets SQLite's busy back-off; a worker holds it for one short UPDATE, never while it reads.
+One writer thread owns the writing connection (synchronous=FULL: an acknowledged alert
+survives a SIGKILL and even a power cut). Webhooks and workers hand it their writes and wait;
+it commits everything that arrived meanwhile in one transaction (group commit: one fsync for
+a whole burst). Nobody holds a lock across SQLite calls, so a webhook never queues behind a
+worker's transaction. Reads use their own connection (WAL readers never wait for writers);
+checkpoints run outside the writer (autocheckpoint off), when the workers call checkpoint().
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,12 @@ class Job:
 
 
 @dataclass
-class _Batch:
-    """Rows of one webhook waiting for the next group commit."""
+class _Write:
+    """One caller's write, waiting for the next group commit; `run` gets the open cursor."""
 
-    rows: list[tuple[Any, ...]]
-    result: list[bool] | None = None
+    run: Callable[[sqlite3.Cursor], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
     error: BaseException | None = None
 
 
@@ -82,9 +83,19 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA busy_timeout=5000")
+    # No checkpoint inside a commit: it would run under the write lock, with its fsyncs, and
+    # hold every webhook behind it. The workers call checkpoint() outside any lock instead.
+    db.execute("PRAGMA wal_autocheckpoint=0")
     return db
 
 
+_INSERT = (
+    "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
+    "received_at, due_at) VALUES "
+)
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
+_RETURNING = " RETURNING kind, fingerprint, starts_at"
+_ROWS_PER_INSERT = 1000  # 7,000 parameters, well under SQLite's limit
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per row
 _JOB_COLUMNS = "id, kind, alert, received_at, due_at, attempts"
 
@@ -100,111 +111,139 @@ def _job(row: Sequence[Any]) -> Job:
     )
 
 
+def _insert(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> list[bool]:
+    """Multi-row INSERT OR IGNORE ... RETURNING: the keys it returns are the new rows (a repeat,
+    also one within `rows` or already written in this transaction, is not)."""
+    inserted: set[tuple[Any, ...]] = set()
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _INSERT + ",".join([_ROW_MARKS] * len(chunk)) + _RETURNING
+        cur.execute(sql, [value for row in chunk for value in row])
+        inserted.update(cur.fetchall())
+    flags = []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        flags.append(key in inserted)
+        inserted.discard(key)  # a second copy of the same alert is a repeat
+    return flags
+
+
 class Journal:
     """SQLite journal shared by the web threads (intake) and the workers (see the module doc)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.Lock()  # orders the two writing connections
-        self._read_lock = threading.Lock()
-        self._waiting: list[_Batch] = []
-        self._waiting_lock = threading.Lock()
-        self._intake_db = _connect(self.path, "FULL")
-        self._intake_db.executescript(_SCHEMA)
-        self._db = _connect(self.path, "NORMAL")  # the workers' writes
+        self._db = _connect(self.path, "FULL")  # used by the writer thread only
+        self._db.executescript(_SCHEMA)
         self._reader = _connect(self.path, "NORMAL")
+        self._read_lock = threading.Lock()
+        self._checkpointer = _connect(self.path, "NORMAL")
+        self._checkpoint_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self._pending_cond = threading.Condition()
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
-        with self._write_lock, self._read_lock:
-            for db in (self._intake_db, self._db, self._reader):
+        with self._pending_cond:
+            self._closing = True
+            self._pending_cond.notify()
+        self._writer.join(30)
+        with self._read_lock, self._checkpoint_lock:
+            for db in (self._db, self._reader, self._checkpointer):
                 db.close()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (PASSIVE: never blocks a writer)."""
+        if self._checkpoint_lock.acquire(blocking=False):  # one at a time is enough
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._checkpoint_lock.release()
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
 
-    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[int]:
-        """Run `sql` for each row in one transaction; the row counts it changed, in order."""
-        with self._write_lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+    # --- the writer -----------------------------------------------------------------------
+
+    def _submit(self, run: Callable[[sqlite3.Cursor], Any]) -> Any:
+        """Hand a write to the writer thread; return its result once it is committed."""
+        write = _Write(run)
+        with self._pending_cond:
+            if self._closing:
+                raise sqlite3.ProgrammingError("the journal is closed")
+            self._pending.append(write)
+            self._pending_cond.notify()
+        write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._pending_cond:
+                while not self._pending and not self._closing:
+                    self._pending_cond.wait()
+                writes, self._pending = self._pending, []
+            if not writes:
+                return  # closing, and nothing left to write
+            self._commit(writes)
+
+    def _commit(self, writes: list[_Write]) -> None:
+        """All `writes` in one transaction; a failing one is answered alone, the rest retried."""
+        cur = self._db.cursor()
+        for n, write in enumerate(writes):
             try:
-                counts = []
-                for row in rows:
-                    cur.execute(sql, row)
-                    counts.append(cur.rowcount)
-                cur.execute("COMMIT")
-            except BaseException:
+                if n == 0:
+                    cur.execute("BEGIN IMMEDIATE")
+                write.result = write.run(cur)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
                 if self._db.in_transaction:
                     cur.execute("ROLLBACK")
-                raise
-            return counts
+                write.error = exc
+                write.done.set()
+                if n:  # the ones before it were rolled back with it: run them again
+                    self._commit(writes[:n])
+                if writes[n + 1 :]:
+                    self._commit(writes[n + 1 :])
+                return
+        try:
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - nothing of this group was written
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            for write in writes:
+                write.result, write.error = None, exc
+        for write in writes:
+            write.done.set()
+
+    def _write(self, sql: str, args: Sequence[Any]) -> int:
+        """One statement through the writer; the number of rows it changed."""
+        return self._submit(lambda cur: cur.execute(sql, args).rowcount)
+
+    # --- intake ---------------------------------------------------------------------------
 
     def enqueue(
         self, kind: str, alerts: Sequence[Alert], *, now: float, due_at: float | None = None
     ) -> list[bool]:
         """Journal the alerts durably; True for each that was new, False for a repeat.
 
-        Group commit: webhooks arriving while a commit is in flight share the next one, so a
-        burst of concurrent posts costs a few commits, not one each.
+        The rows are committed (fsync'd) before this returns, together with whatever else was
+        waiting for the writer: a burst of concurrent posts costs a few commits, not one each.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown job kind {kind!r}")
         if not alerts:
             return []
         due = now if due_at is None else due_at
-        batch = _Batch(
-            [
-                (
-                    kind,
-                    a.fingerprint,
-                    a.starts_at,
-                    a.container_id,
-                    _compact(a.to_json()),
-                    now,
-                    due,
-                )
-                for a in alerts
-            ]
-        )
-        with self._waiting_lock:
-            self._waiting.append(batch)
-        with self._write_lock:
-            if batch.result is None and batch.error is None:
-                self._commit_waiting()
-        if batch.error is not None:
-            raise batch.error
-        assert batch.result is not None
-        return batch.result
-
-    def _commit_waiting(self) -> None:
-        """Insert every waiting batch in one transaction (caller holds the write lock)."""
-        with self._waiting_lock:
-            batches, self._waiting = self._waiting, []
-        sql = (
-            "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
-            "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        )
-        cur = self._intake_db.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            results = []
-            for batch in batches:
-                flags = []
-                for row in batch.rows:
-                    cur.execute(sql, row)
-                    flags.append(cur.rowcount == 1)
-                results.append(flags)
-            cur.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - re-raised in every waiting webhook's thread
-            if self._intake_db.in_transaction:
-                cur.execute("ROLLBACK")
-            for batch in batches:
-                batch.error = exc
-            return
-        for batch, flags in zip(batches, results, strict=True):
-            batch.result = flags
+        rows = [
+            (kind, a.fingerprint, a.starts_at, a.container_id, _compact(a.to_json()), now, due)
+            for a in alerts
+        ]
+        return self._submit(lambda cur: _insert(cur, rows))
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
         """Pending jobs whose time has come, oldest first."""
@@ -238,13 +277,13 @@ class Journal:
         self._write(
             "UPDATE jobs SET state = 'done', decision = ?, detail = ?, finished_at = ? "
             "WHERE id = ?",
-            [(decision, detail, now, job_id)],
+            (decision, detail, now, job_id),
         )
 
     def retry_later(self, job_id: int, *, error: str, due_at: float) -> None:
         self._write(
             "UPDATE jobs SET attempts = attempts + 1, last_error = ?, due_at = ? WHERE id = ?",
-            [(error, due_at, job_id)],
+            (error, due_at, job_id),
         )
 
     def stats(self) -> QueueStats:
@@ -259,10 +298,9 @@ class Journal:
 
     def prune(self, *, finished_before: float) -> int:
         """Forget decisions older than the retention (repeats after that are re-verified)."""
-        counts = self._write(
-            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", [(finished_before,)]
+        return self._write(
+            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (finished_before,)
         )
-        return counts[0]
 
     def decisions(self) -> list[dict[str, Any]]:
         """Every row with its state and decision, for inspection (and tests)."""

@@ -28,6 +28,7 @@ from .verify import check_container, check_deadline, decide_notify, decide_remov
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL = 0.25  # seconds between queue-gauge refreshes while jobs keep coming
+CHECKPOINT_INTERVAL = 2.0  # seconds between journal checkpoints while jobs keep coming
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._last_prune = 0.0
         self._last_stats = float("-inf")
+        self._last_checkpoint = time.monotonic()
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class Worker:
                 seen = self._wakes
             job = self._claim()
             if job is None:
+                self.journal.checkpoint()
                 self.publish_stats()
                 with self._cond:
                     if self._wakes == seen and not self._stopping.is_set():
@@ -110,6 +113,7 @@ class Worker:
                 self.process(job)
             finally:
                 self._release(job)
+            self._maybe_checkpoint()
             self._maybe_prune()
 
     def _idle_wait(self) -> float:
@@ -136,6 +140,16 @@ class Worker:
             self._busy_jobs.discard(job.id)
             self._busy_containers.discard(job.alert.container_id)
             self._cond.notify_all()
+
+    def _maybe_checkpoint(self) -> None:
+        """While busy, fold the write-ahead log back every CHECKPOINT_INTERVAL seconds."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
+                return
+            self._last_checkpoint = now
+        self.intake.wait_quiet(self.settings.intake_hold)  # never in the middle of a burst
+        self.journal.checkpoint()
 
     def _maybe_prune(self) -> None:
         now = self._clock.time()
