@@ -5,12 +5,15 @@ is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follo
 (`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
 acknowledgement and the action only delays the action.
 
-One writer thread owns the writing connection (synchronous=FULL: an acknowledged alert
-survives a SIGKILL and even a power cut). Webhooks and workers hand it their writes and wait;
-it commits everything that arrived meanwhile in one transaction (group commit: one fsync for
-a whole burst). Nobody holds a lock across SQLite calls, so a webhook never queues behind a
-worker's transaction. Reads use their own connection (WAL readers never wait for writers);
-checkpoints run outside the writer (autocheckpoint off), when the workers call checkpoint().
+One writer thread owns the writing connection. Webhooks and workers hand it their writes and
+wait; it commits everything that arrived meanwhile in one transaction (group commit: one fsync
+for a whole burst). A transaction holding new alerts commits with synchronous=FULL (an
+acknowledged alert survives a SIGKILL and even a power cut); one holding only the workers'
+bookkeeping commits with NORMAL (it survives a SIGKILL; a decision lost to a power cut is
+re-verified after the restart, and skipped). Nobody holds a lock across SQLite calls, so a
+webhook never queues behind a worker's transaction. Reads use their own connection (WAL
+readers never wait for writers); checkpoints run outside the writer (autocheckpoint off), when
+the workers call checkpoint().
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class _Write:
     """One caller's write, waiting for the next group commit; `run` gets the open cursor."""
 
     run: Callable[[sqlite3.Cursor], Any]
+    durable: bool  # must survive a power cut once answered (new alerts)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -135,6 +139,7 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = _connect(self.path, "FULL")  # used by the writer thread only
+        self._sync = "FULL"
         self._db.executescript(_SCHEMA)
         self._reader = _connect(self.path, "NORMAL")
         self._read_lock = threading.Lock()
@@ -169,9 +174,9 @@ class Journal:
 
     # --- the writer -----------------------------------------------------------------------
 
-    def _submit(self, run: Callable[[sqlite3.Cursor], Any]) -> Any:
+    def _submit(self, run: Callable[[sqlite3.Cursor], Any], *, durable: bool) -> Any:
         """Hand a write to the writer thread; return its result once it is committed."""
-        write = _Write(run)
+        write = _Write(run, durable)
         with self._pending_cond:
             if self._closing:
                 raise sqlite3.ProgrammingError("the journal is closed")
@@ -195,6 +200,10 @@ class Journal:
     def _commit(self, writes: list[_Write]) -> None:
         """All `writes` in one transaction; a failing one is answered alone, the rest retried."""
         cur = self._db.cursor()
+        sync = "FULL" if any(w.durable for w in writes) else "NORMAL"
+        if sync != self._sync:
+            cur.execute(f"PRAGMA synchronous={sync}")  # outside a transaction, as it must be
+            self._sync = sync
         for n, write in enumerate(writes):
             try:
                 if n == 0:
@@ -222,7 +231,7 @@ class Journal:
 
     def _write(self, sql: str, args: Sequence[Any]) -> int:
         """One statement through the writer; the number of rows it changed."""
-        return self._submit(lambda cur: cur.execute(sql, args).rowcount)
+        return self._submit(lambda cur: cur.execute(sql, args).rowcount, durable=False)
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -243,7 +252,7 @@ class Journal:
             (kind, a.fingerprint, a.starts_at, a.container_id, _compact(a.to_json()), now, due)
             for a in alerts
         ]
-        return self._submit(lambda cur: _insert(cur, rows))
+        return self._submit(lambda cur: _insert(cur, rows), durable=True)
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
         """Pending jobs whose time has come, oldest first."""

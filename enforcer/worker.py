@@ -109,7 +109,6 @@ class Worker:
             try:
                 if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
                     continue  # stopping: the job stays pending in the journal
-                self.intake.wait_quiet(self.settings.intake_hold)
                 self.process(job)
             finally:
                 self._release(job)
@@ -209,8 +208,13 @@ class Worker:
             job.id, job.kind, job.alert.container_id[:12], exc, delay, job.attempts + 1,
         )  # fmt: skip
 
+    def _give_way(self) -> None:
+        """Before each call out (Docker, Prometheus): let a webhook burst be acknowledged first."""
+        self.intake.wait_quiet(self.settings.intake_hold)
+
     def _decide_and_act(self, job: Job) -> tuple[ContainerFacts | None, Outcome]:
         alert, now = job.alert, self._clock.time()
+        self._give_way()
         container = self.docker.container(alert.container_id)
         if job.kind == "remove":
             decision = decide_remove(
@@ -226,12 +230,14 @@ class Worker:
             return container, self.executor.notify(container, alert)
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
         if decision.act:
+            self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
                 alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
             )
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
+        self._give_way()
         return container, self._with_why(decision.why, self.executor.stop(container, alert))
 
     @staticmethod
