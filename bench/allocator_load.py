@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -52,6 +53,12 @@ def topology(folder: Path, gpus: int) -> Path:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def populate(db: Path, rows: int, devices: int = 8) -> float:
     """`rows` released allocations, an hour old (inside the history retention); seconds taken."""
     began = time.perf_counter()
@@ -68,10 +75,12 @@ def populate(db: Path, rows: int, devices: int = 8) -> float:
     return time.perf_counter() - began
 
 
-def _worker(sock: str, me: str, stop_at: float) -> list[float]:
-    """One client process (as real users are): allocate, release, until `stop_at`."""
+def _worker(sock: str, me: str, start_at: float, stop_at: float) -> list[float]:
+    """One client process (as real users are): allocate, release, from `start_at` (once every
+    client process is up) until `stop_at`."""
     client = AllocatorClient(sock)
     mine: list[float] = []
+    time.sleep(max(0.0, start_at - time.time()))
     while time.time() < stop_at:
         began = time.perf_counter()
         alloc = client.allocate(user=me)
@@ -86,22 +95,35 @@ class Load:
     rate: float
     p50_ms: float
     p99_ms: float
+    latencies: tuple[float, ...] = ()
 
     def text(self) -> str:
         return f"{self.rate:.0f} grants/s, p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms"
 
 
 def throughput(sock: str, seconds: float, workers: int) -> Load:
-    stop_at = time.time() + seconds
+    start_at = time.time() + 0.5  # forking the client processes is not part of the figure
+    stop_at = start_at + seconds
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        parts = pool.starmap(_worker, [(sock, f"bench{i}", stop_at) for i in range(workers)])
-    latencies = [value for part in parts for value in part]
+        parts = pool.starmap(
+            _worker, [(sock, f"bench{i}", start_at, stop_at) for i in range(workers)]
+        )
+    return _load([value for part in parts for value in part], seconds)
+
+
+def _load(latencies: list[float], seconds: float) -> Load:
     return Load(
         len(latencies),
         len(latencies) / seconds,
         percentile(latencies, 0.5) * 1e3,
         percentile(latencies, 0.99) * 1e3,
+        tuple(latencies),
     )
+
+
+def merged(loads: list[Load], seconds: float) -> Load:
+    """The rounds of one target as one figure over `seconds` in all."""
+    return _load([value for load in loads for value in load.latencies], seconds)
 
 
 def release_to_grant(client: AllocatorClient, rounds: int) -> list[float]:
@@ -172,7 +194,12 @@ def start_allocator(folder: Path, gpus: int) -> tuple[ChildProcess, AllocatorCli
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="each load phase (5)")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="load per target, over all rounds (6)"
+    )
+    parser.add_argument(
+        "--rounds-load", type=int, default=4, help="rounds the load is split into (4)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent client processes (4)")
     parser.add_argument("--rounds", type=int, default=20, help="release-to-grant rounds (20)")
     parser.add_argument(
@@ -190,47 +217,61 @@ def main(argv: list[str] | None = None) -> int:
         "default_group": "admin",
         "groups": {"admin": {"max_gpus": None, "allow_full_gpu": True}},
     }
-    loads: dict[int, Load] = {}
-    handoffs: list[float] = []
+    targets: dict[str, str] = {}  # name -> socket
+    pids: dict[str, int] = {}
+    started: list[ChildProcess] = []
     try:
         empty_sock = root / "empty.sock"
         empty = ChildProcess(
             "empty app", [sys.executable, __file__, "--serve-empty", str(empty_sock)],
             root / "empty.log",
         ).start()  # fmt: skip
-        try:
-            client = AllocatorClient(str(empty_sock))
-            empty.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
-            throughput(str(empty_sock), 1.0, args.workers)  # warm-up
-            ceiling = throughput(str(empty_sock), args.seconds, args.workers)
-        finally:
-            empty.stop()
-        print(f"empty Flask app on AllocatorServer: {ceiling.text()}", flush=True)
+        started.append(empty)
+        client = AllocatorClient(str(empty_sock))
+        empty.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        targets["empty"] = str(empty_sock)
+        pids["empty"] = empty.pid
         for rows in levels:
             folder = root / f"h{rows}"
             folder.mkdir()
             (folder / "ds01.yaml").write_text(yaml.safe_dump(policy))
             took = populate(folder / "allocator.sqlite", rows)
+            print(f"{rows:>7} released rows written in {took:.1f}s", flush=True)
             server, client = start_allocator(folder, 1 + args.workers // 4)
-            try:
-                server.wait_until(lambda c=client: c.call("GET", "/healthz")[0] == 200, 60, "up")
-                throughput(str(folder / "s.sock"), 1.0, args.workers)  # warm-up
-                loads[rows] = throughput(str(folder / "s.sock"), args.seconds, args.workers)
-                if rows == levels[0]:
-                    handoffs = release_to_grant(client, args.rounds)
-            finally:
-                server.stop()
-            print(
-                f"{rows:>7} released rows (written in {took:.1f}s): {loads[rows].text()}",
-                flush=True,
-            )
+            started.append(server)
+            server.wait_until(lambda c=client: c.call("GET", "/healthz")[0] == 200, 60, "up")
+            targets[str(rows)] = str(folder / "s.sock")
+            pids[str(rows)] = server.pid
+        for sock in targets.values():
+            throughput(sock, 0.5, args.workers)  # warm-up
+        # Rounds, every target in turn: a neighbour's load moves all of them alike.
+        parts: dict[str, list[Load]] = {name: [] for name in targets}
+        cpu = dict.fromkeys(targets, 0.0)
+        for _ in range(args.rounds_load):
+            for name, sock in targets.items():
+                before = cpu_seconds(pids[name])
+                parts[name].append(throughput(sock, args.seconds / args.rounds_load, args.workers))
+                cpu[name] += cpu_seconds(pids[name]) - before
+        loads = {name: merged(found, args.seconds) for name, found in parts.items()}
+        handoffs = release_to_grant(AllocatorClient(targets[str(levels[0])]), args.rounds)
     finally:
+        for child in started:
+            child.stop()
         shutil.rmtree(root, ignore_errors=True)
+    per_pair = {name: cpu[name] / max(1, load.grants) * 1e3 for name, load in loads.items()}
+    ceiling = loads.pop("empty")
+    print(f"empty Flask app on AllocatorServer: {ceiling.text()}; server CPU "
+          f"{per_pair['empty']:.2f} ms per request pair")  # fmt: skip
+    for name, load in loads.items():
+        print(f"{int(name):>7} released rows: {load.text()}; server CPU "
+              f"{per_pair[name]:.2f} ms per grant + release")  # fmt: skip
+    loads = {int(name): load for name, load in loads.items()}
 
     base, most = loads[levels[0]], loads[levels[-1]]
     r50, r99 = statistics.median(handoffs) * 1e3, percentile(handoffs, 0.99) * 1e3
     print(f"release-to-grant p50 {r50:.1f} ms, p99 {r99:.1f} ms (issue 6 target: p99 < 100 ms)")
-    print(f"allocator_load: {args.workers} client processes, {args.seconds:g}s per phase")
+    print(f"allocator_load: {args.workers} client processes, {args.seconds:g}s per target in "
+          f"{args.rounds_load} rounds")  # fmt: skip
     slow = base.rate / most.rate
     report(
         Goal(

@@ -103,3 +103,24 @@ def test_live_costs_the_same_whatever_the_history(tmp_path):
     (empty, empty_steps), (full, full_steps) = (_live_steps(p) for p in paths)
     assert [a.id for a in empty] == [a.id for a in full] == ["live1", "live2"]
     assert full_steps < 2 * empty_steps, (empty_steps, full_steps)
+
+
+def test_a_rolled_back_transaction_leaves_live_as_it_was(tmp_path):
+    """live() answers from memory: it must follow commits only, exactly as the table does."""
+    path = tmp_path / "a.sqlite"
+    store = SqliteAllocationStore(path)
+    with store.transaction() as tx:
+        tx.insert(_alloc("a1", ["MIG-1"]))
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.insert(_alloc("a2", ["MIG-2"]))
+        tx.update(released(tx.get("a1"), at=2.0, reason="released"))
+        raise RuntimeError("a decision that failed half-way")
+    with store.transaction() as tx:
+        assert [a.id for a in tx.live()] == ["a1"]
+        assert tx.get("a2") is None
+        tx.update(released(tx.get("a1"), at=3.0, reason="released"))
+        tx.insert(_alloc("a3", ["MIG-1"], state=BOUND))
+        cached = tx.live()
+    store.close()
+    with SqliteAllocationStore(path).transaction() as tx:
+        assert tx.live() == cached == [_alloc("a3", ["MIG-1"], state=BOUND)]
