@@ -68,14 +68,18 @@ class Exposition:
         self._health = health
         self._text = SnapshotText()
         self._current = _Prepared(None, self._text.render(None))
+        self._previous = self._current  # a scrape that read the snapshot just before a publish
 
     def prepare(self, snapshot: Snapshot) -> None:
-        self._current = _Prepared(snapshot, self._text.render(snapshot))
+        prepared = _Prepared(snapshot, self._text.render(snapshot))
+        self._previous, self._current = self._current, prepared
 
     def render(
         self, snapshot: Snapshot | None, accept: str | None, accept_encoding: str | None
     ) -> Body:
         prepared = self._current
+        if not prepared.matches(snapshot) and self._previous.matches(snapshot):
+            prepared = self._previous
         if not prepared.matches(snapshot):  # not prepared (yet): render on demand
             stale = prepared.snapshot
             prepared = _Prepared(snapshot, self._text.render(snapshot))
