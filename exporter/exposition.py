@@ -56,9 +56,20 @@ class _Prepared:
 
 @dataclass(frozen=True)
 class Body:
-    data: bytes
+    """A /metrics answer in parts (the shared pre-rendered head, the fresh health tail): served
+    as they are, so a scrape never copies a body of hundreds of kilobytes into a new one."""
+
+    parts: tuple[bytes, ...]
     content_type: str
     gzipped: bool
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    @property
+    def length(self) -> int:
+        return sum(len(part) for part in self.parts)
 
 
 class Exposition:
@@ -92,5 +103,5 @@ class Exposition:
         tail = encoder(self._health)  # always fresh: error counters move between snapshots
         if zipped:
             # Concatenated gzip members are one valid gzip stream (RFC 1952, section 2.2).
-            return Body(head + gzip.compress(tail, compresslevel=GZIP_LEVEL), content_type, True)
-        return Body(head + tail, content_type, False)
+            tail = gzip.compress(tail, compresslevel=GZIP_LEVEL)
+        return Body((head, tail), content_type, zipped)

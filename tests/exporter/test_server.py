@@ -52,6 +52,7 @@ def test_metrics_endpoint_serves_prometheus_text(server):
     response = requests.get(f"{url}/metrics", timeout=5)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=")
+    assert int(response.headers["Content-Length"]) == len(response.content)  # served in parts
     samples = parse(response.text)
     assert (
         value(samples, "ds01_container_idle_deadline_timestamp_seconds", container="job") == 1801.0
