@@ -54,7 +54,7 @@ from tests.enforcer.series import (  # noqa: E402
 )
 
 TOKEN = "bench-token"
-HTTP_THREADS = 8  # `ds01 enforcer --threads` default
+HTTP_THREADS = 32  # `ds01 enforcer --threads` default (enforcer.service.HTTP_THREADS)
 GPU = "MIG-bench-0000"
 
 
