@@ -131,3 +131,23 @@ def test_every_acknowledged_alert_survives_sigkill_in_a_concurrent_burst(tmp_pat
 
     pending = {job.alert.fingerprint for job in Journal(path).due(now=2.0, limit=10**6)}
     assert set(acked) <= pending
+
+
+def test_a_failing_write_is_answered_alone_and_the_journal_goes_on(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert("a"), alert("b")], now=1.0)
+    job_a, job_b = journal.due(now=1.0)
+
+    with pytest.raises(sqlite3.Error):
+        journal.finish(job_a.id, decision="stopped", detail=object(), now=2.0)  # not storable
+
+    journal.finish(job_b.id, decision="stopped", detail="", now=2.0)
+    assert journal.enqueue("stop", [alert("c")], now=3.0) == [True]
+    assert [r["state"] for r in journal.decisions()] == ["pending", "done", "pending"]
+    journal.close()
+    with pytest.raises(sqlite3.Error):
+        journal.enqueue("stop", [alert("d")], now=4.0)  # closed: the webhook answers 503
