@@ -20,7 +20,13 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.goals import Goal  # noqa: E402
 
-BENCHMARKS = ("enforcer_burst", "allocator_load", "exporter_scrape", "e2e_latency")
+BENCHMARKS = (
+    "enforcer_burst",
+    "allocator_load",
+    "exporter_scrape",
+    "e2e_latency",
+    "gateway_overhead",
+)
 
 
 def run(name: str, limit: float) -> tuple[list[Goal], str]:
