@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ds01.policy import CONTAINER_TYPES
 
+from .extension_api import ExtensionBodyError, grant_answer, listing, parse_extension
+from .extension_desk import ExtensionDesk
 from .model import Allocation, AllocationRequest, AllocatorError, Denial
 from .queue import Waiter
 from .server import PEER_ENVIRON_KEY
@@ -33,6 +35,7 @@ STATUS_BY_REASON = {
     "impossible": 409,
     "no_capacity": 503,
     "timeout": 503,
+    "extension_refused": 403,
 }
 MAX_COUNT = 64
 _PROFILE = re.compile(r"^\d+g\.\d+gb$")
@@ -114,6 +117,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     token: str | None = None,
     max_poll: float = 30.0,
+    desk: ExtensionDesk | None = None,
 ) -> Flask:
     app = Flask("allocator")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -154,6 +158,10 @@ def create_app(
 
     @app.errorhandler(BadRequest)
     def bad_request(exc: BadRequest):
+        return jsonify({"error": "invalid", "message": str(exc)}), 400
+
+    @app.errorhandler(ExtensionBodyError)
+    def bad_extension(exc: ExtensionBodyError):
         return jsonify({"error": "invalid", "message": str(exc)}), 400
 
     @app.errorhandler(PermissionError)
@@ -245,6 +253,26 @@ def create_app(
     def usage():
         who = caller()
         return jsonify(allocator.usage(who.user))
+
+    @app.post("/v1/extensions")
+    def extend():
+        if desk is None:
+            raise NotFound("extensions are not served here")
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest("the body must be JSON (Content-Type: application/json)")
+        who = caller(body)
+        container, seconds, kind = parse_extension(body)
+        grant = desk.extend(user=who.user, container=container, seconds=seconds, kind=kind)
+        return jsonify(grant_answer(grant)), 201
+
+    @app.get("/v1/extensions")
+    def extensions():
+        if desk is None:
+            raise NotFound("extensions are not served here")
+        who = caller()
+        everyone = who.admin and request.args.get("all") in ("1", "true", "yes")
+        return jsonify(listing(desk, None if everyone else who.user))
 
     @app.get("/metrics")
     def metrics():

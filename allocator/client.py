@@ -183,3 +183,15 @@ class AllocatorClient:
 
     def usage(self) -> dict[str, Any]:
         return self._checked("GET", "/v1/usage")
+
+    def extend(
+        self, container: str, duration: str | None = None, *, kind: str = "runtime"
+    ) -> dict[str, Any]:
+        """Move a deadline of the caller's own container; Refused carries the bounds."""
+        body: dict[str, Any] = {"container": container, "kind": kind}
+        if duration is not None:
+            body["duration"] = duration
+        return self._checked("POST", "/v1/extensions", body)
+
+    def extensions(self, *, everyone: bool = False) -> list[dict[str, Any]]:
+        return self._checked("GET", "/v1/extensions" + ("?all=1" if everyone else ""))["extensions"]

@@ -21,6 +21,7 @@ from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
 from .docker_endpoint import gateway_host
+from .extend_cli import add_extend_parser, extend
 from .wrapper import Progress
 
 DEFAULT_IMAGE = os.environ.get("DS01_DEFAULT_IMAGE", "ubuntu:24.04")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = sub.add_parser(name, help=text)
         action.add_argument("name", help="container name")
+    add_extend_parser(sub)
     for name in ("list", "ls"):
         listing = sub.add_parser(name, help="your containers: GPU, state, idle for, stops at")
         listing.add_argument("--all", action="store_true", help="everyone's (root only)")
@@ -320,6 +322,7 @@ def _device_name(device: Mapping[str, Any] | None, uuid: str) -> str:
 
 
 ACTIONS = {"deploy": deploy, "retire": retire, "stop": stop, "list": listing, "ls": listing}
+ACTIONS["extend"] = extend
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from ds01.gpu import GpuBackend
 from ds01.policy import Policy
 
 from .api import create_app
+from .extension_desk import ExtensionDesk
 from .lifecycle import DockerWatcher
 from .metrics import AllocatorCollector, AllocatorMetrics
 from .server import AllocatorServer
@@ -47,9 +48,15 @@ class Ticker:
     `prune_interval`, until stopped; a failed pass is logged and counted."""
 
     def __init__(
-        self, allocator: Allocator, interval: float, *, prune_interval: float = PRUNE_INTERVAL
+        self,
+        allocator: Allocator,
+        interval: float,
+        *,
+        prune_interval: float = PRUNE_INTERVAL,
+        desk: ExtensionDesk | None = None,
     ) -> None:
         self.allocator, self.interval = allocator, interval
+        self.desk = desk
         self.prune_interval = prune_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="allocator-ticker", daemon=True)
@@ -67,6 +74,8 @@ class Ticker:
                 next_prune = time.monotonic() + self.prune_interval
                 try:
                     self.pruned += prune_history(self.allocator)
+                    if self.desk is not None:
+                        self.desk.publish()  # drops the totals of released allocations
                 except Exception:
                     self.errors += 1
                     logger.exception("pruning the allocation history failed")
@@ -92,6 +101,7 @@ class AllocatorRuntime:
     ticker: Ticker
     watcher: DockerWatcher | None
     registry: CollectorRegistry
+    desk: ExtensionDesk
 
     @property
     def socket_path(self) -> Path:
@@ -120,6 +130,7 @@ def build_runtime(
     settings: Settings = Settings(),
     clock: Clock = SYSTEM_CLOCK,
     max_poll: float = 30.0,
+    extensions_path: str | os.PathLike[str] | None = None,
 ) -> AllocatorRuntime:
     """Everything wired and reconciled, not yet serving (call .server.run() or start_in_thread)."""
     registry = CollectorRegistry()
@@ -143,10 +154,13 @@ def build_runtime(
             watcher.reconcile_now()
         except Exception as exc:  # noqa: BLE001 - Docker down: the watcher keeps retrying
             logger.warning("Docker not reachable at start (%s); following it once it answers", exc)
-    app = create_app(allocator, registry=registry, token=token, max_poll=max_poll)
+    # The totals file the exporter adds to its deadlines, rewritten from the database now.
+    desk = ExtensionDesk(allocator, extensions_path or Path(db_path).parent / "extensions.json")
+    desk.publish()
+    app = create_app(allocator, registry=registry, token=token, max_poll=max_poll, desk=desk)
     server = AllocatorServer(app, socket_path, listen=listen, threads=threads)
-    ticker = Ticker(allocator, tick, prune_interval=prune_interval)
-    return AllocatorRuntime(allocator, store, server, ticker, watcher, registry)
+    ticker = Ticker(allocator, tick, prune_interval=prune_interval, desk=desk)
+    return AllocatorRuntime(allocator, store, server, ticker, watcher, registry, desk)
 
 
 def start_runtime(runtime: AllocatorRuntime) -> AllocatorRuntime:

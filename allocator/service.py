@@ -94,6 +94,11 @@ class Allocator:
         self.running = RunningContainers()  # guarded by _lock
         self._lock = threading.RLock()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The decision lock (taken before a store transaction), for desks beside this one."""
+        return self._lock
+
     # --- requests ---------------------------------------------------------------------------
 
     def submit(self, request: AllocationRequest, *, wait: bool = True) -> Allocation | Waiter:

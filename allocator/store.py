@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ CREATE TABLE IF NOT EXISTS allocation_devices (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_live_holder_per_device
     ON allocation_devices(device_uuid) WHERE live = 1;
+CREATE TABLE IF NOT EXISTS extensions (
+    allocation_id TEXT NOT NULL REFERENCES allocations(id) ON DELETE CASCADE,
+    container_id TEXT NOT NULL,
+    container_name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    granted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS extensions_by_allocation ON extensions(allocation_id);
 """
 
 
@@ -69,6 +80,10 @@ class StoreTx(Protocol):
     def update(self, allocation: Allocation) -> None: ...
 
     def prune(self, released_before: float) -> int: ...
+
+    def extensions(self, allocation_ids: list[str]) -> list[Extension]: ...
+
+    def add_extension(self, extension: Extension) -> None: ...
 
 
 class AllocationStore(Protocol):
@@ -222,6 +237,35 @@ class SqliteTx:
             (RELEASED, released_before),
         )
         return cursor.rowcount
+
+    def extensions(self, allocation_ids: list[str]) -> list[Extension]:
+        """The extensions granted under these allocations, oldest first."""
+        found: list[Extension] = []
+        for start in range(0, len(allocation_ids), 500):
+            chunk = allocation_ids[start : start + 500]
+            rows = self._conn.execute(
+                "SELECT container_id, container_name, allocation_id, user, kind, seconds,"
+                " granted_at FROM extensions WHERE allocation_id IN"
+                f" ({','.join('?' * len(chunk))}) ORDER BY granted_at, rowid",
+                chunk,
+            ).fetchall()
+            found.extend(Extension(*row) for row in rows)
+        return sorted(found, key=lambda e: e.granted_at)
+
+    def add_extension(self, extension: Extension) -> None:
+        self._conn.execute(
+            "INSERT INTO extensions (allocation_id, container_id, container_name, user, kind,"
+            " seconds, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                extension.allocation_id,
+                extension.container_id,
+                extension.container_name,
+                extension.user,
+                extension.kind,
+                extension.seconds,
+                extension.granted_at,
+            ),
+        )
 
 
 class SqliteAllocationStore:

@@ -23,6 +23,7 @@ from .policy_model import (  # re-exported: callers import records from here
     EXEMPTION_KINDS,
     INF,
     Exemption,
+    ExtensionBounds,
     GatewayPolicy,
     GpuSettings,
     GroupPolicy,
@@ -142,7 +143,8 @@ _GATEWAY_KEYS = (
     "allowed_devices",
     "max_create_body",
 )
-_GROUP_KEYS = ("max_gpus", "max_runtime", "idle_timeout", "allow_full_gpu")
+_GROUP_KEYS = ("max_gpus", "max_runtime", "idle_timeout", "allow_full_gpu", "extensions")
+_EXTENSION_KEYS = ("max_per_container", "max_total", "max_each", "refuse_while_queued")
 _SERVICE_KEYS = tuple(f for f in Services.__dataclass_fields__)
 
 
@@ -167,6 +169,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
                 max_runtime=r.duration(g.get("max_runtime", "24h"), f"{key}.max_runtime"),
                 idle_timeout=r.optional_duration(g.get("idle_timeout"), f"{key}.idle_timeout"),
                 allow_full_gpu=r.boolean(g.get("allow_full_gpu", False), f"{key}.allow_full_gpu"),
+                extensions=_extension_bounds(r, g.get("extensions"), f"{key}.extensions"),
             )
 
     default_group = r.text(top.get("default_group", base.default_group), "default_group")
@@ -301,6 +304,25 @@ def _gateway(r: _Reader, value: Any, groups: Mapping[str, GroupPolicy]) -> Gatew
     )
 
 
+def _extension_bounds(r: _Reader, value: Any, key: str) -> ExtensionBounds:
+    """A group's `extensions:`; absent = no extensions, null values = no bound."""
+    raw = r.mapping(value, key, _EXTENSION_KEYS)
+    bounds = ExtensionBounds(
+        max_per_container=r.count(
+            raw.get("max_per_container", 0), f"{key}.max_per_container", nullable=True
+        ),
+        max_total=r.optional_duration(raw.get("max_total"), f"{key}.max_total"),
+        max_each=r.optional_duration(raw.get("max_each"), f"{key}.max_each"),
+        refuse_while_queued=r.boolean(
+            raw.get("refuse_while_queued", True), f"{key}.refuse_while_queued"
+        ),
+    )
+    for name in ("max_total", "max_each"):
+        if getattr(bounds, name) == 0:
+            raise r.fail(f"{key}.{name}", "must be above 0 (set max_per_container: 0 instead)")
+    return bounds
+
+
 def _list(r: _Reader, value: Any, key: str) -> list[Any]:
     if value is None:
         return []
@@ -400,6 +422,7 @@ __all__ = [
     "DEFAULT_POLICY_PATH",
     "EXEMPTION_KINDS",
     "Exemption",
+    "ExtensionBounds",
     "GpuSettings",
     "GroupPolicy",
     "INF",

@@ -16,12 +16,28 @@ INF = math.inf
 
 
 @dataclass(frozen=True)
+class ExtensionBounds:
+    """How far a group's users may push their own deadlines (None = no bound; 0 = none)."""
+
+    max_per_container: int | None = 0
+    max_total: float | None = None  # seconds per container, all extensions together
+    max_each: float | None = None  # seconds per extension
+    refuse_while_queued: bool = True  # refused while others wait for that device type
+
+    @property
+    def default_each(self) -> float:
+        """What `container extend NAME` without a duration asks for."""
+        return self.max_each if self.max_each is not None else 3600.0
+
+
+@dataclass(frozen=True)
 class GroupPolicy:
     name: str
     max_gpus: int | None = 2
     max_runtime: float = 24 * 3600
     idle_timeout: float | None = None  # None: the global idle_timeout
     allow_full_gpu: bool = False
+    extensions: ExtensionBounds = field(default_factory=ExtensionBounds)
 
 
 @dataclass(frozen=True)
@@ -174,10 +190,26 @@ class Policy:
 
 
 DEFAULT_GROUPS = {
-    "student": GroupPolicy("student", 2, 24 * 3600),
-    "researcher": GroupPolicy("researcher", 4, 48 * 3600),
-    "faculty": GroupPolicy("faculty", 4, 72 * 3600, idle_timeout=3600),
-    "admin": GroupPolicy("admin", None, 72 * 3600, allow_full_gpu=True),
+    "student": GroupPolicy(
+        "student", 2, 24 * 3600, extensions=ExtensionBounds(2, 8 * 3600.0, 4 * 3600.0)
+    ),
+    "researcher": GroupPolicy(
+        "researcher", 4, 48 * 3600, extensions=ExtensionBounds(3, 24 * 3600.0, 8 * 3600.0)
+    ),
+    "faculty": GroupPolicy(
+        "faculty",
+        4,
+        72 * 3600,
+        idle_timeout=3600,
+        extensions=ExtensionBounds(3, 24 * 3600.0, 8 * 3600.0),
+    ),
+    "admin": GroupPolicy(
+        "admin",
+        None,
+        72 * 3600,
+        allow_full_gpu=True,
+        extensions=ExtensionBounds(None, None, None, refuse_while_queued=False),
+    ),
 }
 DEFAULT_CONTAINER_TYPES: dict[str, float | None] = {
     "ds01": None,

@@ -203,6 +203,8 @@ class StackSupervisor:
                 f"127.0.0.1:{exporter_port}",
                 "--collect-interval",
                 _duration(t.collect_interval),
+                "--extensions-file",
+                str(state / "allocator" / "extensions.json"),
             ),
             _http_ready(f"{ep.exporter}/healthz"),
         )

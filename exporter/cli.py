@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait between reconnect attempts while Docker is down (default: the collect interval)",
     )
     parser.add_argument(
+        "--extensions-file",
+        metavar="FILE",
+        help="the allocator's deadline extensions (default <state-dir>/extensions.json, "
+        "where the allocator writes it when both share the state folder)",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="list containers, collect once, print the metrics to stdout and exit",
@@ -129,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         docker_client=DockerLink(lambda: connect(args.docker_host, timeout=10)),
         state_dir=state_dir,
         intervals=intervals,
+        extensions_file=args.extensions_file or os.path.join(state_dir, "extensions.json"),
     )
     if args.once:
         return _run_once(service)

@@ -26,6 +26,8 @@ from ds01.policy import Policy
 
 from .clocks import ClockBook, ClockStore
 from .deadlines import container_busy, idle_deadline, keep_alive_fresh, runtime_deadline
+from .extensions import NONE as NO_EXTENSION
+from .extensions import GrantedExtension
 from .health import Episode, ErrorCounters
 from .inventory import Inventory, KnownContainer
 from .keepalive import KeepAliveChecker
@@ -54,7 +56,9 @@ class Collector:
         interval: float = 5.0,
         pid_owner: PidOwner = container_id_of_pid,
         on_publish: Callable[[Snapshot], None] | None = None,
+        extensions: Callable[[], Mapping[str, GrantedExtension]] = dict,
     ) -> None:
+        self._extensions = extensions
         self._backend = backend
         self._devices = backend.devices()
         self._inventory = inventory
@@ -239,6 +243,7 @@ class Collector:
         owners = self._process_owners(holders, samples, device_busy)
         at = datetime.fromtimestamp(now, tz=UTC)
         max_age = self._policy.keep_alive.max_age
+        granted = self._extensions()
         states = []
         for entry in running:
             facts = entry.facts
@@ -257,6 +262,7 @@ class Collector:
                 measured_since=self._measured_since,
             )
             limits = self._policy.limits_for(facts.user, facts.type, at)
+            extension = granted.get(facts.container_id, NO_EXTENSION)
             fresh = keep_alive_fresh(
                 mtime=self._keepalive.mtime(entry, now), now=now, max_age=max_age
             )
@@ -265,11 +271,13 @@ class Collector:
                 idle_timeout=limits.idle_timeout,
                 idle_exempt=limits.idle_exempt,
                 keep_alive=fresh,
+                extension=extension.idle,
             )
             runtime = runtime_deadline(
                 first_start=clock.first_start,
                 max_runtime=limits.max_runtime,
                 runtime_exempt=limits.runtime_exempt,
+                extension=extension.runtime,
             )
             states.append(
                 ContainerState(

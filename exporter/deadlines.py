@@ -18,7 +18,7 @@ class Deadline:
     """A Unix timestamp (or +Inf) and why it has that value."""
 
     at: float
-    reason: str  # "timeout" | "keep_alive" | "exempt"
+    reason: str  # "timeout" | "extended" | "keep_alive" | "exempt"
 
 
 def keep_alive_fresh(*, mtime: float | None, now: float, max_age: float) -> bool:
@@ -29,20 +29,32 @@ def keep_alive_fresh(*, mtime: float | None, now: float, max_age: float) -> bool
 
 
 def idle_deadline(
-    *, last_busy: float, idle_timeout: float, idle_exempt: bool, keep_alive: bool
+    *,
+    last_busy: float,
+    idle_timeout: float,
+    idle_exempt: bool,
+    keep_alive: bool,
+    extension: float = 0.0,
 ) -> Deadline:
-    """Last busy + idle timeout; +Inf under an idle exemption or a fresh keep-alive file."""
+    """Last busy + idle timeout (+ granted idle extensions); +Inf under an idle exemption or
+    a fresh keep-alive file."""
     if idle_exempt:
         return Deadline(INF, "exempt")
     if keep_alive:
         return Deadline(INF, "keep_alive")
+    if extension > 0:
+        return Deadline(last_busy + idle_timeout + extension, "extended")
     return Deadline(last_busy + idle_timeout, "timeout")
 
 
-def runtime_deadline(*, first_start: float, max_runtime: float, runtime_exempt: bool) -> Deadline:
-    """First start + max runtime; +Inf under a runtime exemption."""
+def runtime_deadline(
+    *, first_start: float, max_runtime: float, runtime_exempt: bool, extension: float = 0.0
+) -> Deadline:
+    """First start + max runtime (+ granted runtime extensions); +Inf under an exemption."""
     if runtime_exempt:
         return Deadline(INF, "exempt")
+    if extension > 0:
+        return Deadline(first_start + max_runtime + extension, "extended")
     return Deadline(first_start + max_runtime, "timeout")
 
 

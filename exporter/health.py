@@ -9,7 +9,7 @@ from ds01.episode import Episode
 
 __all__ = ["ERROR_SOURCES", "Episode", "ErrorCounters"]
 
-ERROR_SOURCES = ("docker", "gpu", "keepalive", "state")
+ERROR_SOURCES = ("docker", "extensions", "gpu", "keepalive", "state")
 
 
 class ErrorCounters:

@@ -18,6 +18,7 @@ from ds01.policy import Policy
 from .clocks import ClockBook, ClockStateError, ClockStore
 from .collector import Collector
 from .exposition import Body, Exposition
+from .extensions import ExtensionTotals
 from .health import ErrorCounters
 from .inventory import DockerWatcher, Inventory, docker_inspector
 from .keepalive import KeepAliveChecker, docker_archive_stat
@@ -71,6 +72,7 @@ class ExporterService:
         state_dir: str,
         intervals: Intervals = Intervals(),
         clock: Clock = SYSTEM_CLOCK,
+        extensions_file: str | None = None,
     ) -> None:
         self.errors = ErrorCounters()
         self._listed_now = False  # --once: a synchronous listing stands in for the events stream
@@ -105,6 +107,7 @@ class ExporterService:
             clock=clock,
             interval=intervals.collect,
             on_publish=self.exposition.prepare,
+            extensions=ExtensionTotals(extensions_file, self.errors).current,
         )
         self.registry = CollectorRegistry()
         self.registry.register(metrics)

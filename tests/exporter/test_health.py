@@ -9,7 +9,7 @@ from exporter.health import ERROR_SOURCES, Episode, ErrorCounters
 
 def test_counters_start_at_zero_for_every_source():
     assert ErrorCounters().values() == {source: 0 for source in ERROR_SOURCES}
-    assert set(ERROR_SOURCES) == {"docker", "gpu", "keepalive", "state"}
+    assert set(ERROR_SOURCES) == {"docker", "extensions", "gpu", "keepalive", "state"}
 
 
 def test_counters_only_grow():

@@ -432,4 +432,10 @@ def test_prometheus_scrapes_the_exporter(
     assert query('up{job="ds01-exporter"}')[0]["value"][1] == "1"
     assert len(query("ds01_gpu_device_info")) == len(sim_inventory)
     errors = query("ds01_exporter_collect_errors_total")
-    assert {e["metric"]["source"] for e in errors} == {"docker", "gpu", "keepalive", "state"}
+    assert {e["metric"]["source"] for e in errors} == {
+        "docker",
+        "extensions",
+        "gpu",
+        "keepalive",
+        "state",
+    }

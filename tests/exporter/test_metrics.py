@@ -141,9 +141,9 @@ def test_health_series_and_error_counters_start_at_zero(snapshot):
     assert reg.get_sample_value("ds01_exporter_collect_duration_seconds") == 0.012
     counts = {
         source: reg.get_sample_value("ds01_exporter_collect_errors_total", {"source": source})
-        for source in ("docker", "gpu", "keepalive", "state")
+        for source in ("docker", "extensions", "gpu", "keepalive", "state")
     }
-    assert counts == {"docker": 2, "gpu": 0, "keepalive": 0, "state": 0}
+    assert counts == {"docker": 2, "extensions": 0, "gpu": 0, "keepalive": 0, "state": 0}
 
 
 def test_before_the_first_collection_no_device_or_container_series():
