@@ -98,6 +98,26 @@ def test_protected_names():
         ("colour: blue\n", "colour", "unknown key"),
         ("exemptions:\n  - {user: c, from: [sleep], reason: x}\n", "exemptions[0].from", "list of"),
         ("gpu: {backend: cuda}\n", "gpu.backend", "auto, nvml or sim"),
+        (
+            "groups: {s: {extensions: {max_each: forever}}}\ndefault_group: s\n",
+            "groups.s.extensions.max_each",
+            "expected a duration",
+        ),
+        (
+            "groups: {s: {extensions: {max_per_container: -1}}}\ndefault_group: s\n",
+            "groups.s.extensions.max_per_container",
+            "whole number",
+        ),
+        (
+            "groups: {s: {extensions: {max_total: 0s}}}\ndefault_group: s\n",
+            "groups.s.extensions.max_total",
+            "above 0",
+        ),
+        (
+            "groups: {s: {extensions: {often: 3}}}\ndefault_group: s\n",
+            "groups.s.extensions.often",
+            "unknown key",
+        ),
     ],
 )
 def test_invalid_policy_names_key_and_reason(tmp_path, text, key, reason):
@@ -122,3 +142,14 @@ def test_check_config_exit_codes(tmp_path, capsys):
     assert ds01_main(["check-config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "groups.student.max_gpus" in err and str(bad) in err
+
+
+def test_group_extension_bounds_load_and_absent_means_none(tmp_path):
+    policy = load_policy(EXAMPLE)
+    student = policy.groups["student"].extensions
+    assert (student.max_per_container, student.max_each, student.max_total) == (2, 14400, 28800)
+    assert student.refuse_while_queued
+    admin = policy.groups["admin"].extensions
+    assert admin.max_per_container is None and not admin.refuse_while_queued
+    bare = load_policy(write(tmp_path, "groups: {s: {max_gpus: 1}}\ndefault_group: s\n"))
+    assert bare.groups["s"].extensions.max_per_container == 0
