@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from exporter.deadlines import (
+    Deadline,
     container_busy,
     idle_deadline,
     keep_alive_fresh,
@@ -68,3 +69,22 @@ def test_on_a_shared_device_only_containers_with_a_process_there_are_busy():
 
 def test_on_a_shared_device_with_unknown_processes_every_holder_is_busy():
     assert busy(cid="b", device_busy={"d1": True}, holders={"d1": 2}, owners={"d1": None})
+
+
+def test_granted_extensions_move_the_deadlines_but_never_an_exemption_or_keep_alive():
+    runtime = runtime_deadline(
+        first_start=1000.0, max_runtime=3600.0, runtime_exempt=False, extension=7200.0
+    )
+    assert runtime == Deadline(1000.0 + 3600.0 + 7200.0, "extended")
+    idle = idle_deadline(
+        last_busy=500.0, idle_timeout=60.0, idle_exempt=False, keep_alive=False, extension=30.0
+    )
+    assert idle == Deadline(590.0, "extended")
+    exempt = runtime_deadline(
+        first_start=1000.0, max_runtime=3600.0, runtime_exempt=True, extension=7200.0
+    )
+    assert exempt.at == math.inf
+    kept = idle_deadline(
+        last_busy=500.0, idle_timeout=60.0, idle_exempt=False, keep_alive=True, extension=30.0
+    )
+    assert kept.at == math.inf
