@@ -53,6 +53,7 @@ class RuleSettings:
     allocator_wait: float = 60.0
     double_hold_for: float = 60.0
     stop_failures_window: float = 900.0
+    usage_interval: float = 60.0  # the GPU-hours group's evaluation interval
 
     def __post_init__(self) -> None:
         if self.unmanaged_action not in ("stop", "notify", "ignore"):
@@ -63,6 +64,8 @@ class RuleSettings:
             value = getattr(self, f.name)
             if isinstance(value, float | int) and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{f.name}: must be a finite number of seconds >= 0, got {value}")
+        if self.usage_interval <= 0:
+            raise ValueError("usage_interval: must be more than 0 seconds")
         if self.exporter_stale_after <= 0:
             raise ValueError("exporter_stale_after: must be more than 0 seconds")
 
@@ -397,7 +400,55 @@ def recording_rules(s: RuleSettings) -> dict[str, Any]:
             "ds01:user_devices_held:count * 0\n",
         },
     ]
-    return {"groups": [{"name": "ds01-recording", "rules": rules}]}
+    usage = {
+        "name": "ds01-usage",
+        "interval": prom_duration(s.usage_interval),
+        "rules": usage_rules(s),
+    }
+    return {"groups": [{"name": "ds01-recording", "rules": rules}, usage]}
+
+
+# A MIG instance counts by its share of the GPU's compute slices: `<n>g.…` is n of 7 (A100,
+# H100, H200, B200), n of 4 on an A30. A whole GPU counts 1.
+_SLICES_OF = (("A30", 4, (1, 2, 4)), ("", 7, (1, 2, 3, 4, 7)))
+_USAGE_BY = "node, user, group, profile"
+
+
+def _fraction_expr() -> str:
+    parts = ['ds01_gpu_device_info{kind="gpu"}']
+    for model, total, sizes in _SLICES_OF:
+        model_match = f'model=~".*{model}.*"' if model else 'model!~".*A30.*"'
+        for n in sizes:
+            parts.append(
+                f'ds01_gpu_device_info{{kind="mig", {model_match}, profile=~"{n}g[.].*"}}'
+                f" * {n} / {total}"
+            )
+    return "\nor\n".join(parts) + "\n"
+
+
+def usage_rules(s: RuleSettings) -> list[dict[str, Any]]:
+    """GPU-hours held, busy and idle per user, group and profile, one sample per interval:
+    `sum_over_time(ds01:user_gpu_held:gpu_hours[7d])` is the last week's GPU-hours."""
+    hours = f"{prom_number(s.usage_interval)} / 3600"
+    held = f"group by (node, user, group, device_uuid) ({_HOLDERS})"
+    busy = f"({held} and on(node, device_uuid) (ds01_gpu_device_busy == 1))"
+    fraction = "on(node, device_uuid) group_left(profile) ds01:device_gpu:fraction"
+    return [
+        {"record": "ds01:device_gpu:fraction", "expr": _fraction_expr()},
+        {
+            "record": "ds01:user_gpu_held:gpu_hours",
+            "expr": f"sum by ({_USAGE_BY}) (\n  {held}\n  * {fraction}\n) * {hours}\n",
+        },
+        {
+            "record": "ds01:user_gpu_busy:gpu_hours",
+            "expr": f"sum by ({_USAGE_BY}) (\n  {busy}\n  * {fraction}\n) * {hours}\n"
+            "or\nds01:user_gpu_held:gpu_hours * 0\n",
+        },
+        {
+            "record": "ds01:user_gpu_idle:gpu_hours",
+            "expr": "ds01:user_gpu_held:gpu_hours - ds01:user_gpu_busy:gpu_hours\n",
+        },
+    ]
 
 
 # --- files -------------------------------------------------------------------------------------

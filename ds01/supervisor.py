@@ -246,7 +246,11 @@ class StackSupervisor:
         )
         ep.backend = self._exporter_backend()
 
-        rules = RuleSettings.from_policy(self.policy, exporter_stale_after=t.exporter_stale_after)
+        rules = RuleSettings.from_policy(
+            self.policy,
+            exporter_stale_after=t.exporter_stale_after,
+            usage_interval=t.evaluation_interval,
+        )
         prom = PrometheusSettings.from_policy(
             self.policy,
             exporter_targets=(f"127.0.0.1:{exporter_port}",),
@@ -375,7 +379,9 @@ class StackSupervisor:
         self.policy = fresh
         if self._prometheus is not None:
             settings = RuleSettings.from_policy(
-                fresh, exporter_stale_after=self.options.timings.exporter_stale_after
+                fresh,
+                exporter_stale_after=self.options.timings.exporter_stale_after,
+                usage_interval=self.options.timings.evaluation_interval,
             )
             rules_dir = self.options.state_dir / "prometheus" / "rules"
             for name, text in render_rule_files(settings).items():

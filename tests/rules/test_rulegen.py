@@ -124,11 +124,20 @@ def test_unmanaged_action_notify_warns_and_ignore_drops_the_rule():
         ({"idle_warning": -1.0}, "idle_warning"),
         ({"runtime_warning": float("inf")}, "runtime_warning"),
         ({"exporter_stale_after": 0.0}, "exporter_stale_after"),
+        ({"usage_interval": 0.0}, "usage_interval"),
     ],
 )
 def test_bad_settings_are_refused_with_the_field_name(changes, message):
     with pytest.raises(ValueError, match=message):
         RuleSettings(**changes)
+
+
+def test_the_usage_interval_sets_the_group_interval_and_the_hours_per_sample():
+    groups = recording_rules(RuleSettings(usage_interval=15.0))["groups"]
+    usage = next(g for g in groups if g["name"] == "ds01-usage")
+    assert usage["interval"] == "15s"
+    held = next(r for r in usage["rules"] if r["record"] == "ds01:user_gpu_held:gpu_hours")
+    assert held["expr"].rstrip().endswith("* 15 / 3600")
 
 
 def test_cli_writes_the_three_files(tmp_path):
