@@ -17,11 +17,13 @@ import requests
 from ds01.cliflags import add_docker_host_flag
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
 from ds01.durations import format_duration, format_stop
+from ds01.gpu_status.query import PrometheusError
 from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
 from .docker_endpoint import gateway_host
 from .extend_cli import add_extend_parser, extend
+from .usage_cli import add_usage_parser, usage
 from .wrapper import Progress
 
 DEFAULT_IMAGE = os.environ.get("DS01_DEFAULT_IMAGE", "ubuntu:24.04")
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         action = sub.add_parser(name, help=text)
         action.add_argument("name", help="container name")
     add_extend_parser(sub)
+    add_usage_parser(sub)
     for name in ("list", "ls"):
         listing = sub.add_parser(name, help="your containers: GPU, state, idle for, stops at")
         listing.add_argument("--all", action="store_true", help="everyone's (root only)")
@@ -323,6 +326,7 @@ def _device_name(device: Mapping[str, Any] | None, uuid: str) -> str:
 
 ACTIONS = {"deploy": deploy, "retire": retire, "stop": stop, "list": listing, "ls": listing}
 ACTIONS["extend"] = extend
+ACTIONS["usage"] = lambda args, client: usage(args, client, _me(client))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"container {args.action}: {exc}", file=sys.stderr)
     except docker.errors.DockerException as exc:
         print(f"container {args.action}: Docker: {exc}", file=sys.stderr)
+    except PrometheusError as exc:
+        print(f"container {args.action}: {exc}", file=sys.stderr)
     return 1
 
 

@@ -4,6 +4,7 @@ container at the extended deadline, not the old one."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -101,6 +102,29 @@ def test_a_student_extends_twice_the_third_is_refused_and_the_stop_moves(
     # The record is the allocator's: its owner sees both extensions listed.
     listed = AllocatorClient(stack.endpoints.allocator_socket).extensions()
     assert [(e["container_name"], e["seconds"]) for e in listed] == [("e2e-long", EACH)] * 2
+
+    # `container usage` agrees with what Prometheus recorded over the run: 3/7 of a GPU (a
+    # 3g.71gb slice of an H200) for as long as the container held it.
+    report = json.loads(stack.cli("container", "usage", "--json").stdout)
+    week = report["usage"][0]
+    assert report["user"] == "root" and week["window"] == "7d"
+    for kind in ("held", "busy", "idle"):
+        recorded = _recorded_sum(prometheus, kind, "root", report["evaluated_at"])
+        assert week[kind] == pytest.approx(recorded, rel=1e-9, abs=1e-12), kind
+    assert week["held"] > 0
+    assert week["held"] == pytest.approx(week["busy"] + week["idle"], rel=1e-9)
+    held_seconds = finished - start  # an upper bound: samples stop when the container does
+    assert week["held"] <= (held_seconds + 5) * 3 / 7 / 3600
+
+
+def _recorded_sum(prometheus: str, kind: str, user: str, at: float) -> float:
+    """The raw samples of the recording rule over 7 days, summed here (not by PromQL)."""
+    answer = requests.get(
+        f"{prometheus}/api/v1/query",
+        params={"query": f'ds01:user_gpu_{kind}:gpu_hours{{user="{user}"}}[7d]', "time": at},
+        timeout=5,
+    ).json()
+    return sum(float(v) for series in answer["data"]["result"] for _, v in series["values"])
 
 
 def _first_warning(prometheus: str, since: float) -> float | None:
