@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text, add_help=False)
     check = sub.add_parser("check-config", help="validate a policy file and summarise it")
     check.add_argument("file", nargs="?", help="policy file (default: --policy / DS01_POLICY)")
+    check.add_argument(
+        "--what-if",
+        action="store_true",
+        help="evaluate FILE against the live state (Prometheus): who would be warned or stopped "
+        "at once, whose deadlines move, who would be over quota; changes nothing",
+    )
+    check.add_argument("--json", action="store_true", help="with --what-if: JSON output")
+    check.add_argument(
+        "--installed",
+        default=None,
+        help="with --what-if: the policy in force now (default DS01_POLICY or "
+        "/etc/ds01/ds01.yaml), to tell granted extensions from the deadlines",
+    )
+    check.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("DS01_PROMETHEUS_URL"),
+        help="with --what-if: Prometheus base URL (env DS01_PROMETHEUS_URL; default: the "
+        "installed policy's services.prometheus_url)",
+    )
     sim = sub.add_parser("sim-gpu", help="set simulated GPU activity (sim backend only)")
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -54,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_in)
     if args.command == "check-config":
+        if args.what_if:
+            if not args.file:
+                parser.error("check-config --what-if needs the candidate FILE")
+            return check_what_if(args)
         return check_config(args.file)
     parser.error(f"unknown command {args.command}")
     return 2
@@ -67,6 +91,41 @@ def check_config(path: str | None) -> int:
         print(f"invalid policy: {exc}", file=sys.stderr)
         return 1
     print(summary(policy))
+    return 0
+
+
+def check_what_if(args: argparse.Namespace) -> int:
+    """Validate the candidate, then judge the live containers under it; exit 0, 1 when
+    invalid, 2 when the live state cannot be read."""
+    import json
+    import time
+
+    from .gpu_status.query import PrometheusClient, PrometheusError
+    from .whatif import what_if
+    from .whatif_report import live_facts, render_text, to_json
+
+    try:
+        candidate = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"invalid policy: {exc}", file=sys.stderr)
+        return 1
+    try:
+        installed = load_policy(args.installed or policy_path())
+    except PolicyError as exc:
+        print(f"cannot read the installed policy: {exc}", file=sys.stderr)
+        return 2
+    url = args.prometheus_url or installed.services.prometheus_url
+    now = time.time()
+    try:
+        containers, holdings = live_facts(PrometheusClient(url), now)
+    except PrometheusError as exc:
+        print(f"what-if: {exc}", file=sys.stderr)
+        return 2
+    result = what_if(containers, holdings, installed=installed, candidate=candidate, now=now)
+    if args.json:
+        print(json.dumps(to_json(result), indent=2))
+    else:
+        print(render_text(result))
     return 0
 
 
