@@ -102,13 +102,19 @@ def stack_policy() -> str:
 
 
 @pytest.fixture
+def stack_topology() -> str:
+    """The sim GPU topology; a test module may override it."""
+    return TOPOLOGY
+
+
+@pytest.fixture
 def stack(
-    dockerd, docker_client, busybox_image, tmp_path: Path, stack_policy: str
+    dockerd, docker_client, busybox_image, tmp_path: Path, stack_policy: str, stack_topology: str
 ) -> Iterator[RunningStack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
     topology = tmp_path / "topology.yaml"
-    topology.write_text(TOPOLOGY)
+    topology.write_text(stack_topology)
     policy = tmp_path / "ds01.yaml"
     policy.write_text(stack_policy % topology)
     # A short, world-traversable state folder: unprivileged users open the gateway socket in it.
