@@ -22,7 +22,7 @@ from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
 from .docker_endpoint import gateway_host
-from .extend_cli import add_extend_parser, extend
+from .extend_cli import add_extend_parser, extend, mark_extended
 from .usage_cli import add_usage_parser, usage
 from .wrapper import Progress
 
@@ -280,7 +280,7 @@ def container_timing(
     if not deadlines:
         return idle, "never"  # keep-alive fresh or exempt: the exporter sends null for +Inf
     stop_at, reason = min(deadlines)
-    return idle, format_stop(stop_at, now, reason)
+    return idle, mark_extended(entry, reason, format_stop(stop_at, now, reason))
 
 
 def listing(args: argparse.Namespace, client: AllocatorClient) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import pytest
+
 from ds01.gpu_status.query import Sample
 from ds01.policy import parse_policy
 from ds01.whatif import RunningContainer, what_if
@@ -125,3 +127,31 @@ def test_facts_are_read_per_container_and_holdings_per_user():
         Sample({"user": "ben", "device_uuid": "MIG-3"}, 1, NOW),
     )
     assert holdings_from(held) == {"ann": 2, "ben": 1}
+
+
+def test_check_config_what_if_refuses_a_bad_candidate_and_an_unreachable_prometheus(
+    tmp_path, capsys
+):
+    from ds01.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("idle_timeout: soon\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("idle_timeout: 20m\n")
+    assert main(["check-config", "--what-if", str(bad), "--installed", str(good)]) == 1
+    assert "idle_timeout" in capsys.readouterr().err
+    code = main(
+        [
+            "check-config",
+            "--what-if",
+            str(good),
+            "--installed",
+            str(good),
+            "--prometheus-url",
+            "http://127.0.0.1:9",
+        ]
+    )
+    assert code == 2
+    assert "cannot query Prometheus at http://127.0.0.1:9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["check-config", "--what-if"])
