@@ -89,6 +89,7 @@ class ExtensionDesk:
                     others_waiting=others_waiting(allocator, alloc),
                 )
                 if not decision.granted:
+                    allocator.metrics.extensions.labels(kind=kind, result="refused").inc()
                     logger.info(
                         "extension refused user=%s container=%s kind=%s seconds=%g: %s",
                         user,
@@ -109,6 +110,7 @@ class ExtensionDesk:
                     granted_at=now,
                 )
                 tx.add_extension(ext)
+            allocator.metrics.extensions.labels(kind=kind, result="granted").inc()
         total = sum(e.seconds for e in earlier if e.kind == kind) + asked
         logger.info(
             "extension granted user=%s container=%s id=%s kind=%s seconds=%g total=%g count=%d",

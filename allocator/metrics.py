@@ -51,6 +51,16 @@ class AllocatorMetrics:
         )
         for result in ADOPTION_RESULTS:
             self.adoptions.labels(result=result)
+        self.extensions = Counter(
+            "ds01_allocator_extensions",
+            "Deadline extensions asked for with `container extend`, by kind (runtime, idle) "
+            "and result (granted, refused).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        for kind in ("runtime", "idle"):
+            for result in ("granted", "refused"):
+                self.extensions.labels(kind=kind, result=result)
         self.queue_wait = Histogram(
             "ds01_allocator_queue_wait_seconds",
             "Seconds a request spent in the wait queue until granted or timed out "

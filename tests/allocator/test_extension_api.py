@@ -52,6 +52,9 @@ def test_two_extensions_then_the_third_is_refused_with_the_numbers(allocator_fac
     assert "2 of 2 extensions" in refused.value.message and "7h" in refused.value.message
     assert refused.value.payload["max_per_container"] == 2
     assert _totals(runtime) == {CID: {"runtime": 7 * 3600.0, "idle": 0.0}}
+    counted = runtime.registry.get_sample_value
+    assert counted("ds01_allocator_extensions_total", {"kind": "runtime", "result": "granted"}) == 2
+    assert counted("ds01_allocator_extensions_total", {"kind": "runtime", "result": "refused"}) == 1
 
 
 def test_an_idle_extension_and_the_default_duration(allocator_factory):
