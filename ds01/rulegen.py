@@ -212,7 +212,8 @@ def lifecycle_rules(s: RuleSettings) -> dict[str, Any]:
             labels=_labels("warning", "notify", "max_runtime"),
             summary=f"GPU container {_C} of {_U} reaches its maximum runtime at {_T} and will "
             "be stopped then: save your work to /home or /workspace and start a new container "
-            f"to continue (the keep-alive file does not extend the runtime), or run {retire} "
+            "to continue (the keep-alive file does not extend the runtime; "
+            f"`container extend {_C}` does, within your group's limits), or run {retire} "
             "if you are done.",
         ),
         _rule(
