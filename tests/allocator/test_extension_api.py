@@ -122,3 +122,13 @@ def test_extensions_survive_an_allocator_restart(allocator_factory):
     assert _totals(again) == {CID: {"runtime": 7200.0, "idle": 0.0}}
     listed = as_user(AllocatorClient(str(again.socket_path)), "alice").extensions()
     assert [(e["container_name"], e["seconds"]) for e in listed] == [("job", 7200.0)]
+
+
+def test_a_released_allocation_drops_out_of_the_totals_at_the_next_publish(allocator_factory):
+    runtime = allocator_factory(policy=STUDENTS)
+    alloc_id = _bound_container(runtime)
+    as_user(AllocatorClient(str(runtime.socket_path)), "alice").extend("job", "1h")
+    assert CID in _totals(runtime)
+    runtime.allocator.release(alloc_id, user="alice")
+    runtime.desk.publish()  # what the ticker does at each history prune
+    assert _totals(runtime) == {}
