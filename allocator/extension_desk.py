@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class ExtensionDesk:
     def __init__(self, allocator: Allocator, totals_path: str | os.PathLike[str]) -> None:
         self.allocator = allocator
         self.totals_path = Path(totals_path)
+        # Read and write under one lock: a publish that read older rows never lands last.
+        self._publish_lock = threading.Lock()
 
     def active(self, user: str | None = None) -> list[Extension]:
         """Extensions of live allocations (all users when `user` is None)."""
@@ -58,7 +61,8 @@ class ExtensionDesk:
 
     def publish(self) -> None:
         """Rewrite the totals file from the database (at start, after a grant, periodically)."""
-        write_totals(self.totals_path, self.active())
+        with self._publish_lock:
+            write_totals(self.totals_path, self.active())
 
     def extend(
         self, *, user: str, container: str, seconds: float | None, kind: str

@@ -10,7 +10,7 @@ import pytest
 from allocator.client import AllocatorClient, Refused
 from allocator.lifecycle import ContainerEvent, ContainerView
 from allocator.model import AllocationRequest
-from tests.allocator.conftest import as_user
+from tests.allocator.conftest import WAIT, as_user
 
 CID = "e" * 64
 STUDENTS = {
@@ -132,3 +132,37 @@ def test_a_released_allocation_drops_out_of_the_totals_at_the_next_publish(alloc
     runtime.allocator.release(alloc_id, user="alice")
     runtime.desk.publish()  # what the ticker does at each history prune
     assert _totals(runtime) == {}
+
+
+def test_a_publish_that_read_before_a_grant_never_lands_after_it(allocator_factory, monkeypatch):
+    """The ticker's publish reads the rows, then a grant commits and publishes: the file must
+    end with the grant, never with the older reading written last."""
+    import threading
+
+    import allocator.extension_desk as desk_module
+
+    runtime = allocator_factory(policy=STUDENTS)
+    _bound_container(runtime)
+    read_done, go = threading.Event(), threading.Event()
+    real_write = desk_module.write_totals
+
+    def slow_first_write(path, extensions):
+        if threading.current_thread().name == "ticker-publish":
+            read_done.set()
+            go.wait(WAIT)  # hold the stale reading until the grant has had its chance
+        real_write(path, extensions)
+
+    monkeypatch.setattr(desk_module, "write_totals", slow_first_write)
+    ticker = threading.Thread(target=runtime.desk.publish, name="ticker-publish")
+    ticker.start()
+    assert read_done.wait(WAIT)
+    grant = threading.Thread(
+        target=runtime.desk.extend,
+        kwargs={"user": "alice", "container": "job", "seconds": 600.0, "kind": "runtime"},
+    )
+    grant.start()
+    grant.join(0.5)  # unlocked, the grant writes its file now; locked, it waits its turn
+    go.set()
+    ticker.join(WAIT)
+    grant.join(WAIT)
+    assert _totals(runtime) == {CID: {"runtime": 600.0, "idle": 0.0}}
