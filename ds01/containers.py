@@ -37,6 +37,9 @@ class ContainerFacts:
     running: bool
     started_at: float | None  # Unix seconds of the last start
     created_at: float | None
+    # The ds01.user label as found: the gateway's stamp (users reach dockerd only through it),
+    # None when the container has none (made on dockerd's root-only socket, by root).
+    stamped_user: str | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -148,4 +151,5 @@ def classify(inspect: Mapping[str, Any], inventory: Iterable[GpuDevice]) -> Cont
         running=bool(state.get("Running")),
         started_at=parse_docker_time(state.get("StartedAt")),
         created_at=parse_docker_time(inspect.get("Created")),
+        stamped_user=str(labels[LABEL_USER]) if LABEL_USER in labels else None,
     )

@@ -169,9 +169,6 @@ class Policy:
             exemptions=in_force,
         )
 
-    def is_protected(self, *, name: str, user: str) -> bool:
-        return name.lstrip("/") in self.protected_names or user in self.protected_users
-
     def with_overrides(self, **changes: Any) -> Policy:
         """A copy with some top-level values replaced (used by `ds01 up --demo`)."""
         return replace(self, **changes)

@@ -121,15 +121,19 @@ class PrometheusSource:
         except requests.exceptions.RequestException:
             return False
 
-    def _value(self, metric: str, container_id: str) -> float | None:
-        series = self.query(f'{metric}{{container_id="{container_id}"}}')
+    def _value(self, metric: str, container_id: str, close: str = "") -> float | None:
+        series = self.query(f'{metric}{{container_id="{container_id}"}}{close}')
         values = [float(s["value"][1]) for s in series]
         return max(values) if values else None  # several sources: the later deadline wins
 
     def deadlines(self, container_id: str, *, reason: str) -> Deadlines:
         """The deadline the alert's reason depends on (the join for unmanaged)."""
         if reason == "idle":
-            return Deadlines(idle=self._value(IDLE_SERIES, container_id))
+            idle = self._value(IDLE_SERIES, container_id)
+            if idle is None:
+                return Deadlines()
+            scraped = self._value(f"timestamp({IDLE_SERIES}", container_id, close=")")
+            return Deadlines(idle=idle, idle_scraped_at=scraped)
         if reason == "max_runtime":
             return Deadlines(runtime=self._value(RUNTIME_SERIES, container_id))
         device = f'{DEVICE_SERIES}{{container_id="{container_id}"}}'

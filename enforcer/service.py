@@ -82,6 +82,7 @@ class Enforcer:
             intake=intake,
             clock=clock,
             max_body=config.max_body,
+            worker_health=self.worker.liveness,
         )
 
     def _enqueued(self) -> None:

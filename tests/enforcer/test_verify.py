@@ -8,7 +8,7 @@ import pytest
 
 from ds01.containers import ContainerFacts
 from enforcer.payload import Alert
-from enforcer.verify import Deadlines, decide_notify, decide_remove, decide_stop
+from enforcer.verify import Deadlines, decide_notify, decide_remove, decide_stop, decide_watch
 from tests.enforcer.conftest import make_policy
 
 NOW = 1_800_000_000.0
@@ -59,7 +59,13 @@ def test_acts_when_every_check_passes():
     [
         ({"container": None}, "gone"),
         ({"container": container(running=False)}, "not running"),
-        ({"container": container(started_at=NOW - 10)}, "restarted after the alert began"),
+        (
+            {
+                "deadlines": Deadlines(idle=NOW - 60, idle_scraped_at=NOW - 20),
+                "container": container(started_at=NOW - 10),
+            },
+            "restarted since its idle clock was last scraped (a start is busy time)",
+        ),  # fmt: skip
         ({"container": container(gpu_devices=())}, "no GPU access"),
         ({"deadlines": Deadlines()}, "no current idle deadline series in Prometheus"),
         ({"deadlines": Deadlines(idle=NOW + 90)}, "not past its idle deadline (due in 1m 30s)"),
@@ -84,10 +90,63 @@ def test_protection_comes_from_the_policy_by_name_or_user():
     policy = make_policy(protected={"names": ["ds01-grafana"], "users": ["svc"]})
 
     assert stop(policy=policy, container=container(name="ds01-grafana")).why == (
-        "protected by policy"
+        "protected by policy (name ds01-grafana, made by root)"
     )
-    assert stop(policy=policy, container=container(user="svc")).why == "protected by policy"
+    assert stop(policy=policy, container=container(stamped_user="svc")).why == (
+        "protected by policy (user svc)"
+    )
     assert stop(policy=policy).act
+
+
+def test_a_users_container_named_like_a_protected_one_is_stopped():
+    policy = make_policy(protected={"names": ["ds01-grafana"], "users": ["svc"]})
+    mine = container(name="ds01-grafana", user="alice", stamped_user="alice")
+
+    assert stop(policy=policy, container=mine).act
+
+
+def test_protected_user_only_by_the_stamp_never_by_a_home_path():
+    policy = make_policy(protected={"users": ["svc"]})
+    # No stamp: made by root; the owner "svc" came from a /home/svc mount, which protects nothing.
+    by_mount = container(user="svc", stamped_user=None)
+
+    assert stop(policy=policy, container=by_mount).act
+
+
+@pytest.mark.parametrize("restart_at", [NOW - 3600, NOW - 10])
+def test_a_restart_never_undoes_a_runtime_overrun(restart_at):
+    """Whatever the alert's startsAt (a sender chooses it), live facts decide."""
+    decision = stop(
+        alert=alert("max_runtime", starts_at=NOW - 7200),
+        container=container(started_at=restart_at),
+    )
+
+    assert decision.act
+
+
+def test_an_early_injected_starts_at_changes_nothing():
+    early = alert(starts_at=0.0)
+
+    assert stop(alert=early).act
+    assert stop(alert=early, deadlines=Deadlines(idle=NOW + 90)).why == (
+        "not past its idle deadline (due in 1m 30s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("facts", "verdict"),
+    [
+        ({"container": None}, "end"),
+        ({"container": container()}, "verify"),  # running again: a quick docker start
+        ({"container": container(running=False)}, "keep"),
+        ({"container": container(running=False), "still_reported": False}, "end"),
+        ({"container": container(running=False), "watched_for": 3600.0}, "end"),
+    ],
+)
+def test_a_stopped_container_is_watched_until_the_exporter_drops_it(facts, verdict):
+    args = {"still_reported": True, "watched_for": 10.0, "limit": 3600.0, **facts}
+
+    assert decide_watch(**args).verdict == verdict
 
 
 def test_exemption_applies_only_to_its_kinds_and_dates():
