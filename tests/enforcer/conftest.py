@@ -6,6 +6,8 @@ as `ds01 enforcer`); `run_enforcer_cli(...)` starts `python -m ds01.cli enforcer
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -204,13 +206,14 @@ def enforcer_factory(
         max_body: int = 4 * 1024 * 1024,
         prometheus_url: str | None = None,
         notice_path: str = "/workspace/.ds01-alerts",
+        audit_dir: Path | None = None,
         **worker: Any,
     ) -> RunningEnforcer:
         n = len(started)
         settings = {"retry_initial": 0.1, "retry_max": 0.5, "poll_interval": 0.2, **worker}
         config = EnforcerConfig(
             journal_path=tmp_path / f"enforcer-{n}.db",
-            audit_path=tmp_path / f"audit-{n}.jsonl",
+            audit_path=(audit_dir or tmp_path) / f"audit-{n}.jsonl",
             prometheus_url=prometheus_url or enforcer_prometheus.url,
             docker_host=docker_host or dockerd.url,
             notice_path=notice_path,
@@ -286,6 +289,42 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
 def _tail(tmp_path: Path) -> str:
     logs = sorted(tmp_path.glob("enforcer-*.log"))
     return logs[-1].read_text()[-2000:] if logs else ""
+
+
+@dataclass
+class SmallDisk:
+    """A tiny tmpfs that a test fills up (ENOSPC for every write) and frees again."""
+
+    path: Path
+
+    def fill(self) -> None:
+        fd = os.open(self.path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc  # full, which is the point
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        (self.path / "filler").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 1 MiB tmpfs (root: `mount -t tmpfs`), unmounted at teardown."""
+    from tests.harness.components import require_root
+
+    require_root("mounting a tmpfs")
+    mount = require_binary("mount")
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture
