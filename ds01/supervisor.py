@@ -235,6 +235,8 @@ class StackSupervisor:
                 ep.prometheus,
                 "--audit-log",
                 ep.audit_log,
+                "--watch-interval",
+                _duration(t.evaluation_interval),
             ),
             _http_ready(f"{ep.enforcer}/healthz"),
         )

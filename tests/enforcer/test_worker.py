@@ -114,3 +114,22 @@ def test_a_full_disk_under_the_audit_log_delays_decisions_but_never_ends_them(
         box.reload()
         assert box.status == "exited"
     eventually(lambda: enforcer.metric("ds01_enforcer_queue_depth") == 0, WAIT, "an empty queue")
+
+
+def test_healthz_is_unhealthy_while_a_worker_is_stuck_on_one_job(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(action_delay=60.0, stuck_after=0.5, threads=1)
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+    assert requests.get(f"{enforcer.url}/healthz", timeout=5).status_code == 200
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    def unhealthy() -> dict | None:
+        reply = requests.get(f"{enforcer.url}/healthz", timeout=5)
+        return reply.json() if reply.status_code == 503 else None
+
+    body = eventually(unhealthy, WAIT, "/healthz to report the stuck worker")
+    assert body["status"] == "workers unhealthy"
+    assert "stuck on job" in body["workers"]
