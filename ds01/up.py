@@ -122,7 +122,11 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
         ("gateway", gateway_row(ep)),
         ("enforcer", f"{ep.enforcer}/metrics   audit log {ep.audit_log}"),
         ("Prometheus", f"{ep.prometheus}/alerts"),
-        ("Alertmanager", ep.alertmanager),
+        (
+            "Alertmanager",
+            f"{ep.alertmanager}   (basic auth: amtool --http.config.file="
+            f"{ep.alertmanager_http_config} --alertmanager.url={ep.alertmanager} …)",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["", "DS01 GPU lifecycle stack is up.", ""]
