@@ -56,8 +56,8 @@ def check_container(
         return skip("gone")
     if not container.running:
         return skip("not running")
-    if not container.has_gpu:
-        return skip("no GPU access")
+    if not container.has_gpu and alert.reason != "unmanaged":
+        return skip("no GPU access")  # unmanaged: the exporter saw a process (Prometheus decides)
     guard = protection(name=container.name, stamped_user=container.stamped_user, policy=policy)
     if guard.protected:
         return skip(f"protected by policy ({guard.why})")
