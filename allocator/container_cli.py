@@ -20,6 +20,7 @@ from ds01.durations import format_duration, format_stop
 from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
+from .docker_endpoint import gateway_host
 from .wrapper import Progress
 
 DEFAULT_IMAGE = os.environ.get("DS01_DEFAULT_IMAGE", "ubuntu:24.04")
@@ -84,8 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _docker(host: str | None):
+    """Docker at `host`; with none chosen, the gateway when its socket is there."""
     from ds01.dockerio import connect
 
+    if not host:
+        host, warning = gateway_host([], os.environ)
+        if warning:
+            print(f"ds01: {warning}", file=sys.stderr)
     return connect(host)
 
 

@@ -259,7 +259,7 @@ def _gateway(r: _Reader, value: Any, groups: Mapping[str, GroupPolicy]) -> Gatew
     base = GatewayPolicy()
     if "admin_groups" in raw:
         admin_groups = r.names(raw["admin_groups"], "gateway.admin_groups")
-    else:  # the default names a group the policy may not have: then nobody but root is admin
+    else:  # the default names `admin` only where the policy has such a group
         admin_groups = base.admin_groups & frozenset(groups)
     unknown = sorted(admin_groups - set(groups))
     if unknown:
