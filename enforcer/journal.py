@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ds01.statefiles import private_database
+
 from .payload import Alert
 
 KINDS = ("stop", "notify", "remove")
@@ -104,8 +106,7 @@ class Journal:
     """SQLite journal shared by the web threads and the workers (one connection, one lock)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_database(path)  # 0600: every user's alerts
         self._lock = threading.Lock()
         self._waiting: list[_Batch] = []
         self._waiting_lock = threading.Lock()

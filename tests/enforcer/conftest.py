@@ -6,8 +6,6 @@ as `ds01 enforcer`); `run_enforcer_cli(...)` starts `python -m ds01.cli enforcer
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from enforcer.service import Enforcer, EnforcerConfig
 from enforcer.worker import WorkerSettings
 from tests.enforcer.series import ContainerSeries, SeriesServer, prometheus_config, prometheus_has
 from tests.harness.components import require_binary
+from tests.harness.disk import SmallDisk, small_disk_at
 from tests.harness.waiting import eventually
 
 TOKEN = "s3cret-test-token"
@@ -291,40 +290,11 @@ def _tail(tmp_path: Path) -> str:
     return logs[-1].read_text()[-2000:] if logs else ""
 
 
-@dataclass
-class SmallDisk:
-    """A tiny tmpfs that a test fills up (ENOSPC for every write) and frees again."""
-
-    path: Path
-
-    def fill(self) -> None:
-        fd = os.open(self.path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc  # full, which is the point
-        finally:
-            os.close(fd)
-
-    def free(self) -> None:
-        (self.path / "filler").unlink(missing_ok=True)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A 1 MiB tmpfs (root: `mount -t tmpfs`), unmounted at teardown."""
-    from tests.harness.components import require_root
-
-    require_root("mounting a tmpfs")
-    mount = require_binary("mount")
-    path = tmp_path / "small-disk"
-    path.mkdir()
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
-    try:
-        yield SmallDisk(path)
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+    with small_disk_at(tmp_path / "small-disk") as disk:
+        yield disk
 
 
 @pytest.fixture

@@ -439,3 +439,12 @@ def test_an_alert_on_the_wrong_endpoint_is_ignored(enforcer_factory, containers,
     box.reload()
     assert box.status == "running"
     assert enforcer.audit() == []
+
+
+def test_deeply_nested_json_is_a_400(enforcer_factory):
+    enforcer = enforcer_factory()
+
+    reply = enforcer.post("alerts", b"[" * 100_000)
+
+    assert reply.status_code == 400
+    assert reply.json() == {"error": "JSON nested deeper than 64 levels"}

@@ -158,3 +158,14 @@ def test_prune_forgets_old_decisions_only(tmp_path):
 
     assert journal.prune(finished_before=10.0) == 1
     assert [r["fingerprint"] for r in journal.decisions()] == ["new", "pending"]
+
+
+def test_the_journal_and_its_wal_are_private(tmp_path):
+    path = tmp_path / "j.db"
+    path.touch(mode=0o644)  # an older journal, made under a 022 umask
+    path.chmod(0o644)
+    journal = Journal(path)
+    journal.enqueue("stop", [alert()], now=1.0)
+
+    for file in (path, tmp_path / "j.db-wal", tmp_path / "j.db-shm"):
+        assert file.stat().st_mode & 0o777 == 0o600, file
