@@ -36,7 +36,7 @@ class Deadlines:
     idle: float | None = None
     runtime: float | None = None
     unmanaged: bool | None = None  # None: the container has no GPU device series
-    idle_scraped_at: float | None = None  # when the idle deadline sample was scraped
+    idle_measured_at: float | None = None  # when the exporter collected the idle facts
 
 
 def act(why: str) -> Decision:
@@ -100,16 +100,17 @@ def check_deadline(
         return skip(f"{name} deadline is not set (keep-alive or exemption)")
     if now < deadline:
         return skip(f"not past its {name} deadline (due in {format_duration(deadline - now)})")
-    if alert.reason == "idle" and _restarted_since_scrape(container, deadlines.idle_scraped_at):
-        return skip("restarted since its idle clock was last scraped (a start is busy time)")
+    if alert.reason == "idle" and _restarted_since(container, deadlines.idle_measured_at):
+        return skip("restarted since its idle clock was last measured (a start is busy time)")
     return act(f"past its {name} deadline by {format_duration(now - deadline)}")
 
 
-def _restarted_since_scrape(container: ContainerFacts | None, scraped_at: float | None) -> bool:
-    """A restart grants the start-up grace; Prometheus learns it only at the next scrape."""
-    if container is None or container.started_at is None or scraped_at is None:
+def _restarted_since(container: ContainerFacts | None, measured_at: float | None) -> bool:
+    """A restart grants the start-up grace; Prometheus learns it only after the exporter's next
+    collect and scrape."""
+    if container is None or container.started_at is None or measured_at is None:
         return False
-    return container.started_at > scraped_at
+    return container.started_at > measured_at
 
 
 def decide_stop(
@@ -165,12 +166,21 @@ class Watch:
 
 
 def decide_watch(
-    *, container: ContainerFacts | None, still_reported: bool, watched_for: float, limit: float
+    *,
+    reason: str,
+    container: ContainerFacts | None,
+    still_reported: bool,
+    watched_for: float,
+    limit: float,
 ) -> Watch:
-    """A stopped container that runs again (a quick `docker start`) is verified like a new alert;
-    the watch ends once the exporter no longer reports it (the alert resolves) or at `limit`."""
+    """A stopped container that runs again (a quick `docker start`) past its runtime or still
+    unmanaged is verified like a new alert; after an idle stop a start is busy time, so the
+    watch ends. It also ends once the exporter no longer reports the container (the alert
+    resolves) or at `limit`."""
     if container is None:
         return Watch("end", "container gone")
+    if container.running and reason == "idle":
+        return Watch("end", "running again: a start is busy time; a new idle alert decides")
     if container.running:
         return Watch("verify", "running again after the stop")
     if not still_reported:

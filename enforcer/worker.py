@@ -3,9 +3,10 @@
 Several threads may run, but never two jobs for the same container at once (a repeat for the
 same container then sees the first one's effect and skips). Any error in one job — Docker or
 Prometheus unreachable, a full disk under the audit log or the journal, a bug — puts that job
-back with exponential backoff and is counted; the threads never die of it. A stopped container
-is watched (every `watch_interval`) while the exporter still reports it, so a quick
-`docker start` is stopped again within one evaluation plus the grace.
+back with exponential backoff and is counted; the threads never die of it. A stopped
+container is watched (every `watch_interval`) while the exporter still reports it, so a quick
+`docker start` past its runtime or still unmanaged is stopped again within one evaluation plus
+the grace (a start after an idle stop is busy time: that watch just ends).
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ class Worker:
             reported = reported or deadlines.unmanaged is not None
         now = self._clock.time()
         watch = decide_watch(
+            reason=job.alert.reason,
             container=container,
             still_reported=reported,
             watched_for=now - (job.watch_started or now),

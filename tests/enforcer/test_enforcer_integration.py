@@ -99,7 +99,7 @@ def test_idle_container_restarted_since_the_last_scrape_is_skipped(
 
     [record] = enforcer.wait_records(box.id)
     assert record["decision"] == (
-        "skipped: restarted since its idle clock was last scraped (a start is busy time)"
+        "skipped: restarted since its idle clock was last measured (a start is busy time)"
     )
     box.reload()
     assert box.status == "running"

@@ -61,10 +61,10 @@ def test_acts_when_every_check_passes():
         ({"container": container(running=False)}, "not running"),
         (
             {
-                "deadlines": Deadlines(idle=NOW - 60, idle_scraped_at=NOW - 20),
+                "deadlines": Deadlines(idle=NOW - 60, idle_measured_at=NOW - 20),
                 "container": container(started_at=NOW - 10),
             },
-            "restarted since its idle clock was last scraped (a start is busy time)",
+            "restarted since its idle clock was last measured (a start is busy time)",
         ),  # fmt: skip
         ({"container": container(gpu_devices=())}, "no GPU access"),
         ({"deadlines": Deadlines()}, "no current idle deadline series in Prometheus"),
@@ -146,7 +146,17 @@ def test_an_early_injected_starts_at_changes_nothing():
 def test_a_stopped_container_is_watched_until_the_exporter_drops_it(facts, verdict):
     args = {"still_reported": True, "watched_for": 10.0, "limit": 3600.0, **facts}
 
-    assert decide_watch(**args).verdict == verdict
+    assert decide_watch(reason="max_runtime", **args).verdict == verdict
+
+
+def test_after_an_idle_stop_a_restart_ends_the_watch():
+    watch = decide_watch(
+        reason="idle", container=container(), still_reported=True, watched_for=1.0, limit=60.0
+    )
+    assert (watch.verdict, watch.why) == (
+        "end",
+        "running again: a start is busy time; a new idle alert decides",
+    )
 
 
 def test_exemption_applies_only_to_its_kinds_and_dates():
