@@ -25,6 +25,7 @@ LIST = "list"  # GET /containers/json: maybe scoped to the caller
 SCOPE = "scope"  # prune: scoped to the caller's own objects
 VOLUME_CREATE = "volume_create"  # checked for host-path bind options, stamped with the owner
 NETWORK_CREATE = "network_create"  # stamped with the owner
+VOLUME = "volume"  # one named volume (removal needs its owner)
 ADMIN = "admin"  # admins only (users: read-only requests pass)
 
 _ADMIN_PREFIXES = ("swarm", "services", "nodes", "tasks", "secrets", "configs", "plugins")
@@ -44,6 +45,14 @@ _SHARED_PREFIXES = (
     "networks",
 )
 READ_ONLY = ("GET", "HEAD")
+
+
+class Refusal(Exception):
+    """A rule said no: the client gets a Docker-style error; the connection goes on or closes."""
+
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ def route(method: str, target: str) -> Route:
             return Route(VOLUME_CREATE if head == "volumes" else NETWORK_CREATE)
         if words[1] == "prune":
             return Route(SCOPE)
+    if head == "volumes" and len(words) == 2:
+        return Route(VOLUME, words[1])
     if head in _SHARED_PREFIXES:
         return Route(PASS)
     if head in _ADMIN_PREFIXES:
@@ -134,3 +145,23 @@ def with_owner_filter(target: str, user: str) -> str:
     rest.append(("filters", json.dumps(filters, separators=(",", ":"))))
     query = urlencode(rest)
     return f"{parts.path}?{query}"
+
+
+_CLIENT_LABELS = ("com.docker.compose.", "devcontainer.")
+
+
+def finds_by_client_labels(target: str) -> bool:
+    """A list filtered on compose or dev-container labels: a tool looking for *its* containers.
+
+    Two users' compose projects in folders of the same name share a project label; scoped to
+    the caller, each user's compose only ever finds their own containers.
+    """
+    for key, value in parse_qsl(urlsplit(target).query):
+        if key != "filters":
+            continue
+        try:
+            labels = (json.loads(value) or {}).get("label") or []
+        except (ValueError, AttributeError):
+            return False
+        return any(str(label).startswith(_CLIENT_LABELS) for label in labels)
+    return False

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ds01.policy import load_policy
-from ds01.policy_model import GatewayPolicy, Services
+from ds01.policy_model import GatewayPolicy, Services, default_policy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = DEPLOY / "systemd"
@@ -70,21 +70,33 @@ def test_unit_flags_parse(service):
 @pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
 def test_units_are_hardened(unit):
     text = unit.read_text()
-    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict"):
-        assert option in text, f"{unit.name} lacks {option}"
-    if unit.name != "ds01-gateway.service":  # it must see the real /tmp: see the next test
-        assert "PrivateTmp=yes" in text, f"{unit.name} lacks PrivateTmp=yes"
+    assert "NoNewPrivileges=yes" in text, f"{unit.name} lacks NoNewPrivileges=yes"
+    if unit.name != "ds01-gateway.service":  # no mount namespace for it: see the next test
+        for option in ("ProtectSystem=strict", "PrivateTmp=yes"):
+            assert option in text, f"{unit.name} lacks {option}"
 
 
 def test_gateway_sees_the_paths_dockerd_sees():
-    """Bind sources are judged by what they resolve to: hiding homes or /tmp from the gateway,
-    or denying it the right to follow a link in a 0700 home, would let a symlink escape."""
+    """Bind sources are judged by what they resolve to and pinned by mounts dockerd must see:
+    any mount namespace (Protect*, Private*) would hide the pins from dockerd."""
     unit = UNITS / "ds01-gateway.service"
-    assert setting(unit, "Service", "ProtectHome") == ["read-only"]
-    assert setting(unit, "Service", "PrivateTmp") in ([], ["no"])
-    assert setting(unit, "Service", "PrivateDevices") in ([], ["no"])
+    for option in (
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+    ):
+        assert setting(unit, "Service", option) in ([], ["no"]), option
     assert setting(unit, "Service", "User") in ([], ["root"])
-    assert setting(unit, "Service", "CapabilityBoundingSet") == ["CAP_DAC_READ_SEARCH"]
+    caps = setting(unit, "Service", "CapabilityBoundingSet")
+    assert caps == ["CAP_DAC_READ_SEARCH CAP_SYS_ADMIN"]
     # the socket's folder must outlive a restart of any one unit that declares it
     for name in ("ds01-gateway.service", "ds01-allocator.service"):
         assert setting(UNITS / name, "Service", "RuntimeDirectoryPreserve") == ["yes"], name
@@ -141,11 +153,11 @@ def test_gateway_serves_where_the_login_shells_point():
     assert entries == [["L+", "/run/docker.sock", "-", "-", "-", "-", args.socket]]
 
 
-def profile_docker_host(env: dict[str, str]) -> str:
-    """DOCKER_HOST after a POSIX login shell sources the profile.d script."""
+def profile_docker_host(env: dict[str, str], variable: str = "DOCKER_HOST") -> str:
+    """`variable` after a POSIX login shell sources the profile.d script."""
     script = DEPLOY / "profile.d" / "ds01-docker-host.sh"
     done = subprocess.run(
-        ["sh", "-c", '. "$1"; printf %s "${DOCKER_HOST:-}"', "sh", str(script)],
+        ["sh", "-c", f'. "$1"; printf %s "${{{variable}:-}}"', "sh", str(script)],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
@@ -157,6 +169,13 @@ def profile_docker_host(env: dict[str, str]) -> str:
 
 def test_login_shells_talk_to_the_gateway():
     assert profile_docker_host({}) == f"unix://{parsed_args('gateway').socket}"
+
+
+def test_compose_waits_longer_than_the_gpu_queue():
+    """compose 1.x gives up after 60 s; a GPU create may wait gpu_wait (3 min) in the queue."""
+    waited = float(profile_docker_host({}, "COMPOSE_HTTP_TIMEOUT"))
+    assert waited > default_policy().gpu_wait
+    assert profile_docker_host({"COMPOSE_HTTP_TIMEOUT": "900"}, "COMPOSE_HTTP_TIMEOUT") == "900"
 
 
 @pytest.mark.parametrize(
