@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.dockerio import DockerLink, connect
 from ds01.durations import format_duration
 from ds01.gpu import open_backend
 from ds01.logs import setup_logging
+from ds01.policy import Policy
+from ds01.policy_reload import PolicyReloader
 from ds01.tokenfile import TokenFileError, load_token
 
 from .runtime import build_runtime
@@ -115,17 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OSError, ValueError) as exc:
         parser.error(f"--gpu-backend {kind}: {exc}")
-    docker_client = None
-    try:
-        from ds01.dockerio import connect
-
-        docker_client = connect(args.docker_host)
-    except Exception:
-        logger.exception("cannot reach Docker; lifecycle follows once it answers")
     try:
         refuse_live_socket(Path(socket_path))
     except SocketInUse as exc:
         parser.error(f"--socket: refusing to start: {exc}")
+    # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
+    docker_client = DockerLink(lambda: connect(args.docker_host))
     runtime = build_runtime(
         policy,
         db_path=args.db or state_dir / "allocator.sqlite",
@@ -138,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tick=args.tick,
         settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
     )
+
+    def use_policy(fresh: Policy) -> None:
+        runtime.allocator.policy = fresh
+
+    PolicyReloader(
+        policy, path=args.policy, apply=use_policy, registry=runtime.registry
+    ).on_sighup()
     logger.info(
         "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
         "hold_after_stop=%s reservation_ttl=%s db=%s",

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
 EXEMPTION_KINDS = ("idle", "max_runtime", "unmanaged")
@@ -126,6 +125,7 @@ class Policy:
     gpu_hold_after_stop: float = 900.0
     container_hold_after_stop: float | None = 1800.0
     reservation_ttl: float = 60.0
+    allocation_history: float = 30 * 86400.0  # released allocations are kept this long
     busy_threshold: float = 0.05
     container_types: Mapping[str, float | None] = field(default_factory=dict)  # None = group
     keep_alive: KeepAlive = field(default_factory=KeepAlive)
@@ -170,10 +170,6 @@ class Policy:
             unmanaged_exempt=exempt("unmanaged"),
             exemptions=in_force,
         )
-
-    def with_overrides(self, **changes: Any) -> Policy:
-        """A copy with some top-level values replaced (used by `ds01 up --demo`)."""
-        return replace(self, **changes)
 
 
 DEFAULT_GROUPS = {

@@ -375,9 +375,11 @@ def start_alertmanager(
     port: int | None = None,
     extra_files: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    log_level: str = "info",
 ) -> Alertmanager:
     """Alertmanager on a free port, clustering off, its own storage folder, behind basic auth
-    (fresh passwords for `admin` and `prometheus`, in 0600 files in `workdir`)."""
+    (fresh passwords for `admin` and `prometheus`, in 0600 files in `workdir`); `log_level`
+    debug logs every flush of an aggregation group: tests wait on those."""
     binary = find_binary("prometheus-alertmanager", "alertmanager")
     if binary is None:
         raise StackError("alertmanager not found (install the prometheus-alertmanager package)")
@@ -402,6 +404,7 @@ def start_alertmanager(
             f"--web.listen-address=127.0.0.1:{port}",
             f"--web.config.file={base / 'web.yml'}",
             "--cluster.listen-address=",
+            f"--log.level={log_level}",
         ],
         auth=admin.as_tuple(),
     )

@@ -241,8 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     stop = threading.Event()
+    reload = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # acted on within a second
     try:
         endpoints = supervisor.start()
         print(banner(endpoints, policy_file, args.demo), flush=True)
@@ -250,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_demo_containers(endpoints)
         keeper = Keeper(supervisor.children)  # a part that exits is restarted, never fatal
         while not stop.wait(1.0):
+            if reload.is_set():
+                reload.clear()
+                supervisor.reload_policy()
             keeper.check()
         print("\nstopping…", flush=True)
         return 0

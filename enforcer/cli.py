@@ -12,10 +12,11 @@ from pathlib import Path
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
 from ds01.durations import format_duration
 from ds01.logs import setup_logging
+from ds01.policy_reload import PolicyReloader
 
 from .app import DEFAULT_MAX_BODY
 from .auth import TokenFileError, load_token
-from .service import Enforcer, EnforcerConfig
+from .service import HTTP_THREADS, Enforcer, EnforcerConfig
 from .worker import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker threads acting on the journal, never two on one container (default 4)",
     )
     parser.add_argument(
-        "--threads", type=_positive_int, default=8, help="HTTP server threads (default 8)"
+        "--threads",
+        type=_positive_int,
+        default=HTTP_THREADS,
+        help=f"HTTP server threads (default {HTTP_THREADS}); each webhook waits in one for "
+        "the journal's group commit, so more threads mean fewer fsyncs per burst",
     )
     parser.add_argument(
         "--action-delay",
@@ -180,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     enforcer = Enforcer(config, policy=policy, token=token)
+    PolicyReloader(
+        policy, path=args.policy, apply=enforcer.use_policy, registry=enforcer.metrics.registry
+    ).on_sighup()
     server = enforcer.make_server(host, port, threads=args.threads)
     logger.info(
         "enforcer listening on %s:%s policy=%s prometheus=%s docker=%s token_file=%s "

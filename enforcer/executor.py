@@ -80,6 +80,27 @@ class Executor:
     def notify(self, container: ContainerFacts, alert: Alert) -> Outcome:
         severity = alert.labels.get("severity", "warning").upper()
         line = f"{self._stamp()} ds01 {severity}: {alert.summary}"
+        return self._deliver(container, alert, line)
+
+    def warn_before_stop(self, container: ContainerFacts, alert: Alert, stop_at: float) -> Outcome:
+        """The idle warning the enforcer gives itself when a stop arrives unwarned."""
+        at = datetime.fromtimestamp(stop_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        keep = self.policy.keep_alive
+        line = (
+            f"{self._stamp()} ds01 WARNING: GPU container {container.name} of {container.user} "
+            f"has an idle GPU and will be stopped at {at} unless the GPU is used again: to keep "
+            f"it, touch {keep.path} inside it (valid {format_duration(keep.max_age)}); save your "
+            "work to /home or /workspace."
+        )
+        return self._deliver(container, alert, line)
+
+    def _deliver(self, container: ContainerFacts, alert: Alert, line: str) -> Outcome:
+        if self.dry_run:  # dry-run touches no container: the audit log says what it would do
+            logger.info(
+                "dry-run: would write notice container=%s user=%s reason=%s line=%r",
+                container.name, container.user, alert.reason, line,
+            )  # fmt: skip
+            return Outcome("dry_run", "dry-run: would notify", f"not written: {line}")
         failure = self._write_notice(container.container_id, line)
         logger.info(
             "notice container=%s user=%s reason=%s written=%s summary=%r",

@@ -56,6 +56,7 @@ class DockerSource:
         self._timeout = timeout
         self._connector = connector
         self._client: docker.DockerClient | None = None
+        self._default_runtime: str | None = None
         self._lock = threading.Lock()
 
     def client(self) -> docker.DockerClient:
@@ -89,7 +90,14 @@ class DockerSource:
             inspect = self.call("inspect", lambda c: c.api.inspect_container(container_id))
         except docker.errors.NotFound:
             return None
-        return classify(inspect, self.inventory)
+        return classify(inspect, self.inventory, default_runtime=self.default_runtime())
+
+    def default_runtime(self) -> str:
+        """dockerd's DefaultRuntime (asked once): decides what NVIDIA_VISIBLE_DEVICES means."""
+        if self._default_runtime is None:
+            info = self.call("info", lambda c: c.info())
+            self._default_runtime = str(info.get("DefaultRuntime") or "runc")
+        return self._default_runtime
 
 
 class PrometheusSource:
@@ -169,18 +177,29 @@ class Health:
         self._ttl = ttl
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, bool]] = {}
+        self._checking: set[str] = set()  # dependencies a caller is re-checking right now
         self._lock = threading.Lock()
 
     def ok(self, dependency: str) -> bool:
+        """Reachable? One caller re-checks when the answer is stale; while it does, the others
+        use the last answer instead of queueing behind the check (acks never wait on pings)."""
         with self._lock:
             cached = self._cache.get(dependency)
-            if cached is not None and self._monotonic() - cached[0] < self._ttl:
+            if cached is not None and (
+                self._monotonic() - cached[0] < self._ttl or dependency in self._checking
+            ):
                 return cached[1]
+            self._checking.add(dependency)
+        try:
             up = self._checks[dependency]()
-            if not up:
-                logger.warning("%s is unreachable", dependency)
+        finally:
+            with self._lock:
+                self._checking.discard(dependency)
+        if not up:
+            logger.warning("%s is unreachable", dependency)
+        with self._lock:
             self._cache[dependency] = (self._monotonic(), up)
-            return up
+        return up
 
     def mark_down(self, dependency: str) -> None:
         """The worker saw a failure: the next webhook re-checks instead of trusting the cache."""

@@ -12,6 +12,7 @@ the grace (a start after an idle stop is busy time: that watch just ends).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -27,14 +28,28 @@ from .intake import Intake
 from .journal import Job, Journal
 from .metrics import EnforcerMetrics
 from .verify import (
+    Decision,
     check_container,
     check_deadline,
+    check_warned,
     decide_notify,
     decide_remove,
     decide_watch,
 )
+from .warned import WarningBook
 
 logger = logging.getLogger(__name__)
+
+STATS_INTERVAL = 0.25  # seconds between queue-gauge refreshes while jobs keep coming
+CHECKPOINT_INTERVAL = 2.0  # seconds between journal checkpoints while jobs keep coming
+
+
+class _Deferred(Exception):
+    """A stop that must wait (its warning was given too recently): the job stays pending."""
+
+    def __init__(self, container: ContainerFacts, why: str, not_before: float) -> None:
+        super().__init__(why)
+        self.container, self.why, self.not_before = container, why, not_before
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,10 @@ class Worker:
         intake: Intake | None = None,
         settings: WorkerSettings = WorkerSettings(),
         clock: Clock = SYSTEM_CLOCK,
+        warnings: WarningBook | None = None,
     ) -> None:
         self.journal, self.docker, self.prometheus = journal, docker_source, prometheus
+        self.warnings = warnings if warnings is not None else WarningBook()
         self.executor, self.policy, self.audit, self.metrics = executor, policy, audit, metrics
         self.health, self.settings, self._clock = health, settings, clock
         self.intake = intake or Intake()
@@ -84,6 +101,8 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_prune = 0.0
+        self._last_stats = float("-inf")
+        self._last_checkpoint = time.monotonic()
         self._in_flight: dict[str, tuple[int, float]] = {}  # thread -> (job id, monotonic start)
         self._decided: dict[int, tuple[ContainerFacts | None, Outcome]] = {}
         self._audited: set[int] = set()
@@ -115,20 +134,31 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
-                self._step()
+                self._pass()
                 failures = 0
-            except Exception:  # the journal itself failed (full disk, I/O): back off, go on
+            except sqlite3.Error as exc:  # the journal failed (disk full, locked): keep going
+                failures += 1
+                self.metrics.dependency_errors.labels("journal").inc()
+                delay = self._backoff(failures - 1)
+                logger.error("journal failed: %s; jobs stay pending, retry in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+            except Exception:  # anything else: the thread must not die of it either
                 failures += 1
                 self.metrics.job_errors.labels("loop").inc()
                 logger.exception("worker loop error (%d in a row); backing off", failures)
                 self._stopping.wait(self._backoff(failures - 1))
 
-    def _step(self) -> None:
+    def _backoff(self, failures: int) -> float:
+        return min(self.settings.retry_max, self.settings.retry_initial * 2 ** min(failures, 30))
+
+    def _pass(self) -> None:
+        """Claim one due job and process it, or checkpoint and wait for work."""
         with self._cond:
             seen = self._wakes
         job = self._claim()
-        self.publish_stats()
         if job is None:
+            self.journal.checkpoint()
+            self.publish_stats()
             with self._cond:
                 if self._wakes == seen and not self._stopping.is_set():
                     self._cond.wait(self._idle_wait())
@@ -138,15 +168,12 @@ class Worker:
         try:
             if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
                 return  # stopping: the job stays pending in the journal
-            self.intake.wait_quiet(self.settings.intake_hold)
             self.process(job)
         finally:
             self._in_flight.pop(name, None)
             self._release(job)
+        self._maybe_checkpoint()
         self._maybe_prune()
-
-    def _backoff(self, failures: int) -> float:
-        return min(self.settings.retry_max, self.settings.retry_initial * 2 ** min(failures, 30))
 
     def _idle_wait(self) -> float:
         """Until the next due job or held-back retry (a busy container's release wakes us)."""
@@ -159,18 +186,19 @@ class Worker:
         return max(0.01, min(waits))
 
     def _claim(self) -> Job | None:
+        """One due job, reserved for this thread: one row read and parsed, not a page of them."""
         with self._cond:
             now = self._clock.time()
-            jobs = self.journal.due(now, limit=64, exclude=self._busy_jobs)
-            for job in jobs:
-                held = self._not_before.get(job.id)
-                if held is not None and held[1] > now:
-                    continue  # backing off after an error the journal could not record
-                if job.alert.container_id not in self._busy_containers:
-                    self._busy_jobs.add(job.id)
-                    self._busy_containers.add(job.alert.container_id)
-                    return job
-        return None
+            held = {i for i, (_, due) in self._not_before.items() if due > now}  # backing off
+            job = self.journal.next_job(
+                now,
+                busy_jobs=self._busy_jobs | held,
+                busy_containers=self._busy_containers,
+            )
+            if job is not None:
+                self._busy_jobs.add(job.id)
+                self._busy_containers.add(job.alert.container_id)
+            return job
 
     def liveness(self) -> WorkerHealth:
         """Unhealthy when a worker thread died or one job has been in flight too long."""
@@ -191,27 +219,33 @@ class Worker:
             self._busy_containers.discard(job.alert.container_id)
             self._cond.notify_all()
 
+    def _maybe_checkpoint(self) -> None:
+        """While busy, fold the write-ahead log back every CHECKPOINT_INTERVAL seconds."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
+                return
+            self._last_checkpoint = now
+        self.intake.wait_quiet(self.settings.intake_hold)  # never in the middle of a burst
+        self.journal.checkpoint()
+
     def _maybe_prune(self) -> None:
         now = self._clock.time()
         if now - self._last_prune < 3600:
             return
         self._last_prune = now
         removed = self.journal.prune(finished_before=now - self.settings.retention)
+        self.warnings.forget_before(now - self.settings.retention)
         if removed:
             logger.info("journal pruned rows=%d", removed)
 
-    def run_pending(self) -> int:
-        """Process every due job in this thread (for tests and one-shot use); how many."""
-        done = 0
-        while (job := self._claim()) is not None:
-            try:
-                self.process(job)
-            finally:
-                self._release(job)
-            done += 1
-        return done
-
-    def publish_stats(self) -> None:
+    def publish_stats(self, *, at_most_every: float = 0.0) -> None:
+        """Refresh the queue gauges (throttled while busy; always when a worker goes idle)."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_stats < at_most_every:
+                return
+            self._last_stats = now
         self.metrics.queue.publish(self.journal.stats())
 
     # --- one job ----------------------------------------------------------------------------
@@ -238,6 +272,13 @@ class Worker:
             stage = "journal"
             self._close(job, container, outcome)
             self._forget(job.id)
+        except _Deferred as deferred:
+            try:
+                self._defer(job, deferred)
+                self._forget(job.id)
+            except Exception as exc:  # a full disk under the audit log: try again later
+                logger.exception("job %d (%s): deferral not recorded", job.id, job.kind)
+                self._retry(job, exc, stage="record")
         except Unavailable as exc:
             self.metrics.dependency_errors.labels(exc.dependency).inc()
             if self.health is not None:
@@ -297,8 +338,13 @@ class Worker:
         logger.info("container_id=%s %s; verifying again", job.alert.container_id, watch.why)
         return False
 
+    def _give_way(self) -> None:
+        """Before each call out (Docker, Prometheus): let a webhook burst be acknowledged first."""
+        self.intake.wait_quiet(self.settings.intake_hold)
+
     def _decide_and_act(self, job: Job) -> tuple[ContainerFacts | None, Outcome]:
         alert, now = job.alert, self._clock.time()
+        self._give_way()
         container = self.docker.container(alert.container_id)
         if job.kind == "remove":
             decision = decide_remove(
@@ -311,9 +357,13 @@ class Worker:
             decision = decide_notify(alert=alert, container=container, policy=self.policy, now=now)
             if not decision.act or container is None:
                 return container, Outcome("skipped", decision.label, decision.why)
-            return container, self.executor.notify(container, alert)
+            outcome = self.executor.notify(container, alert)
+            if alert.reason == "idle":  # given, even where the notice file could not be written
+                self.warnings.record(alert.container_id, "idle", self._clock.time())
+            return container, outcome
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
         if decision.act:
+            self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
                 alert=alert,
@@ -322,9 +372,57 @@ class Worker:
                 now=self._clock.time(),
                 container=container,
             )
+            if decision.act and alert.reason == "idle" and container is not None:
+                assert deadlines.idle is not None  # check_deadline acted on it
+                decision = self._warned_first(container, job, deadlines.idle, decision)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
+        self._give_way()
         return container, self._with_why(decision.why, self.executor.stop(container, alert))
+
+    def _warned_first(
+        self, container: ContainerFacts, job: Job, deadline: float, passed: Decision
+    ) -> Decision:
+        """No idle stop without a warning at least `idle_warning` before it (raises _Deferred)."""
+        now = self._clock.time()
+        limits = self.policy.limits_for(container.user, container.type, self._clock.now())
+        gate = check_warned(
+            warned_at=self.warnings.last(container.container_id, "idle"),
+            idle_since=deadline - limits.idle_timeout,
+            idle_warning=self.policy.idle_warning,
+            now=now,
+        )
+        if gate.decision.act:
+            return Decision(True, f"{passed.why}; {gate.decision.why}")
+        assert gate.not_before is not None
+        warned = ""
+        if gate.warn_now:
+            outcome = self.executor.warn_before_stop(container, job.alert, gate.not_before)
+            self.warnings.record(container.container_id, "idle", now)
+            warned = f"; warning {outcome.decision} ({outcome.detail})"
+        raise _Deferred(container, f"deferred: {gate.decision.why}{warned}", gate.not_before)
+
+    def _defer(self, job: Job, deferred: _Deferred) -> None:
+        """Audit why the stop waits, and keep the job pending until its time comes."""
+        alert, container = job.alert, deferred.container
+        self.audit.write(
+            event=job.kind,
+            container_id=alert.container_id,
+            container=container.name,
+            user=container.user,
+            reason=alert.reason,
+            fingerprint=alert.fingerprint,
+            decision=deferred.why,
+            detail=f"stop not before {deferred.not_before:.3f}",
+            starts_at=alert.starts_at,
+        )
+        self.metrics.actions.labels(job.kind, "deferred").inc()
+        logger.info(
+            "stop container=%s user=%s reason=%s %s",
+            container.name, container.user, alert.reason, deferred.why,
+        )  # fmt: skip
+        self.journal.retry_later(job.id, error=deferred.why, due_at=deferred.not_before)
+        self.publish_stats()
 
     @staticmethod
     def _with_why(why: str, outcome: Outcome) -> Outcome:
@@ -369,7 +467,7 @@ class Worker:
             )
         else:
             self.journal.finish(job.id, decision=outcome.decision, detail=outcome.detail, now=now)
-        self.publish_stats()
+        self.publish_stats(at_most_every=STATS_INTERVAL)
 
     def _schedule_removal(self, job: Job, container: ContainerFacts) -> None:
         hold = self.policy.container_hold_after_stop
