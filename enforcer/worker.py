@@ -297,6 +297,8 @@ class Worker:
         """Back off this job; the in-memory hold works even when the journal cannot be written."""
         if stage != "dependency":
             self.metrics.job_errors.labels(stage).inc()
+        if isinstance(exc, sqlite3.Error):  # locked or full: the journal is a dependency too
+            self.metrics.dependency_errors.labels("journal").inc()
         failures = max(job.attempts, self._not_before.get(job.id, (0, 0.0))[0]) + 1
         delay = self._backoff(failures - 1)
         due = self._clock.time() + delay

@@ -188,7 +188,7 @@ class RunningEnforcer:
         return eventually(
             lambda: (
                 (rows := self.journaled(container_id))
-                and all(r["state"] == "done" for r in rows)
+                and all(r["state"] in ("done", "watching") for r in rows)  # watching: decided
                 and rows
             ),
             WAIT,

@@ -152,5 +152,5 @@ def test_sighup_reloads_the_policy_and_refuses_a_bad_one(
     deadlines.past_idle(box)
     running.post("alerts", webhook(alert_for(box)))
     [record] = running.wait_records(box.id)
-    assert record["decision"] == "skipped: protected by policy"
+    assert record["decision"] == f"skipped: protected by policy (name {box.name}, made by root)"
     assert process.poll() is None
