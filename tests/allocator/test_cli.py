@@ -27,12 +27,16 @@ def test_listen_without_token_file_is_refused(capsys, tmp_path):
     [
         (["--threads", "0"], "--threads: must be at least 1"),
         (["--listen", "nowhere"], "--listen:"),
-        (["--token-file", "{tmp}/absent"], "--token-file: cannot read"),
+        (["--token-file", "{tmp}/absent"], "--token-file: refusing to start: token file"),
         (["--token-file", "{tmp}/empty"], "is empty"),
+        (["--token-file", "{tmp}/shared"], "accessible by group or others (mode 0644)"),
     ],
 )
 def test_bad_flags_are_refused_naming_the_flag(capsys, tmp_path, extra, message):
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
+    (tmp_path / "shared").write_text("secret\n")
+    (tmp_path / "shared").chmod(0o644)
     argv = ["--state-dir", str(tmp_path), *(a.format(tmp=tmp_path) for a in extra)]
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)
