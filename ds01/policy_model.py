@@ -93,6 +93,8 @@ class Services:
     exporter_url: str = "http://127.0.0.1:9101"
     token_file: str = "/etc/ds01/enforcer.token"
     notice_path: str = "/workspace/.ds01-alerts"
+    # Prometheus' password for Alertmanager's basic auth (user `prometheus`; ds01.webauth).
+    alertmanager_password_file: str = "/etc/ds01/alertmanager/prometheus.password"
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,6 @@ class Policy:
             unmanaged_exempt=exempt("unmanaged"),
             exemptions=in_force,
         )
-
-    def is_protected(self, *, name: str, user: str) -> bool:
-        return name.lstrip("/") in self.protected_names or user in self.protected_users
 
 
 DEFAULT_GROUPS = {

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from exporter.deadlines import idle_deadline, runtime_deadline
 
 from .policy import Policy
+from .protection import protection
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,10 @@ def judge_container(
         action, reason = "warn", "max_runtime"
     elif now >= idle - candidate.idle_warning:
         action, reason = "warn", "idle"
-    protected = candidate.is_protected(name=c.name, user=c.user)
+    # The exporter's `user` stands in for the gateway's stamp (advisory: the enforcer decides
+    # on the stamp itself); "unknown" is treated as no stamp.
+    stamped = None if c.user == "unknown" else c.user
+    protected = protection(name=c.name, stamped_user=stamped, policy=candidate).protected
     if protected:
         action = "none"
     return ContainerVerdict(

@@ -22,6 +22,7 @@ ACTION_RESULTS = {
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
 DEPENDENCIES = ("docker", "prometheus", "journal")
+JOB_ERROR_STAGES = ("decide", "record", "journal", "loop")
 
 
 class _QueueCollector(Collector):
@@ -100,6 +101,13 @@ class EnforcerMetrics:
             ["dependency"],
             registry=r,
         )
+        self.job_errors = Counter(
+            "ds01_enforcer_job_errors",
+            "Errors while deciding, recording or journaling a job (retried with backoff), "
+            "by stage, in errors.",
+            ["stage"],
+            registry=r,
+        )
         self.queue = _QueueCollector(clock)
         r.register(self.queue)
         for endpoint in ENDPOINTS:  # every series exists from the start, at 0
@@ -112,3 +120,5 @@ class EnforcerMetrics:
                 self.actions.labels(action, result)
         for dependency in DEPENDENCIES:
             self.dependency_errors.labels(dependency)
+        for stage in JOB_ERROR_STAGES:
+            self.job_errors.labels(stage)
