@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
+from .notify_policy import NotificationsError, parse_notifications
 from .policy_model import (  # re-exported: callers import records from here
     CONTAINER_TYPES,
     DEFAULT_CONTAINER_TYPES,
@@ -130,6 +131,7 @@ _TOP_KEYS = (
     "gpu",
     "services",
     "gateway",
+    "notifications",
 )
 _GATEWAY_KEYS = (
     "socket",
@@ -224,6 +226,10 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
             services_values[name] = r.text(value, f"services.{name}")
 
     hold = top.get("container_hold_after_stop", "30m")
+    try:
+        notifications = parse_notifications(top.get("notifications"))
+    except NotificationsError as exc:
+        raise r.fail(exc.key, exc.reason) from None
     return Policy(
         source=source,
         default_group=default_group,
@@ -251,6 +257,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         gpu=GpuSettings(backend, topology),
         services=Services(**services_values),
         gateway=_gateway(r, top.get("gateway"), groups),
+        notifications=notifications,
     )
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from .notify_policy import Notifications
+
 CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
 EXEMPTION_KINDS = ("idle", "max_runtime", "unmanaged")
 INF = math.inf
@@ -135,6 +137,7 @@ class Policy:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     services: Services = field(default_factory=Services)
     gateway: GatewayPolicy = field(default_factory=GatewayPolicy)
+    notifications: Notifications = field(default_factory=Notifications)
 
     def group_of(self, user: str) -> GroupPolicy:
         return self.groups[self.users.get(user, self.default_group)]

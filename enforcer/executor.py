@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,11 +17,13 @@ import docker
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.containers import ContainerFacts
 from ds01.durations import format_duration
+from ds01.notify_policy import Notifications
 from ds01.policy import Policy
 
 from .facts import DockerSource
 from .notices import NoticeError, append_notice
 from .payload import Alert
+from .terminals import TerminalNotifier, terminal_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,24 @@ class Outcome:
     detail: str
 
 
+@dataclass(frozen=True)
+class Told:
+    """What the channels achieved: `text` for the audit detail, whether any got through."""
+
+    text: str = ""
+    attempted: bool = False
+    delivered: bool = False
+
+    def add(self, channel: str, note: str, *, ok: bool | None = None) -> Told:
+        if channel == "file":
+            note = f"notice not written ({note})" if note else "notice written"
+        else:
+            note = f"{channel}: {note}"
+        text = "; ".join(p for p in (self.text, note) if p)
+        attempted = self.attempted or ok is not None
+        return Told(text, attempted, self.delivered or bool(ok))
+
+
 class Executor:
     def __init__(
         self,
@@ -47,12 +68,17 @@ class Executor:
         notice_path: str,
         dry_run: bool = False,
         clock: Clock = SYSTEM_CLOCK,
+        terminals: TerminalNotifier | None = None,
+        on_delivery: Callable[[str, str], None] = lambda channel, result: None,
     ) -> None:
         self.docker = docker_source
         self.policy = policy
         self.notice_path = notice_path
         self.dry_run = dry_run
         self._clock = clock
+        self.channels: Notifications = policy.notifications
+        self.terminals = terminals or TerminalNotifier(self.channels.utmp_path)
+        self._on_delivery = on_delivery  # (channel, delivered|refused|failed): counted
 
     def _stamp(self) -> str:
         return datetime.fromtimestamp(self._clock.time(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -77,17 +103,46 @@ class Executor:
             return f"docker refused: {exc.explanation or exc}"
         return ""
 
+    def _tell(self, container: ContainerFacts, severity: str, line: str, summary: str) -> Told:
+        """Every channel the policy switches on; failures are counted and reported, never raised."""
+        told = Told()
+        if self.channels.container_file:
+            failure = self._write_notice(container.container_id, line)
+            self._on_delivery("container_file", "failed" if failure else "delivered")
+            told = told.add("file", failure or "", ok=not failure)
+        if self.channels.terminal:
+            text = terminal_text(
+                severity=severity, container=container.name, message=summary, stamp=self._stamp()
+            )
+            try:
+                deliveries = self.terminals.send(container.user, text)
+            except OSError as exc:
+                self._on_delivery("terminal", "failed")
+                return told.add("terminals", f"utmp unreadable: {exc.strerror}", ok=False)
+            for d in deliveries:
+                result = {"written": "delivered", "failed": "failed"}.get(d.result, "refused")
+                self._on_delivery("terminal", result)
+            written = sum(d.result == "written" for d in deliveries)
+            note = f"{written} of {len(deliveries)} terminals"
+            skipped = [f"{d.tty}: {d.detail}" for d in deliveries if d.result != "written"]
+            failed = any(d.result == "failed" for d in deliveries)
+            ok = True if written else (False if failed else None)  # None: nobody logged in
+            told = told.add(
+                "terminals", note + (f" ({'; '.join(skipped)})" if skipped else ""), ok=ok
+            )
+        return told
+
     def notify(self, container: ContainerFacts, alert: Alert) -> Outcome:
         severity = alert.labels.get("severity", "warning").upper()
         line = f"{self._stamp()} ds01 {severity}: {alert.summary}"
-        failure = self._write_notice(container.container_id, line)
+        told = self._tell(container, severity.lower(), line, alert.summary)
         logger.info(
-            "notice container=%s user=%s reason=%s written=%s summary=%r",
-            container.name, container.user, alert.reason, not failure, alert.summary,
+            "notice container=%s user=%s reason=%s delivered=%s summary=%r",
+            container.name, container.user, alert.reason, told.text, alert.summary,
         )  # fmt: skip
-        if failure:
-            return Outcome("failed", "failed: notice not written", failure)
-        return Outcome("notified", "notified", f"appended to {self.notice_path}")
+        if told.attempted and not told.delivered:
+            return Outcome("failed", "failed: notice not written", told.text)
+        return Outcome("notified", "notified", told.text or "every channel is off")
 
     def stop(self, container: ContainerFacts, alert: Alert) -> Outcome:
         limits = self.policy.limits_for(container.user, container.type, self._clock.now())
@@ -95,9 +150,9 @@ class Executor:
         if self.dry_run:
             return Outcome("dry_run", "dry-run: would stop", f"stop grace {seconds}s; not stopped")
         why = _WHY.get(alert.reason, alert.reason)
-        line = f"{self._stamp()} ds01: stopping this container now because {why}. {alert.summary}"
-        failure = self._write_notice(container.container_id, line)
-        notice = f"notice not written ({failure})" if failure else "notice written"
+        text = f"stopping this container now because {why}. {alert.summary}"
+        told = self._tell(container, "stop", f"{self._stamp()} ds01: {text}", text)
+        notice = told.text or "no notice channel on"
         try:
             self.docker.call("stop", lambda c: c.api.stop(container.container_id, timeout=seconds))
         except docker.errors.NotFound:

@@ -22,6 +22,8 @@ ACTION_RESULTS = {
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
 DEPENDENCIES = ("docker", "prometheus")
+CHANNELS = ("container_file", "terminal")
+DELIVERY_RESULTS = ("delivered", "refused", "failed")
 
 
 class _QueueCollector(Collector):
@@ -100,6 +102,13 @@ class EnforcerMetrics:
             ["dependency"],
             registry=r,
         )
+        self.notifications = Counter(
+            "ds01_enforcer_notifications",
+            "Owner notifications by channel and result (refused: mesg n or not the owner's "
+            "terminal), in deliveries.",
+            ["channel", "result"],
+            registry=r,
+        )
         self.queue = _QueueCollector(clock)
         r.register(self.queue)
         for endpoint in ENDPOINTS:  # every series exists from the start, at 0
@@ -110,5 +119,8 @@ class EnforcerMetrics:
         for action, results in ACTION_RESULTS.items():
             for result in results:
                 self.actions.labels(action, result)
+        for channel in CHANNELS:
+            for result in DELIVERY_RESULTS:
+                self.notifications.labels(channel, result)
         for dependency in DEPENDENCIES:
             self.dependency_errors.labels(dependency)
