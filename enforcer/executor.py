@@ -123,7 +123,7 @@ class Executor:
                 result = {"written": "delivered", "failed": "failed"}.get(d.result, "refused")
                 self._on_delivery("terminal", result)
             written = sum(d.result == "written" for d in deliveries)
-            note = f"{written} of {len(deliveries)} terminals"
+            note = f"{written} of {len(deliveries)} written" if deliveries else "none open"
             skipped = [f"{d.tty}: {d.detail}" for d in deliveries if d.result != "written"]
             failed = any(d.result == "failed" for d in deliveries)
             ok = True if written else (False if failed else None)  # None: nobody logged in

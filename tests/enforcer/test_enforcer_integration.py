@@ -308,7 +308,7 @@ def test_stop_leaves_a_notice_for_the_owner(enforcer_factory, containers, deadli
     enforcer.post("alerts", webhook(alert_for(box)))
 
     [record] = enforcer.wait_records(box.id)
-    assert record["detail"].endswith("notice written")
+    assert "notice written" in record["detail"]
     box.start()
     code, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
     assert "stopping this container now because its GPU has been idle" in output.decode()
@@ -416,7 +416,15 @@ def test_a_notice_that_cannot_be_written_is_recorded_as_failed(enforcer_factory,
 
     [record] = enforcer.wait_records(box.id)
     assert record["decision"] == "failed: notice not written"
-    assert record["detail"] == "/no/such/folder does not exist in the container"
+    assert record["detail"].startswith(
+        "notice not written (/no/such/folder does not exist in the container)"
+    )
+    assert (
+        enforcer.metric(
+            "ds01_enforcer_notifications_total", channel="container_file", result="failed"
+        )
+        == 1
+    )
     assert enforcer.metric("ds01_enforcer_actions_total", action="notify", result="failed") == 1
 
 
@@ -433,3 +441,37 @@ def test_an_alert_on_the_wrong_endpoint_is_ignored(enforcer_factory, containers,
     box.reload()
     assert box.status == "running"
     assert enforcer.audit() == []
+
+
+def test_a_warning_reaches_the_owners_terminal_when_the_file_channel_is_off(
+    enforcer_factory, containers, tmp_path
+):
+    import os
+    import select
+
+    from enforcer.terminals import USER_PROCESS, UtmpEntry, pack_utmp
+
+    master, slave = os.openpty()
+    try:
+        line = os.ttyname(slave).removeprefix("/dev/")
+        os.chmod(os.ttyname(slave), 0o620)
+        utmp = tmp_path / "utmp"
+        utmp.write_bytes(pack_utmp(UtmpEntry(USER_PROCESS, os.getpid(), line, "root", "", 0)))
+        policy = make_policy(notifications={"container_file": False, "utmp_path": str(utmp)})
+        enforcer = enforcer_factory(policy=policy)
+        box = containers(gpus=[GPU], labels={"ds01.user": "root"})
+
+        enforcer.post("notify", webhook(alert_for(box, action="notify", summary="idle, stop at 5")))
+
+        [record] = enforcer.wait_records(box.id)
+        assert record["decision"] == "notified"
+        assert record["detail"] == "terminals: 1 of 1 written"
+        ready, _, _ = select.select([master], [], [], 10)
+        text = os.read(master, 65536).decode() if ready else ""
+        assert f"about container {box.name}:" in text and "idle, stop at 5" in text
+        metric = enforcer.metric
+        assert metric("ds01_enforcer_notifications_total", channel="terminal", result="delivered")
+        assert box.exec_run(["cat", "/workspace/.ds01-alerts"]).exit_code != 0  # channel off
+    finally:
+        os.close(master)
+        os.close(slave)
