@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ds01.policy import CONTAINER_TYPES
 
+from .history_api import register_history
 from .model import Allocation, AllocationRequest, AllocatorError, Denial
 from .queue import Waiter
 from .server import PEER_ENVIRON_KEY
@@ -114,6 +115,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     token: str | None = None,
     max_poll: float = 30.0,
+    audit_log: str | None = None,
 ) -> Flask:
     app = Flask("allocator")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -245,6 +247,14 @@ def create_app(
     def usage():
         who = caller()
         return jsonify(allocator.usage(who.user))
+
+    register_history(
+        app,
+        caller=caller,
+        sources=lambda: [audit_log, allocator.history.path],
+        forbidden=Forbidden,
+        bad_request=BadRequest,
+    )
 
     @app.get("/metrics")
     def metrics():

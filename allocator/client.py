@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from ds01.durations import format_duration
 
@@ -181,3 +181,21 @@ class AllocatorClient:
 
     def usage(self) -> dict[str, Any]:
         return self._checked("GET", "/v1/usage")
+
+    def history(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        container_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The caller's warnings, stops, grants and waits, oldest first (admins: `user`'s)."""
+        query = {"limit": str(limit)}
+        if user:
+            query["user"] = user
+        if since is not None:
+            query["since"] = f"{since:.3f}"
+        if container_id:
+            query["container_id"] = container_id
+        return self._checked("GET", "/v1/history?" + urlencode(query))["history"]

@@ -19,6 +19,7 @@ from ds01.gpu import GpuBackend
 from ds01.policy import Policy
 
 from .api import create_app
+from .history import HistoryLog
 from .lifecycle import DockerWatcher
 from .metrics import AllocatorCollector, AllocatorMetrics
 from .server import AllocatorServer
@@ -89,6 +90,8 @@ def build_runtime(
     settings: Settings = Settings(),
     clock: Clock = SYSTEM_CLOCK,
     max_poll: float = 30.0,
+    audit_log: str | os.PathLike[str] | None = None,
+    history_log: str | os.PathLike[str] | None = None,
 ) -> AllocatorRuntime:
     """Everything wired and reconciled, not yet serving (call .server.run() or start_in_thread)."""
     registry = CollectorRegistry()
@@ -100,6 +103,7 @@ def build_runtime(
         clock=clock,
         metrics=AllocatorMetrics(registry),
         settings=settings,
+        history=HistoryLog(history_log),
     )
     registry.register(AllocatorCollector(allocator.snapshot))
     watcher = None
@@ -109,7 +113,13 @@ def build_runtime(
             watcher.reconcile_now()
         except Exception:
             logger.exception("reconciling with Docker at start failed; the events loop retries")
-    app = create_app(allocator, registry=registry, token=token, max_poll=max_poll)
+    app = create_app(
+        allocator,
+        registry=registry,
+        token=token,
+        max_poll=max_poll,
+        audit_log=str(audit_log) if audit_log else None,
+    )
     server = AllocatorServer(app, socket_path, listen=listen, threads=threads)
     ticker = Ticker(allocator, tick)
     return AllocatorRuntime(allocator, store, server, ticker, watcher, registry)

@@ -80,6 +80,8 @@ class Services:
     exporter_url: str = "http://127.0.0.1:9101"
     token_file: str = "/etc/ds01/enforcer.token"
     notice_path: str = "/workspace/.ds01-alerts"
+    # The enforcer writes it, the allocator reads it ("": <state_dir>/enforcer-audit.jsonl).
+    audit_log: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import docker
@@ -39,6 +39,8 @@ class Outcome:
     result: str  # stopped | notified | removed | skipped | failed | dry_run
     decision: str  # the audit form, e.g. "stopped", "skipped: gone", "dry-run: would stop"
     detail: str
+    # Facts for `container ls`/`history` (deadline, limit): extra keys of the audit record.
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,12 @@ class Executor:
             return Outcome("failed", "failed: notice not written", told.text)
         return Outcome("notified", "notified", told.text or "every channel is off")
 
-    def stop(self, container: ContainerFacts, alert: Alert) -> Outcome:
+    def stop(
+        self, container: ContainerFacts, alert: Alert, *, deadline: float | None = None
+    ) -> Outcome:
         limits = self.policy.limits_for(container.user, container.type, self._clock.now())
+        limit = {"idle": limits.idle_timeout, "max_runtime": limits.max_runtime}.get(alert.reason)
+        facts = {"deadline": deadline, "limit_seconds": limit}
         seconds = math.ceil(limits.stop_grace)
         if self.dry_run:
             return Outcome("dry_run", "dry-run: would stop", f"stop grace {seconds}s; not stopped")
@@ -159,7 +165,7 @@ class Executor:
             return Outcome("skipped", "skipped: gone", "vanished before the stop")
         except docker.errors.APIError as exc:
             return Outcome("failed", "failed: stop refused", f"{exc.explanation or exc}; {notice}")
-        return Outcome("stopped", "stopped", f"stop grace {seconds}s; {notice}")
+        return Outcome("stopped", "stopped", f"stop grace {seconds}s; {notice}", facts)
 
     def remove(self, container: ContainerFacts) -> Outcome:
         if self.dry_run:

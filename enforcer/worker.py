@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.containers import ContainerFacts
@@ -198,18 +198,21 @@ class Worker:
                 return container, Outcome("skipped", decision.label, decision.why)
             return container, self.executor.notify(container, alert)
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
+        deadline = None
         if decision.act:
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
                 alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
             )
+            deadline = {"idle": deadlines.idle, "max_runtime": deadlines.runtime}.get(alert.reason)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
-        return container, self._with_why(decision.why, self.executor.stop(container, alert))
+        stopped = self.executor.stop(container, alert, deadline=deadline)
+        return container, self._with_why(decision.why, stopped)
 
     @staticmethod
     def _with_why(why: str, outcome: Outcome) -> Outcome:
-        return Outcome(outcome.result, outcome.decision, f"{why}; {outcome.detail}")
+        return replace(outcome, detail=f"{why}; {outcome.detail}")
 
     def _record(
         self, job: Job, container: ContainerFacts | None, outcome: Outcome, *, started: float
@@ -227,6 +230,7 @@ class Worker:
             decision=outcome.decision,
             detail=outcome.detail,
             starts_at=alert.starts_at,
+            **outcome.extra,
         )
         self.metrics.actions.labels(job.kind, outcome.result).inc()
         if job.kind != "remove":

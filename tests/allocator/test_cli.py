@@ -1,7 +1,7 @@
 import pytest
 
 from allocator import cli, container_cli
-from allocator.container_cli import container_timing, exporter_state
+from allocator.container_listing import container_timing, exporter_state
 
 
 def test_allocator_parser_defaults():
