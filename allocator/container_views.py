@@ -201,13 +201,13 @@ def history_rows(
             what = f"{kind} ({str(item['reason']).replace('_', ' ')})"
         elif kind in ("wait", "grant"):
             what = f"{kind} {item.get('decision', '')}".strip() if kind == "wait" else kind
+        detail = str(item.get("detail") or "")
+        if kind == "warning" and item.get("summary"):
+            detail = str(item["summary"])  # what the owner was told
+        elif kind == "stop":
+            detail = detail.split(";")[0]  # why; the rest is the channels' bookkeeping
         rows.append(
-            (
-                moment(float(item["time"]), now, tz),
-                what,
-                str(item.get("container") or "-"),
-                str(item.get("detail") or ""),
-            )
+            (moment(float(item["time"]), now, tz), what, str(item.get("container") or "-"), detail)
         )
     return rows
 

@@ -163,6 +163,7 @@ def select_history(
                 "reason": record.get("reason", ""),
                 "decision": record.get("decision", ""),
                 "detail": record.get("detail", ""),
+                "summary": record.get("summary", ""),
                 "deadline": _number(record.get("deadline")),
                 "limit_seconds": _number(record.get("limit_seconds")),
             }

@@ -142,16 +142,17 @@ class Executor:
             "notice container=%s user=%s reason=%s delivered=%s summary=%r",
             container.name, container.user, alert.reason, told.text, alert.summary,
         )  # fmt: skip
+        told_what = {"summary": alert.summary}  # what the owner was told, for their history
         if told.attempted and not told.delivered:
-            return Outcome("failed", "failed: notice not written", told.text)
-        return Outcome("notified", "notified", told.text or "every channel is off")
+            return Outcome("failed", "failed: notice not written", told.text, told_what)
+        return Outcome("notified", "notified", told.text or "every channel is off", told_what)
 
     def stop(
         self, container: ContainerFacts, alert: Alert, *, deadline: float | None = None
     ) -> Outcome:
         limits = self.policy.limits_for(container.user, container.type, self._clock.now())
         limit = {"idle": limits.idle_timeout, "max_runtime": limits.max_runtime}.get(alert.reason)
-        facts = {"deadline": deadline, "limit_seconds": limit}
+        facts = {"deadline": deadline, "limit_seconds": limit, "summary": alert.summary}
         seconds = math.ceil(limits.stop_grace)
         if self.dry_run:
             return Outcome("dry_run", "dry-run: would stop", f"stop grace {seconds}s; not stopped")

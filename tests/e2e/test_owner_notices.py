@@ -1,0 +1,144 @@
+"""Issue 15's proof: the owner of an idle container learns of the warning and the stop on the
+terminal they are logged in on and by mail (a real SMTP sink behind Alertmanager), and then
+reads when and why it stopped with `container ls` and `container history` as themselves;
+another logged-in user's terminal receives nothing.
+
+The terminals are real pseudo-terminals owned by the users, listed in a utmp file in glibc's
+on-disk format (the policy's `notifications.utmp_path`), exactly as login/sshd record them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import select
+import uuid
+from pathlib import Path
+
+import pytest
+
+from enforcer.terminals import USER_PROCESS, UtmpEntry, pack_utmp
+from tests.gateway.clients import DEBIAN_DOCKER, call_as, require_docker_cli, run_as
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+WAIT = 90.0  # bounds a hang; the policy's idle timeout is 15s
+
+
+@pytest.fixture
+def stack_policy_extra(smtp_sink, tmp_path: Path) -> str:
+    return f"""
+notifications:
+  terminal: true
+  container_file: true
+  utmp_path: {tmp_path / "utmp"}
+  email:
+    to: "{{{{ user }}}}@example.org"
+    from: ds01@example.org
+    smarthost: {smtp_sink.smarthost}
+    require_tls: false
+"""
+
+
+class Terminal:
+    """A pseudo-terminal whose slave a user owns (mode 0620, `mesg y`), read from the master."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.master, self.slave = os.openpty()
+        path = os.ttyname(self.slave)
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o620)
+        self.line = path.removeprefix("/dev/")
+        self.seen = b""
+
+    def read(self) -> str:
+        while select.select([self.master], [], [], 0)[0]:
+            self.seen += os.read(self.master, 65536)
+        return self.seen.decode(errors="replace")
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def container_cli_as_child(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """`container argv` in a process that has become the user (see call_as): code, out, err."""
+    from allocator import container_cli
+
+    os.environ.clear()
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = container_cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_owner_is_told_on_their_terminal_and_by_mail_then_reads_why_it_stopped(
+    stack, docker_client, unprivileged_users, smtp_sink, tmp_path, eventually
+):
+    docker_cli = require_docker_cli(DEBIAN_DOCKER)
+    alice, bob = unprivileged_users
+    alice_tty, bob_tty = Terminal(alice.uid, alice.gid), Terminal(bob.uid, bob.gid)
+    try:
+        (tmp_path / "utmp").write_bytes(
+            pack_utmp(UtmpEntry(USER_PROCESS, os.getpid(), alice_tty.line, alice.name, "", 0))
+            + pack_utmp(UtmpEntry(USER_PROCESS, os.getpid(), bob_tty.line, bob.name, "", 0))
+        )
+        env = {"DOCKER_HOST": stack.endpoints.gateway_host}
+        name = f"idle-{uuid.uuid4().hex[:6]}"
+        made = run_as(
+            alice,
+            [docker_cli, "run", "-d", "--name", name, "--gpus", "1", "--network", "none",
+             "ds01/busybox:latest", "sleep", "3600"],
+            env=env,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+
+        # The warning, on alice's terminal and in her mailbox (the `{{ user }}` template)
+        eventually(lambda: f"(warning) about container {name}" in alice_tty.read(), WAIT, "tty")
+        mail = eventually(lambda: smtp_sink.mails(f"{alice.name}@example.org"), WAIT, "mail")
+        assert mail[0].subject == f"[ds01] warning: GPU container {name} (idle)"
+        assert f"GPU container {name} of {alice.name} has an idle GPU" in mail[0].text
+        # ... then the stop, on the same terminal
+        eventually(lambda: f"(stop) about container {name}" in alice_tty.read(), WAIT, "stop")
+        assert "stopping this container now because its GPU has been idle" in alice_tty.read()
+        eventually(lambda: docker_client.containers.get(name).status == "exited", WAIT, "the stop")
+        assert bob_tty.read() == "", "another user's terminal got a message"
+        assert smtp_sink.mails(f"{bob.name}@example.org") == []
+
+        cli_env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(alice.home),
+            "DOCKER_HOST": stack.endpoints.gateway_host,
+            "DS01_ALLOCATOR_SOCKET": stack.endpoints.allocator_socket,
+            "DS01_EXPORTER_URL": stack.endpoints.exporter,
+            "TZ": "UTC",
+        }
+        code, out, err = eventually(
+            lambda: (
+                (r := call_as(alice, container_cli_as_child, ["ls"], cli_env))
+                and "stopped" in r[1]
+                and r
+            ),
+            WAIT,
+            "container ls showing the stop",
+        )
+        assert code == 0, err
+        assert f"{name} stopped at " in out and "its GPU was idle since" in out
+        assert f"`container retire {name}` frees its GPU now" in out
+        assert "MIG-" not in out  # index and profile, never the UUID
+        code, out, err = call_as(alice, container_cli_as_child, ["history"], cli_env)
+        assert code == 0, err
+        lines = [line for line in out.splitlines() if name in line]
+        assert any("warning (idle)" in line for line in lines), out
+        assert any("stop (idle)" in line for line in lines), out
+        assert any("  grant  " in line and "(3g.71gb)" in line for line in lines), out
+        warning = next(line for line in lines if "warning (idle)" in line)
+        assert "has an idle GPU and will be stopped" in warning  # what she was told
+        code, out, err = call_as(
+            alice, container_cli_as_child, ["history", "--user", bob.name], cli_env
+        )
+        assert code == 1 and "only an admin" in err
+    finally:
+        alice_tty.close()
+        bob_tty.close()
