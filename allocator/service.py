@@ -49,18 +49,30 @@ class Forbidden(PermissionError):
     """The caller does not own it."""
 
 
-def wait_failed_message(gpu_wait: float) -> str:
-    """The message of DESIGN.md, with the configured wait."""
+def wait_failed_message(
+    gpu_wait: float, *, holding: int = 0, hold_after_stop: float = 900.0
+) -> str:
+    """DESIGN.md's message (first line, three suggestions), told as this system behaves:
+    retire frees a GPU at once, stop keeps it for the hold; freeing advice only to holders."""
     if gpu_wait >= 60 and gpu_wait % 60 == 0:
         minutes = int(gpu_wait // 60)
         span = f"{minutes} minute" + ("s" if minutes != 1 else "")
     else:
         span = f"{gpu_wait:g} second" + ("s" if gpu_wait != 1 else "")
+    hold = format_duration(hold_after_stop)
+    if holding:
+        first = (
+            f"Free one of your {holding} at once: container retire <name> "
+            f"(container stop <name> keeps its GPU for {hold})"
+        )
+    else:
+        first = "Ask for fewer devices or another MIG profile, or try again later"
     return (
         f"GPU allocation failed after {span}.\n\n"
         "Suggestions:\n"
-        "  1. Stop an idle container: container stop <name>\n"
-        "  2. Wait for system cleanup\n"
+        f"  1. {first}\n"
+        "  2. Wait for cleanup: idle GPU containers are stopped as they pass their idle "
+        f"timeout, and a stopped one frees its GPU {hold} later\n"
         "  3. Check GPU status: gpu-status"
     )
 
@@ -448,7 +460,11 @@ class Allocator:
                         )
                 woken = []
                 for waiter in self.queue.overdue(now):
-                    message = wait_failed_message(self.policy.gpu_wait)
+                    message = wait_failed_message(
+                        self.policy.gpu_wait,
+                        holding=sum(len(a.devices) for a in live if a.user == waiter.request.user),
+                        hold_after_stop=self.policy.gpu_hold_after_stop,
+                    )
                     self.queue.resolve(waiter.ticket, Denial("timeout", message), now)
                     self.metrics.denied("timeout", now - waiter.enqueued_at)
                     woken.append(waiter)

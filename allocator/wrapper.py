@@ -107,6 +107,13 @@ def prepare(
         ) from exc
     finally:
         progress.done()
+    if request.asked_all:
+        shown = described_devices(client, alloc["devices"])
+        progress.stream.write(
+            f"ds01: --gpus all gives one device here: {shown} "
+            "(ask for more with --gpus N, within your quota)\n"
+        )
+        progress.stream.flush()
     labels = {
         LABEL_MANAGED: "true",
         LABEL_USER: alloc["user"],
@@ -115,6 +122,19 @@ def prepare(
         LABEL_TYPE: request.container_type,
     }
     return rewrite(cmd, devices=alloc["devices"], labels=labels, environ=environ)
+
+
+def described_devices(client: AllocatorClient, uuids: Sequence[str]) -> str:
+    """`0:2 (1g.18gb)`: what users type and the profile; the UUID only when it is unknown."""
+    try:
+        known = {d["device_uuid"]: d for d in client.devices()}
+    except (AllocatorUnavailable, Refused):
+        known = {}
+    names = []
+    for uuid in uuids:
+        device = known.get(uuid)
+        names.append(f"{device['index']} ({device['profile'] or 'full GPU'})" if device else uuid)
+    return ", ".join(names)
 
 
 def run(

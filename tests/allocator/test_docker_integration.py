@@ -175,6 +175,10 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         alloc_id = labels["ds01.allocation"]
         eventually(lambda: client.get(alloc_id)["state"] == "bound", WAIT, "bound")
         assert client.get(alloc_id)["devices"] == request["DeviceIDs"]
+        # ... and says so on stderr, naming the device as users type it, not its UUID
+        [device] = [d for d in client.devices() if d["device_uuid"] == request["DeviceIDs"][0]]
+        note = f"ds01: --gpus all gives one device here: {device['index']} ({device['profile']})"
+        assert note in run.stderr and "MIG-" not in run.stderr
     finally:
         docker_client.containers.get("wrapped").remove(force=True)
 
