@@ -25,6 +25,7 @@ from .container_listing import (
     render_history,
     render_listing,
 )
+from .docker_endpoint import gateway_host
 from .wrapper import Progress
 
 DEFAULT_IMAGE = os.environ.get("DS01_DEFAULT_IMAGE", "ubuntu:24.04")
@@ -107,8 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _docker(host: str | None):
+    """Docker at `host`; with none chosen, the gateway when its socket is there."""
     from ds01.dockerio import connect
 
+    if not host:
+        host, warning = gateway_host([], os.environ)
+        if warning:
+            print(f"ds01: {warning}", file=sys.stderr)
     return connect(host)
 
 

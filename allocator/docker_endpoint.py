@@ -13,10 +13,8 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ds01.policy import PolicyError, load_policy, policy_path
-from ds01.policy_model import GatewayPolicy
-
 GATEWAY_SOCKET_ENV = "DS01_GATEWAY_SOCKET"
+DEFAULT_GATEWAY_SOCKET = "/run/ds01/docker.sock"  # the policy's default gateway.socket
 _HOST_FLAGS = ("-H", "--host", "-c", "--context")
 
 
@@ -57,25 +55,26 @@ def user_chose_a_host(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return names_a_host(argv) or bool(current_context(environ))
 
 
-def gateway_socket_path(
-    environ: Mapping[str, str], load: Callable[[str], object] = load_policy
-) -> tuple[str, str]:
+def gateway_socket_path(environ: Mapping[str, str]) -> tuple[str, str]:
     """(socket path, warning): $DS01_GATEWAY_SOCKET, else the policy's gateway.socket.
 
     An unreadable or invalid policy falls back to the default path, with a warning to show.
+    The policy code is imported here, not at the top: most docker commands never need it.
     """
     explicit = environ.get(GATEWAY_SOCKET_ENV)
     if explicit:
         return explicit, ""
-    default = GatewayPolicy().socket
+    from ds01.policy import PolicyError, load_policy, policy_path
+
+    default = DEFAULT_GATEWAY_SOCKET
     path = environ.get("DS01_POLICY") or policy_path()
     if "DS01_POLICY" not in environ and not Path(path).exists():
         return default, ""
     try:
-        policy = load(path)
+        policy = load_policy(path)
     except (PolicyError, OSError) as exc:
         return default, f"{exc}; looking for the gateway at {default}"
-    return policy.gateway.socket, ""  # type: ignore[attr-defined]
+    return policy.gateway.socket, ""
 
 
 def is_socket(path: str) -> bool:

@@ -166,6 +166,8 @@ class Connection:
             return self._create(head, target)
         if route.kind in (routes.VOLUME_CREATE, routes.NETWORK_CREATE):
             return self._stamp_owner(head, route.kind)
+        if route.kind == routes.CONTAINER and method == "POST" and _is_start(target):
+            self._check_start(route.target)
         if caller.admin:
             return self._forward(head)
         if route.kind == routes.ADMIN and method not in routes.READ_ONLY:
@@ -183,6 +185,18 @@ class Connection:
         ):
             return self._forward(self._retarget(head, method, target))
         return self._forward(head)
+
+    def _check_start(self, ref: str) -> None:
+        """A container whose GPU hold ended must not start again on a device now someone else's."""
+        labels = self.gateway.probe.container_labels(ref)
+        allocation = (labels or {}).get(LABEL_ALLOCATION)
+        if not allocation or self.gateway.grants.state_of(allocation) != "released":
+            return
+        raise Refusal(
+            409,
+            f"ds01: container {ref} gave its GPU back when its hold ended (allocation "
+            f"{allocation} released); remove it and run a new one to get a GPU",
+        )
 
     @staticmethod
     def _stats(method: str, target: str) -> bool:
@@ -403,6 +417,10 @@ class Connection:
         if "close" in answer.tokens("Connection"):
             self._close_upstream()
         return not closing and not head.start.endswith("HTTP/1.0")
+
+
+def _is_start(target: str) -> bool:
+    return urlsplit(target).path.rstrip("/").endswith("/start")
 
 
 class GatewayServer:

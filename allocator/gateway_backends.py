@@ -107,15 +107,19 @@ class DockerProbe:
         except ValueError:
             return response.status, {}
 
-    def container_owner(self, ref: str) -> str | None:
-        """The stamped owner of a container (id or name); '' when unstamped, None if no such."""
+    def container_labels(self, ref: str) -> dict[str, str] | None:
+        """A container's labels (id or name); None if there is no such container."""
         status, data = self.get(f"/containers/{quote(ref, safe='')}/json")
         if status == 404:
             return None
         if status >= 400:
             raise DockerUnavailable(f"dockerd answered {status} to inspect {ref}")
-        labels = (data.get("Config") or {}).get("Labels") or {}
-        return labels.get(LABEL_USER, "")
+        return dict((data.get("Config") or {}).get("Labels") or {})
+
+    def container_owner(self, ref: str) -> str | None:
+        """The stamped owner of a container (id or name); '' when unstamped, None if no such."""
+        labels = self.container_labels(ref)
+        return None if labels is None else labels.get(LABEL_USER, "")
 
     def exec_container(self, exec_id: str) -> str | None:
         status, data = self.get(f"/exec/{quote(exec_id, safe='')}/json")
@@ -208,6 +212,18 @@ class AllocatorGrants:
         ):
             return None
         return GpuGrant(str(alloc["id"]), devices)
+
+    def state_of(self, allocation: str) -> str | None:
+        """An allocation's state, None when the allocator does not know it or cannot say."""
+        try:
+            status, answer = self.client.call(
+                "GET", f"/v1/allocations/{quote(allocation, safe='')}"
+            )
+        except AllocatorUnavailable:
+            logger.warning("allocator unreachable; cannot check allocation %s", allocation)
+            return None
+        alloc = answer.get("allocation") if status == 200 else None
+        return str(alloc.get("state")) if isinstance(alloc, dict) else None
 
     def release(self, allocation: str) -> None:
         try:

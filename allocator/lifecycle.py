@@ -188,14 +188,23 @@ class DockerWatcher:
         self.errors = 0
 
     def reconcile_now(self) -> int:
-        """List every container and reconcile; returns the number of changes.
+        """List containers and reconcile; returns the number of changes (adoptions included).
 
-        Not only labelled ones: adopted containers carry no label, and any running GPU
-        container blocks its devices from being granted.
+        Not only labelled ones: any running GPU container blocks its devices from grants, and
+        an adopted one carries no label. A stopped container matters only with a label or
+        an allocation bound to it; the others are not inspected.
         """
         devices = self.allocator.inventory.current().devices
+        bound = {a.container_id for a in self.allocator.live() if a.container_id}
         views = []
         for summary in self.client.api.containers(all=True):
+            labels = summary.get("Labels") or {}
+            if (
+                summary.get("State") != "running"
+                and LABEL_ALLOCATION not in labels
+                and summary.get("Id") not in bound
+            ):
+                continue
             try:
                 inspect = self.client.api.inspect_container(summary["Id"])
             except Exception:  # noqa: BLE001 - removed between list and inspect

@@ -373,7 +373,7 @@ class Allocator:
                             view.short_id,
                             event.action,
                         )
-                    elif alloc.live and view.user != alloc.user:
+                    elif alloc.live and view.user != alloc.user and not self._bound_to(alloc, view):
                         logger.warning(
                             "container %s (user %r) claims allocation %s of %s; ignored",
                             view.short_id,
@@ -605,6 +605,10 @@ class Allocator:
                 + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
             )
         return woken
+
+    @staticmethod
+    def _bound_to(alloc: Allocation, view: ContainerView) -> bool:
+        return bool(alloc.container_id) and alloc.container_id == view.container_id
 
     def _allocation_of(self, tx: StoreTx, view: ContainerView) -> Allocation | None:
         """The live allocation bound to this container id, else the one its label names."""

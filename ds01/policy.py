@@ -264,9 +264,10 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
 def _gateway(r: _Reader, value: Any, groups: Mapping[str, GroupPolicy]) -> GatewayPolicy:
     raw = r.mapping(value, "gateway", _GATEWAY_KEYS)
     base = GatewayPolicy()
-    admin_groups = r.names(
-        raw.get("admin_groups", sorted(base.admin_groups)), "gateway.admin_groups"
-    )
+    if "admin_groups" in raw:
+        admin_groups = r.names(raw["admin_groups"], "gateway.admin_groups")
+    else:  # the default names `admin` only where the policy has such a group
+        admin_groups = base.admin_groups & frozenset(groups)
     unknown = sorted(admin_groups - set(groups))
     if unknown:
         raise r.fail("gateway.admin_groups", f"unknown group {unknown[0]!r}")

@@ -309,7 +309,10 @@ class StackSupervisor:
             logger.warning("gateway %s", ep.gateway_note)
             return
         state = self.options.state_dir
-        state.chmod(state.stat().st_mode | 0o011)  # others traverse it to both sockets
+        try:
+            state.chmod(state.stat().st_mode | 0o011)  # others traverse it to both sockets
+        except PermissionError:
+            logger.debug("state dir %s is not ours to open up; reported below", state)
         socket_path = state / "docker.sock"
         self._spawn(
             "gateway",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from allocator.client import AllocatorClient
+from allocator.lifecycle import ContainerEvent, ContainerView
 from tests.allocator.conftest import WAIT, as_user, write_topology
 from tests.harness.waiting import eventually
 
@@ -133,3 +134,33 @@ def test_a_container_running_before_the_allocator_starts_is_adopted_at_reconcile
     runtime = allocator_factory(docker=docker_client)  # reconciles before it serves
     [alloc] = _bound_to(runtime, container.id)
     assert (alloc.state, alloc.user, alloc.devices) == ("bound", "bob", (device,))
+
+
+def test_an_adopted_container_stopped_while_the_allocator_was_down_is_held_after_restart(
+    allocator_factory, docker_client, containers, sim_inventory
+):
+    device = sim_inventory[2].device_uuid
+    policy = {"gpu_hold_after_stop": "1h"}
+    first = allocator_factory(policy=policy, docker=docker_client, name="restart")
+    container = containers(gpus=[device], labels=ALICE)
+    [adopted] = eventually(lambda: _bound_to(first, container.id), WAIT, "adoption")
+    first.stop()
+    container.kill()  # an unlabelled, stopped container: found again through its allocation
+    second = allocator_factory(policy=policy, docker=docker_client, name="restart")
+    [after] = _bound_to(second, container.id)
+    assert (after.id, after.state) == (adopted.id, "held")
+    container.remove(force=True)
+    eventually(lambda: not _bound_to(second, container.id), WAIT, "freed on destroy")
+
+
+def test_a_start_event_is_completed_by_an_inspect_and_kept_as_is_when_the_container_is_gone(
+    allocator_factory, docker_client, containers, sim_inventory
+):
+    runtime = allocator_factory(docker=docker_client)
+    device = sim_inventory[2].device_uuid
+    container = containers(gpus=[device], labels=BOB)
+    bare = ContainerEvent("start", ContainerView(container.id, "", "", "", True), 1.0)
+    full = runtime.watcher.inspected(bare).container
+    assert (full.gpu_devices, full.user, full.container_type) == ((device,), "bob", "compose")
+    container.remove(force=True)
+    assert runtime.watcher.inspected(bare) == bare

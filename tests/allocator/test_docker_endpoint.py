@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from allocator.docker_endpoint import (
+    DEFAULT_GATEWAY_SOCKET,
     GATEWAY_SOCKET_ENV,
     gateway_host,
     gateway_socket_path,
@@ -15,6 +16,7 @@ from allocator.docker_endpoint import (
     is_socket,
     names_a_host,
 )
+from ds01.policy_model import GatewayPolicy
 
 
 def test_global_options_stop_at_the_subcommand():
@@ -107,6 +109,10 @@ def test_an_invalid_policy_falls_back_with_a_warning_naming_the_key(tmp_path):
 def test_a_missing_named_policy_falls_back_with_a_warning(tmp_path):
     path, warning = gateway_socket_path({"DS01_POLICY": str(tmp_path / "none.yaml")})
     assert path == "/run/ds01/docker.sock" and "none.yaml" in warning
+
+
+def test_the_default_socket_is_the_policys_default():
+    assert DEFAULT_GATEWAY_SOCKET == GatewayPolicy().socket
 
 
 def test_only_a_socket_counts_as_the_gateway(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ds01.policy import load_policy
 from ds01.policy_model import GatewayPolicy, Services
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -91,9 +92,13 @@ def test_gateway_sees_the_paths_dockerd_sees():
 
 def test_gateway_starts_after_dockerd_and_the_allocator():
     unit = UNITS / "ds01-gateway.service"
-    for key in ("After", "Requires"):
-        wanted = set(" ".join(setting(unit, "Unit", key)).split())
-        assert {"docker.service", "ds01-allocator.service"} <= wanted, key
+    after = set(" ".join(setting(unit, "Unit", "After")).split())
+    assert {"docker.service", "ds01-allocator.service"} <= after
+    assert "docker.service" in " ".join(setting(unit, "Unit", "Requires")).split()
+    # pulled in, but an allocator restart must not restart the gateway (open sessions)
+    assert "ds01-allocator.service" in " ".join(setting(unit, "Unit", "Wants")).split()
+    assert "ds01-allocator.service" not in " ".join(setting(unit, "Unit", "Requires")).split()
+    assert not setting(unit, "Unit", "BindsTo") and not setting(unit, "Unit", "PartOf")
 
 
 def dockerd_socket_dropin() -> tuple[str, str, str]:
@@ -164,3 +169,10 @@ def test_login_shells_talk_to_the_gateway():
 )
 def test_login_shells_keep_a_users_own_choice(env, expected):
     assert profile_docker_host(env) == expected
+
+
+def test_the_example_policy_shows_the_gateway_defaults_the_units_use():
+    example = load_policy(DEPLOY.parent / "config" / "ds01.example.yaml")
+    assert example.gateway == GatewayPolicy()
+    assert parsed_args("gateway").socket == example.gateway.socket
+    assert parsed_args("gateway").docker_host == f"unix://{example.gateway.docker_socket}"

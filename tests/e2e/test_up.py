@@ -69,15 +69,18 @@ def test_banner_says_why_there_is_no_gateway():
     assert "DOCKER_HOST=tcp://10.0.0.1:2375" in text
 
 
-def test_unreachable_folder_names_the_first_closed_parent(tmp_path):
-    closed = tmp_path / "closed"
-    (closed / "open").mkdir(parents=True)
-    os.chmod(tmp_path, 0o755)
-    os.chmod(closed, 0o700)
-    assert unreachable_folder(closed / "open" / "docker.sock") in (closed, *closed.parents)
-    os.chmod(closed, 0o711)
-    found = unreachable_folder(closed / "open" / "docker.sock")
-    assert found is None or found in tmp_path.parents
+def test_unreachable_folder_names_the_first_closed_parent():
+    base = Path(tempfile.mkdtemp(prefix="ds01reach-", dir="/tmp"))  # /tmp: open to all
+    try:
+        os.chmod(base, 0o755)
+        closed = base / "closed"
+        (closed / "open").mkdir(parents=True)
+        os.chmod(closed, 0o700)
+        assert unreachable_folder(closed / "open" / "docker.sock") == closed
+        os.chmod(closed, 0o711)  # traversable without being listable is enough
+        assert unreachable_folder(closed / "open" / "docker.sock") is None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -8,18 +8,25 @@ the only way in is a socket anyone may open. scripts/install-deps.sh installs th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import grp
 import io
 import logging
 import multiprocessing
 import os
+import pty
 import pwd
 import re
+import select
 import shlex
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
+import termios
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +185,76 @@ def run_in_pty_as(
     )
 
 
+class TerminalSession:
+    """A client on a pseudo-terminal of a given size, driven like a person: wait, then type.
+
+    For what script(1) cannot do: wait for a prompt before typing, detach keys, resizes.
+    """
+
+    def __init__(
+        self,
+        user: CompatUser | str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        rows: int = 40,
+        cols: int = 132,
+    ) -> None:
+        who = _as_user(user)
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.process = subprocess.Popen(
+            _runuser_argv(who, argv),
+            env=user_env(who, {"TERM": "xterm", **(env or {})}),
+            cwd=who.home,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 30) -> str:
+        """Read until `text` has appeared since the last expect; the output up to it."""
+        wanted, deadline = text.encode(), time.monotonic() + timeout
+        while wanted not in self.seen:
+            left = deadline - time.monotonic()
+            ready = select.select([self.master], [], [], max(0.0, left))[0] if left > 0 else []
+            chunk = self._read() if ready else b""
+            if not chunk:
+                raise AssertionError(
+                    f"no {text!r} on the terminal; it showed {self.seen[-2000:]!r}"
+                )
+            self.seen += chunk
+        before, _, self.seen = self.seen.partition(wanted)
+        return before.decode(errors="replace")
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self.master, 65536)
+        except OSError:  # EIO: every writer of the terminal has gone
+            return b""
+
+    def send(self, keys: str | bytes) -> None:
+        os.write(self.master, keys.encode() if isinstance(keys, str) else keys)
+
+    def wait(self, timeout: float = 30) -> int:
+        """The client's exit status, the terminal drained meanwhile (a full one would block it)."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if select.select([self.master], [], [], 0.1)[0]:
+                self.seen += self._read()
+        return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+
+
 def _become(uid: int, gid: int, home: str) -> None:
     os.setgroups([])
     os.setgid(gid)
@@ -213,14 +290,17 @@ def user_workdir() -> Iterator[Callable[[CompatUser], Path]]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_as_owner(user: CompatUser, path: Path, text: str) -> Path:
-    """Write a file the user owns (compose files, Dockerfiles, devcontainer.json)."""
+def write_as_owner(user: CompatUser, path: Path, text: str | bytes) -> Path:
+    """Write a file the user owns (compose files, Dockerfiles, devcontainer.json, payloads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for folder in [path.parent, *path.parent.parents]:
         if folder == user.home or folder == Path("/"):
             break
         os.chown(folder, user.uid, user.gid)
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     os.chown(path, user.uid, user.gid)
     return path
 

@@ -178,6 +178,8 @@ def test_docker_cli_build(docker_client, busybox_image, dockerd, tmp_path, label
     )
     try:
         assert built.returncode == 0, built.stderr
+        shown = built.stdout + built.stderr
+        assert ("load build definition" in shown) == (buildkit == "1"), shown
         out = docker_client.containers.run(
             tag, ["cat", "/tmp/marker", "/hello.txt"], network_mode="none", remove=True
         )

@@ -308,3 +308,38 @@ def start_exec(socket_path: str, exec_id: str) -> tuple[int, str]:
         sock.sendall(request)
         answer = sock.recv(65536).decode()
     return int(answer.split(" ")[1]), answer
+
+
+def test_a_container_whose_gpu_hold_ended_cannot_start_on_someone_elses_device(
+    gateway_stack, as_user, unprivileged_users
+):
+    alice = unprivileged_users[0]
+    name = f"hold-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--gpus",
+        "1",
+        "--network",
+        "none",
+        gateway_stack.image,
+        "sleep",
+        "600",
+    )
+    assert made.returncode == 0, made.stderr
+    allocation = gateway_stack.docker.api.inspect_container(name)["Config"]["Labels"][
+        "ds01.allocation"
+    ]
+    assert as_user(alice, "stop", "-t", "0", name).returncode == 0
+    eventually(  # gpu_hold_after_stop is 2 s in the test policy
+        lambda: not [a for a in gateway_stack.allocator.live() if a.id == allocation],
+        30,
+        "the hold to end",
+    )
+    again = as_user(alice, "start", name)
+    assert again.returncode != 0 and "gave its GPU back" in again.stderr
+    assert not gateway_stack.docker.api.inspect_container(name)["State"]["Running"]
+    assert as_user(alice, "rm", name).returncode == 0

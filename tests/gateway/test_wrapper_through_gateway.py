@@ -149,3 +149,34 @@ def test_a_user_who_chose_a_docker_host_keeps_it(gateway_factory, dockerd):
     assert done.returncode == 0, done.stderr
     labels = stack.docker.containers.get("wrapped-direct").labels
     assert labels["ds01.user"] == "root" and "ds01.group" not in labels
+
+
+def deploy_as_user(argv: list[str], env: dict[str, str]) -> int:
+    """`container deploy …` in this (forked, already unprivileged) process, with `env`."""
+    from allocator import container_cli
+
+    os.environ.clear()
+    os.environ.update(env)
+    return container_cli.main(argv)
+
+
+def test_container_deploy_without_docker_host_goes_through_the_gateway(
+    gateway_factory,
+    unprivileged_users,  # noqa: F811
+):
+    alice = unprivileged_users[0]
+    stack = gateway_factory()
+    env = wrapper_env(stack, user_env(alice))
+    argv = ["--socket", env["DS01_ALLOCATOR_SOCKET"], "deploy", "deployed-alice",
+            "--image", stack.image, "--network", "none", "--gpus", "1"]  # fmt: skip
+    try:
+        assert call_as(alice, deploy_as_user, argv, env, timeout=120) == 0
+        labels = stack.docker.containers.get("deployed-alice").labels
+        assert labels["ds01.type"] == "ds01"
+        assert_one_bound_allocation(stack, "deployed-alice", alice.name)
+    finally:
+        for folder in (alice.home / "workspace" / "deployed-alice", alice.home / "workspace"):
+            try:
+                folder.rmdir()
+            except OSError:
+                continue
