@@ -254,6 +254,8 @@ def create_app(
         sources=lambda: [audit_log, allocator.history.path],
         forbidden=Forbidden,
         bad_request=BadRequest,
+        log=allocator.history,
+        now=allocator.clock.time,
     )
 
     @app.get("/metrics")

@@ -199,3 +199,9 @@ class AllocatorClient:
         if container_id:
             query["container_id"] = container_id
         return self._checked("GET", "/v1/history?" + urlencode(query))["history"]
+
+    def note_admin_stop(self, *, container_id: str, container: str, user: str, detail: str) -> None:
+        """Record that an admin stopped `user`'s container, so its owner reads why (admins)."""
+        body = {"container_id": container_id, "container": container, "owner": user,
+                "detail": detail}  # fmt: skip
+        self._checked("POST", "/v1/history", body)

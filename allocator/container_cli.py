@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = sub.add_parser(name, help=text)
         action.add_argument("name", help="container name")
+        action.add_argument(
+            "--reason",
+            default="",
+            help="admins acting on someone else's container: why (shown in its owner's "
+            "container ls and history)",
+        )
     for name in ("list", "ls"):
         listing = sub.add_parser(
             name, help="your containers: GPU, state, idle for, next stop, why one stopped"
@@ -226,8 +232,25 @@ def _own_container(args: argparse.Namespace, client: AllocatorClient) -> Any:
     return container
 
 
+def _note_admin_stop(args: argparse.Namespace, client: AllocatorClient, container: Any) -> None:
+    """Root stopping someone else's container: tell its owner why, through their history."""
+    owner = (container.labels or {}).get(LABEL_USER, "")
+    if not owner or owner == _me(client):
+        return
+    try:
+        client.note_admin_stop(
+            container_id=container.id,
+            container=container.name,
+            user=owner,
+            detail=args.reason or f"container {args.action} by {_me(client)}",
+        )
+    except (AllocatorUnavailable, Refused) as exc:
+        print(f"container {args.action}: not recorded for {owner}: {exc}", file=sys.stderr)
+
+
 def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
     container = _own_container(args, client)
+    _note_admin_stop(args, client, container)
     allocation = (container.labels or {}).get(LABEL_ALLOCATION, "")
     if container.status == "running":
         container.stop(timeout=10)
@@ -245,6 +268,7 @@ def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
 def stop(args: argparse.Namespace, client: AllocatorClient) -> int:
     container = _own_container(args, client)
     container.stop(timeout=10)
+    _note_admin_stop(args, client, container)
     try:
         hold = format_duration(float(client.usage()["gpu_hold_after_stop"]))
     except (AllocatorUnavailable, Refused, KeyError):

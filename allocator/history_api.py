@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from .history import read_tail, select_history
+from .history import HistoryLog, read_tail, select_history
 
 MAX_LIMIT = 1000
 
@@ -20,8 +20,37 @@ def register_history(
     sources: Callable[[], list[str | os.PathLike[str] | None]],
     forbidden: type[Exception],
     bad_request: type[Exception],
+    log: HistoryLog,
+    now: Callable[[], float],
 ) -> None:
-    """Add the route; `sources` names the audit log and the allocator's history file."""
+    """Add the routes; `sources` names the audit log and the allocator's history file."""
+
+    @app.post("/v1/history")
+    def admin_stop():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        who = caller()
+        if not who.admin:
+            raise forbidden("only an admin records why they stopped someone's container")
+        fields = {}
+        for name, limit in (("container_id", 64), ("container", 255), ("owner", 64),
+                            ("detail", 500)):  # fmt: skip
+            value = body.get(name)
+            if not isinstance(value, str) or not value or len(value) > limit:
+                raise bad_request(f"{name}: must be a string of 1 to {limit} characters")
+            fields[name] = value
+        log.write(
+            at=now(),
+            event="stop",
+            user=fields["owner"],
+            container=fields["container"],
+            container_id=fields["container_id"],
+            reason="admin",
+            decision="stopped",
+            detail=f"{fields['detail']} (by {who.user})",
+        )
+        return jsonify({"recorded": True}), 201
 
     @app.get("/v1/history")
     def history():

@@ -130,3 +130,31 @@ def test_the_history_log_without_a_path_keeps_nothing(tmp_path):
     log = HistoryLog(None)
     log.write(at=0, event="grant", user="a", decision="granted", detail="")
     assert log.path is None
+
+
+def _note(socket_path: str, owner: str):
+    try:
+        AllocatorClient(socket_path).note_admin_stop(
+            container_id="d" * 64, container="x", user=owner, detail="mine now"
+        )
+    except Refused as exc:
+        return exc.status
+    return 201
+
+
+@pytest.mark.integration
+def test_an_admins_stop_reaches_the_owners_history_and_only_admins_may_record_one(
+    allocator_factory, short_dir, unprivileged_users
+):
+    alice, bob = unprivileged_users
+    runtime = allocator_factory(history_log=short_dir / "history.jsonl")
+    socket_path = str(runtime.socket_path)
+    AllocatorClient(socket_path).note_admin_stop(
+        container_id="c" * 64, container="train", user=alice.name, detail="GPU maintenance"
+    )
+    assert call_as(bob, _note, socket_path, alice.name) == 403  # users cannot forge one
+    [stop] = call_as(alice, _my_history, socket_path)
+    assert (stop["kind"], stop["reason"], stop["container"]) == ("stop", "admin", "train")
+    assert stop["detail"] == "GPU maintenance (by root)"
+    status, body = AllocatorClient(socket_path).call("POST", "/v1/history", {"owner": "a"})
+    assert status == 400 and body["message"].startswith("container_id")
