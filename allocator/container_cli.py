@@ -242,7 +242,9 @@ def _note_admin_stop(args: argparse.Namespace, client: AllocatorClient, containe
             container_id=container.id,
             container=container.name,
             user=owner,
-            detail=args.reason or f"container {args.action} by {_me(client)}",
+            detail=f"{args.reason} (container {args.action} by {_me(client)})"
+            if args.reason
+            else f"container {args.action} by {_me(client)}",
         )
     except (AllocatorUnavailable, Refused) as exc:
         print(f"container {args.action}: not recorded for {owner}: {exc}", file=sys.stderr)

@@ -48,7 +48,7 @@ def register_history(
             container_id=fields["container_id"],
             reason="admin",
             decision="stopped",
-            detail=f"{fields['detail']} (by {who.user})",
+            detail=fields["detail"],  # the caller names the admin (the gateway acts for one)
         )
         return jsonify({"recorded": True}), 201
 

@@ -253,3 +253,23 @@ def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busyb
             client.get("nope")
     finally:
         child.stop()
+
+
+def test_root_stopping_someone_elses_container_tells_its_owner_why(
+    allocator_factory, docker_client, dockerd, busybox_image, short_dir, capsys
+):
+    runtime = allocator_factory(docker=docker_client, history_log=short_dir / "history.jsonl")
+    box = docker_client.containers.run(
+        busybox_image, ["sleep", "600"], name="alices-job", detach=True,
+        network_mode="none", labels={"ds01.user": "alice"},
+    )  # fmt: skip
+    try:
+        common = ["--socket", str(runtime.socket_path), "--docker-host", dockerd.url]
+        assert container_cli.main([*common, "stop", "alices-job", "--reason", "maintenance"]) == 0
+        client = AllocatorClient(str(runtime.socket_path))
+        [stop] = [r for r in client.history(user="alice") if r["kind"] == "stop"]
+        assert (stop["reason"], stop["container_id"]) == ("admin", box.id)
+        assert stop["detail"] == "maintenance (container stop by root)"
+        assert client.history() == []  # root's own history holds nothing of it
+    finally:
+        box.remove(force=True)

@@ -155,6 +155,6 @@ def test_an_admins_stop_reaches_the_owners_history_and_only_admins_may_record_on
     assert call_as(bob, _note, socket_path, alice.name) == 403  # users cannot forge one
     [stop] = call_as(alice, _my_history, socket_path)
     assert (stop["kind"], stop["reason"], stop["container"]) == ("stop", "admin", "train")
-    assert stop["detail"] == "GPU maintenance (by root)"
+    assert stop["detail"] == "GPU maintenance"
     status, body = AllocatorClient(socket_path).call("POST", "/v1/history", {"owner": "a"})
     assert status == 400 and body["message"].startswith("container_id")
