@@ -475,3 +475,33 @@ def test_a_warning_reaches_the_owners_terminal_when_the_file_channel_is_off(
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_failing_channels_are_counted_and_never_block_the_stop(
+    enforcer_factory, containers, deadlines, tmp_path
+):
+    from enforcer.terminals import USER_PROCESS, UtmpEntry, pack_utmp
+
+    utmp = tmp_path / "utmp"  # root is "logged in" on a terminal that no longer exists
+    utmp.write_bytes(pack_utmp(UtmpEntry(USER_PROCESS, 1, "pts/98765", "root", "", 0)))
+    enforcer = enforcer_factory(
+        policy=make_policy(notifications={"utmp_path": str(utmp)}),
+        notice_path="/no/such/folder/.ds01-alerts",
+    )
+    box = containers(gpus=[GPU], labels={"ds01.user": "root"})
+    deadlines.past_idle(box)
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    [record] = enforcer.wait_records(box.id)
+    assert record["decision"] == "stopped"
+    assert (
+        "notice not written" in record["detail"] and "terminals: 0 of 1 written" in record["detail"]
+    )
+    box.reload()
+    assert box.status == "exited"
+    metric = enforcer.metric
+    assert (
+        metric("ds01_enforcer_notifications_total", channel="container_file", result="failed") == 1
+    )
+    assert metric("ds01_enforcer_notifications_total", channel="terminal", result="failed") == 1
