@@ -78,8 +78,7 @@ class Executor:
         self.notice_path = notice_path
         self.dry_run = dry_run
         self._clock = clock
-        self.channels: Notifications = policy.notifications
-        self.terminals = terminals or TerminalNotifier(self.channels.utmp_path)
+        self._terminals = terminals  # None: utmp from the policy in force at each notice
         self._on_delivery = on_delivery  # (channel, delivered|refused|failed): counted
 
     def _stamp(self) -> str:
@@ -108,16 +107,18 @@ class Executor:
     def _tell(self, container: ContainerFacts, severity: str, line: str, summary: str) -> Told:
         """Every channel the policy switches on; failures are counted and reported, never raised."""
         told = Told()
-        if self.channels.container_file:
+        channels: Notifications = self.policy.notifications  # read now: the policy may reload
+        if channels.container_file:
             failure = self._write_notice(container.container_id, line)
             self._on_delivery("container_file", "failed" if failure else "delivered")
             told = told.add("file", failure or "", ok=not failure)
-        if self.channels.terminal:
+        if channels.terminal:
             text = terminal_text(
                 severity=severity, container=container.name, message=summary, stamp=self._stamp()
             )
             try:
-                deliveries = self.terminals.send(container.user, text)
+                notifier = self._terminals or TerminalNotifier(channels.utmp_path)
+                deliveries = notifier.send(container.user, text)
             except OSError as exc:
                 self._on_delivery("terminal", "failed")
                 return told.add("terminals", f"utmp unreadable: {exc.strerror}", ok=False)
