@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_TYPE, LABEL_USER
-from ds01.policy import PolicyError, load_policy_or_default
+from ds01.policy import Exemption, Policy, PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
 from .container_views import history_rows, in_force, last_stop, moment, relative, stop_story, table
@@ -71,6 +71,7 @@ class ListingContext:
             self.devices = {d["device_uuid"]: d for d in client.devices()}
         except (AllocatorUnavailable, Refused):
             self.devices = {}
+        self.policy: Policy | None
         try:
             self.policy = load_policy_or_default(args.policy)
         except PolicyError:
@@ -117,7 +118,7 @@ def describe(container: Any, ctx: ListingContext, *, me: str, now: float) -> dic
         "devices": devices,
     }
     if container.status == "running":
-        exemptions = ()
+        exemptions: tuple[Exemption, ...] = ()
         if ctx.policy is not None:
             at = datetime.fromtimestamp(now, tz=UTC)
             exemptions = ctx.policy.limits_for(

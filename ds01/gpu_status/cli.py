@@ -14,7 +14,7 @@ from typing import IO
 
 from ..cliflags import duration_arg
 from ..clock import SYSTEM_CLOCK, Clock
-from ..policy import DEFAULT_POLICY_PATH, PolicyError, load_policy_or_default
+from ..policy import DEFAULT_POLICY_PATH, Exemption, PolicyError, load_policy_or_default
 from .in_force import in_force, in_force_lines, keep_alive_ends
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
@@ -136,7 +136,7 @@ def _in_force(view: StatusView, args: argparse.Namespace) -> dict:
         policy = load_policy_or_default(args.policy)
     except PolicyError:
         policy = None
-    exemptions = ()
+    exemptions: tuple[Exemption, ...] = ()
     if policy is not None and view.user_filter:
         at = datetime.fromtimestamp(view.now, tz=UTC)
         exemptions = policy.limits_for(view.user_filter, "docker", at).exemptions
