@@ -84,6 +84,12 @@ class Executor:
     def _stamp(self) -> str:
         return datetime.fromtimestamp(self._clock.time(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    def _clock_time(self) -> str:
+        """What a person reads on a terminal: the server's local time, `Mon 14:02 CET`."""
+        return (
+            datetime.fromtimestamp(self._clock.time(), tz=UTC).astimezone().strftime("%a %H:%M %Z")
+        )
+
     def _write_notice(self, container_id: str, line: str) -> str:
         """Append the line; '' on success, else why not (a notice never blocks an action)."""
         try:
@@ -114,7 +120,10 @@ class Executor:
             told = told.add("file", failure or "", ok=not failure)
         if channels.terminal:
             text = terminal_text(
-                severity=severity, container=container.name, message=summary, stamp=self._stamp()
+                severity=severity,
+                container=container.name,
+                message=summary,
+                stamp=self._clock_time(),
             )
             try:
                 notifier = self._terminals or TerminalNotifier(channels.utmp_path)
