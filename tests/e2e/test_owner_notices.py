@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import select
 import uuid
 from pathlib import Path
@@ -142,3 +143,74 @@ def test_the_owner_is_told_on_their_terminal_and_by_mail_then_reads_why_it_stopp
     finally:
         alice_tty.close()
         bob_tty.close()
+
+
+def gpu_status_as_child(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """`gpu-status argv` in a process that has become the user (see call_as): code, stdout."""
+    from ds01.gpu_status.cli import main
+
+    os.environ.clear()
+    os.environ.update(env)
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue()
+
+
+def test_what_is_in_force_shows_in_container_ls_and_gpu_status_mine(
+    stack, unprivileged_users, user_workdir, tmp_path, eventually
+):
+    docker_cli = require_docker_cli(DEBIAN_DOCKER)
+    alice = unprivileged_users[0]
+    # the policy users read (the stack's own lives in a folder only root may open)
+    policy = Path(stack.env["DS01_POLICY"]).read_text()
+    exemption = f"{{user: {alice.name}, from: [idle], until: 2099-01-31, reason: thesis}}"
+    policy += f"exemptions:\n  - {exemption}\n"
+    readable = Path(user_workdir(alice)) / "ds01.yaml"
+    readable.write_text(policy)
+    workspace = user_workdir(alice)
+    (workspace / ".keep-alive").touch()
+    name = f"kept-{uuid.uuid4().hex[:6]}"
+    made = run_as(
+        alice,
+        [docker_cli, "run", "-d", "--name", name, "--gpus", "1", "--network", "none",
+         "-v", f"{workspace}:/workspace", "ds01/busybox:latest", "sleep", "3600"],
+        env={"DOCKER_HOST": stack.endpoints.gateway_host},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(alice.home),
+        "DOCKER_HOST": stack.endpoints.gateway_host,
+        "DS01_ALLOCATOR_SOCKET": stack.endpoints.allocator_socket,
+        "DS01_EXPORTER_URL": stack.endpoints.exporter,
+        "DS01_PROMETHEUS_URL": stack.endpoints.prometheus,
+        "DS01_POLICY": str(readable),
+        "TZ": "UTC",
+    }
+    code, out, err = eventually(
+        lambda: (
+            (r := call_as(alice, container_cli_as_child, ["ls"], env))
+            and "keep-alive" in r[1]
+            and r
+        ),
+        WAIT,
+        "container ls with the keep-alive",
+    )
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith(name))
+    assert "max runtime stop)" in row  # the idle stop is held off: the runtime stop is next
+    assert re.search(r"keep-alive until \S+ \d\d:\d\d \(in (1d|23h \d+m)\)", row), row
+    assert "exempt from idle until 2099-02-01 00:00 (thesis)" in row
+    assert "+0000" not in out and "UTC" not in out  # local, humanised; never Go's format
+    code, text = eventually(
+        lambda: (r := call_as(alice, gpu_status_as_child, ["--mine"], env)) and name in r[1] and r,
+        WAIT,
+        "gpu-status --mine with the container",
+    )
+    assert code == 0
+    forced = text.split(f"In force for {alice.name}:\n", 1)[1]
+    assert f"  {name} on 0:" in forced and "next max runtime stop" in forced
+    assert (
+        "keep-alive until" in forced
+        and "exempt from idle until 2099-02-01 00:00 (thesis)" in forced
+    )
