@@ -161,7 +161,7 @@ def _within(path: str, roots: Iterable[str]) -> bool:
     return False
 
 
-def _bind_refusal(
+def bind_refusal(
     source: str,
     field: str,
     *,
@@ -190,7 +190,7 @@ def _mounts_refusal(
             return f"HostConfig.Binds[{i}]: must be a string"
         source = bind.split(":", 1)[0]
         if source.startswith("/"):
-            problem = _bind_refusal(
+            problem = bind_refusal(
                 source, f"HostConfig.Binds[{i}]", home=home, rules=rules, realpath=realpath
             )
             if problem:
@@ -200,34 +200,29 @@ def _mounts_refusal(
             return f"HostConfig.Mounts[{i}]: must be a JSON object"
         field = f"HostConfig.Mounts[{i}]"
         if mount.get("Type", "volume") == "bind":
-            problem = _bind_refusal(
+            problem = bind_refusal(
                 str(mount.get("Source", "")), field, home=home, rules=rules, realpath=realpath
             )
             if problem:
                 return problem
         options = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {}).get("Options")
-        problem = volume_options_refusal(options, field, home=home, rules=rules, realpath=realpath)
+        problem = volume_options_refusal(options, f"{field} driver option device")
         if problem:
             return problem
     return None
 
 
-def volume_options_refusal(
-    options: Any,
-    field: str,
-    *,
-    home: str | None,
-    rules: CreateRules,
-    realpath: Callable[[str], str] = os.path.realpath,
-) -> str | None:
-    """A local volume with `device=<host path>` is a bind mount in disguise: same rule."""
+def volume_options_refusal(options: Any, field: str) -> str | None:
+    """A local volume over a host path (`device=/…`) is a bind mount dockerd makes later, as
+    root, after any check: users mount host folders with -v instead, where they are pinned."""
     if not isinstance(options, dict) or not options.get("device"):
         return None
     device = str(options["device"])
     if not device.startswith("/"):
         return None  # e.g. an NFS export "host:/path", not this host's files
-    return _bind_refusal(
-        device, f"{field} driver option device", home=home, rules=rules, realpath=realpath
+    return (
+        f"{field}: a volume over the host path {device} is not allowed; "
+        "mount the folder directly (-v /home/you/folder:/path)"
     )
 
 
@@ -293,6 +288,46 @@ def referenced_containers(body: Mapping[str, Any]) -> list[tuple[str, str]]:
         if value.startswith("container:"):
             found.append((f"HostConfig.{key}", value.split(":", 1)[1]))
     return [(field, ref) for field, ref in found if ref]
+
+
+@dataclass(frozen=True)
+class BindSource:
+    """One host path a create mounts: where it sits in the body, and the path."""
+
+    field: str  # e.g. HostConfig.Binds[0]
+    key: tuple[str, int]  # ("Binds", 0) or ("Mounts", 2)
+    path: str
+
+
+def bind_sources(body: Mapping[str, Any]) -> list[BindSource]:
+    """Every host path in Binds and bind-type Mounts (named volumes are not host paths)."""
+    host = _mapping(body.get("HostConfig"), "HostConfig")
+    found = []
+    for i, bind in enumerate(_list(host.get("Binds"), "HostConfig.Binds")):
+        source = str(bind).split(":", 1)[0]
+        if source.startswith("/"):
+            found.append(BindSource(f"HostConfig.Binds[{i}]", ("Binds", i), source))
+    for i, mount in enumerate(_list(host.get("Mounts"), "HostConfig.Mounts")):
+        if isinstance(mount, dict) and mount.get("Type", "volume") == "bind":
+            found.append(
+                BindSource(f"HostConfig.Mounts[{i}]", ("Mounts", i), str(mount.get("Source")))
+            )
+    return found
+
+
+def with_bind_sources(
+    body: Mapping[str, Any], replaced: Mapping[tuple[str, int], str]
+) -> dict[str, Any]:
+    """A copy of the body whose bind sources at `replaced`'s keys are the new paths."""
+    out = copy.deepcopy(dict(body))
+    host = out.get("HostConfig") or {}
+    for (kind, index), path in replaced.items():
+        if kind == "Binds":
+            _, sep, rest = host["Binds"][index].partition(":")
+            host["Binds"][index] = f"{path}{sep}{rest}"
+        else:
+            host["Mounts"][index]["Source"] = path
+    return out
 
 
 # --- the rewrite --------------------------------------------------------------------------------

@@ -83,6 +83,15 @@ class Stream:
         del self.buffer[:size]
         return data
 
+    def take(self, size: int) -> bytes:
+        """The first `size` buffered bytes (all of them without a copy)."""
+        if size >= len(self.buffer):
+            data, self.buffer = self.buffer, bytearray()
+            return data  # type: ignore[return-value] - a bytearray, sent as it is
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
     def has_pending(self) -> bool:
         return bool(self.buffer)
 
@@ -230,31 +239,54 @@ def body_pieces(stream: Stream, framing: Framing) -> Iterator[bytes]:
 
 
 def _chunked_pieces(stream: Stream) -> Iterator[bytes]:
+    """Chunk-size lines are parsed where they lie in the buffer, and everything that arrived is
+    passed on in one piece: a stream of 32 KiB chunks costs one send per read, not three."""
+    left = 0  # bytes of the current chunk (data and CRLF) not yet passed on
     while True:
-        line = stream.read_until(b"\r\n", 4096)
-        if line is None:
+        buffer, pos = stream.buffer, 0
+        while True:
+            if left:
+                step = min(left, len(buffer) - pos)
+                pos, left = pos + step, left - step
+                if left:
+                    break
+            end = buffer.find(b"\r\n", pos)
+            if end < 0:
+                if len(buffer) - pos > 4096:
+                    raise ProtocolError("a chunk-size line longer than 4096 bytes")
+                break
+            size = _chunk_size(bytes(buffer[pos:end]))
+            pos = end + 2
+            if size == 0:
+                yield stream.take(pos)
+                yield from _trailers(stream)
+                return
+            left = size + 2  # the data and its CRLF
+        if pos:
+            yield stream.take(pos)
+        if not stream.fill():
             raise ProtocolError("the connection closed in the middle of a chunked body")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError as exc:
-            raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from exc
-        yield line
-        if size == 0:
-            while True:  # trailers, then the empty line
-                trailer = stream.read_until(b"\r\n", 8192)
-                if trailer is None:
-                    raise ProtocolError("the connection closed in the chunked trailer")
-                yield trailer
-                if trailer == b"\r\n":
-                    return
-        left = size + 2  # the data and its CRLF
-        while left:
-            piece = stream.read_some(min(CHUNK, left))
-            if not piece:
-                raise ProtocolError("the connection closed in the middle of a chunk")
-            left -= len(piece)
-            yield piece
+
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (extensions ignored); only hex digits, as Go accepts."""
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 16 or not set(text) <= _HEX_DIGITS:
+        raise ProtocolError(f"bad chunk size {text[:20]!r}")
+    return int(text, 16)
+
+
+def _trailers(stream: Stream) -> Iterator[bytes]:
+    while True:  # trailers, then the empty line
+        trailer = stream.read_until(b"\r\n", 8192)
+        if trailer is None:
+            raise ProtocolError("the connection closed in the chunked trailer")
+        yield trailer
+        if trailer == b"\r\n":
+            return
 
 
 def read_body(stream: Stream, framing: Framing, limit: int) -> bytes:
@@ -270,10 +302,7 @@ def read_body(stream: Stream, framing: Framing, limit: int) -> bytes:
         line = stream.read_until(b"\r\n", 4096)
         if line is None:
             raise ProtocolError("the connection closed in the middle of a chunked body")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError as exc:
-            raise ProtocolError("bad chunk size") from exc
+        size = _chunk_size(line[:-2])
         if size == 0:
             while stream.read_until(b"\r\n", 8192) not in (b"\r\n", None):
                 pass

@@ -46,6 +46,14 @@ _SHARED_PREFIXES = (
 READ_ONLY = ("GET", "HEAD")
 
 
+class Refusal(Exception):
+    """A rule said no: the client gets a Docker-style error; the connection goes on or closes."""
+
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
+
+
 @dataclass(frozen=True)
 class Route:
     kind: str
@@ -134,3 +142,23 @@ def with_owner_filter(target: str, user: str) -> str:
     rest.append(("filters", json.dumps(filters, separators=(",", ":"))))
     query = urlencode(rest)
     return f"{parts.path}?{query}"
+
+
+_CLIENT_LABELS = ("com.docker.compose.", "devcontainer.")
+
+
+def finds_by_client_labels(target: str) -> bool:
+    """A list filtered on compose or dev-container labels: a tool looking for *its* containers.
+
+    Two users' compose projects in folders of the same name share a project label; scoped to
+    the caller, each user's compose only ever finds their own containers.
+    """
+    for key, value in parse_qsl(urlsplit(target).query):
+        if key != "filters":
+            continue
+        try:
+            labels = (json.loads(value) or {}).get("label") or []
+        except (ValueError, AttributeError):
+            return False
+        return any(str(label).startswith(_CLIENT_LABELS) for label in labels)
+    return False

@@ -70,21 +70,33 @@ def test_unit_flags_parse(service):
 @pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
 def test_units_are_hardened(unit):
     text = unit.read_text()
-    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict"):
-        assert option in text, f"{unit.name} lacks {option}"
-    if unit.name != "ds01-gateway.service":  # it must see the real /tmp: see the next test
-        assert "PrivateTmp=yes" in text, f"{unit.name} lacks PrivateTmp=yes"
+    assert "NoNewPrivileges=yes" in text, f"{unit.name} lacks NoNewPrivileges=yes"
+    if unit.name != "ds01-gateway.service":  # no mount namespace for it: see the next test
+        for option in ("ProtectSystem=strict", "PrivateTmp=yes"):
+            assert option in text, f"{unit.name} lacks {option}"
 
 
 def test_gateway_sees_the_paths_dockerd_sees():
-    """Bind sources are judged by what they resolve to: hiding homes or /tmp from the gateway,
-    or denying it the right to follow a link in a 0700 home, would let a symlink escape."""
+    """Bind sources are judged by what they resolve to and pinned by mounts dockerd must see:
+    any mount namespace (Protect*, Private*) would hide the pins from dockerd."""
     unit = UNITS / "ds01-gateway.service"
-    assert setting(unit, "Service", "ProtectHome") == ["read-only"]
-    assert setting(unit, "Service", "PrivateTmp") in ([], ["no"])
-    assert setting(unit, "Service", "PrivateDevices") in ([], ["no"])
+    for option in (
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "TemporaryFileSystem",
+    ):
+        assert setting(unit, "Service", option) in ([], ["no"]), option
     assert setting(unit, "Service", "User") in ([], ["root"])
-    assert setting(unit, "Service", "CapabilityBoundingSet") == ["CAP_DAC_READ_SEARCH"]
+    caps = setting(unit, "Service", "CapabilityBoundingSet")
+    assert caps == ["CAP_DAC_READ_SEARCH CAP_SYS_ADMIN"]
     # the socket's folder must outlive a restart of any one unit that declares it
     for name in ("ds01-gateway.service", "ds01-allocator.service"):
         assert setting(UNITS / name, "Service", "RuntimeDirectoryPreserve") == ["yes"], name

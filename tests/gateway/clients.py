@@ -185,6 +185,11 @@ def run_in_pty_as(
     )
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid: make stdin the controlling terminal (for SIGWINCH)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class TerminalSession:
     """A client on a pseudo-terminal of a given size, driven like a person: wait, then type.
 
@@ -211,9 +216,15 @@ class TerminalSession:
             stdout=slave,
             stderr=slave,
             start_new_session=True,
+            preexec_fn=_take_terminal,
         )
         os.close(slave)
         self.seen = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """As a terminal window does: the kernel sends SIGWINCH to the client, which tells
+        dockerd the new size (a resize request beside the hijacked stream)."""
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def expect(self, text: str, timeout: float = 30) -> str:
         """Read until `text` has appeared since the last expect; the output up to it."""
@@ -229,6 +240,19 @@ class TerminalSession:
             self.seen += chunk
         before, _, self.seen = self.seen.partition(wanted)
         return before.decode(errors="replace")
+
+    def ask_until(self, command: str, wanted: str, *, prompt: str = "# ", timeout: float = 30):
+        """Type `command` until its output shows `wanted` (a size set by a resize request
+        arrives a moment after the shell's prompt); the output that showed it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.send(command + "\n")
+            shown = self.expect(prompt, max(0.1, deadline - time.monotonic()))
+            if wanted in shown:
+                return shown
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{command!r} never showed {wanted!r}; last: {shown!r}")
+            time.sleep(0.1)
 
     def _read(self) -> bytes:
         try:

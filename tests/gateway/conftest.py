@@ -19,7 +19,7 @@ import yaml
 
 from allocator.client import AllocatorClient
 from allocator.gateway import GatewayServer, GatewaySettings
-from allocator.gateway_backends import AllocatorGrants
+from allocator.gateway_backends import AllocatorGrants, DockerUnavailable
 from allocator.runtime import AllocatorRuntime, build_runtime, start_runtime
 from allocator.service import Settings
 from ds01.gpu import GpuDevice
@@ -87,6 +87,11 @@ class GatewayStack:
         return next(d for d in self.devices if d.index == index)
 
     def stop(self) -> None:
+        """Stop both; bind pins of removed containers are unmounted before the folder goes."""
+        try:
+            self.server.release_unused_pins(older_than=0)
+        except DockerUnavailable:
+            pass  # a stack pointed at no dockerd made no pins
         self.server.close()
         self.runtime.stop()
 

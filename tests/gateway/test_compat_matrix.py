@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ds01.containers import LABEL_USER
+from ds01.containers import LABEL_ALLOCATION, LABEL_USER
 from tests.gateway.clients import (
     call_as,
     compose_binary,
@@ -127,9 +127,15 @@ def test_compose_gpu_reservations(matrix: Matrix, user_workdir, gpu, count):
     assert_gpu_container(
         matrix, made[0].id, user=matrix.alice, ctype="compose", count=count, runtime=runtime
     )
+    allocation = made[0].labels[LABEL_ALLOCATION]
     ok(run_as(matrix.alice, [*argv, "down", "--timeout", "1"], env=env, cwd=folder))
     assert not matrix.docker.containers.list(
         all=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
+    eventually(  # `down` gives the GPU back (held for the hold period, then released)
+        lambda: matrix.allocator.get(allocation)["state"] in ("held", "released"),
+        30,
+        f"allocation {allocation} let go after compose down",
     )
 
 

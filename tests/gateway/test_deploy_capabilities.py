@@ -88,6 +88,13 @@ def test_the_confined_gateway_serves_and_sees_through_a_private_symlink(
         )  # fmt: skip
         assert escape.returncode != 0
         assert "HostConfig.Binds[0]" in escape.stderr and "outside the paths" in escape.stderr
+        pinned = run_as(  # the unit's capabilities suffice to pin a source in a 0700 folder
+            alice,
+            [DEBIAN_DOCKER, "run", "--rm", "--network", "none", "-v", f"{private}:/x",
+             stack.image, "ls", "/x"],
+            env=env,
+        )  # fmt: skip
+        assert pinned.returncode == 0 and "etc-link" in pinned.stdout, pinned.stderr
     finally:
         link.unlink(missing_ok=True)
         private.rmdir()

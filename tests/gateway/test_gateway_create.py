@@ -7,6 +7,7 @@ import pytest
 from allocator.gateway_create import (
     CreateRefused,
     CreateRules,
+    bind_sources,
     client_type,
     create_refusal,
     gpu_ask,
@@ -14,6 +15,7 @@ from allocator.gateway_create import (
     referenced_containers,
     rewrite_create,
     volume_options_refusal,
+    with_bind_sources,
 )
 
 RULES = CreateRules(allowed_bind_paths=("/data",), allowed_devices=frozenset({"/dev/fuse"}))
@@ -211,18 +213,34 @@ def test_no_home_means_no_host_paths():
     assert "no host paths" in problem
 
 
-def test_volume_driver_device_option_is_a_bind_mount():
-    options = {"type": "none", "o": "bind", "device": "/"}
-    problem = volume_options_refusal(
-        options, "DriverOpts", home=HOME, rules=RULES, realpath=identity
-    )
-    assert problem is not None and "DriverOpts" in problem
-    ok = {"type": "none", "o": "bind", "device": "/home/alice/v"}
-    assert (
-        volume_options_refusal(ok, "DriverOpts", home=HOME, rules=RULES, realpath=identity) is None
-    )
-    nfs = {"type": "nfs", "device": ":/export"}
-    assert volume_options_refusal(nfs, "DriverOpts", home=HOME, rules=RULES) is None
+def test_a_volume_over_a_host_path_is_refused():
+    problem = volume_options_refusal({"type": "none", "o": "bind", "device": "/"}, "DriverOpts")
+    assert problem is not None and "DriverOpts" in problem and "-v" in problem
+    home = {"type": "none", "o": "bind", "device": "/home/alice/v"}
+    assert volume_options_refusal(home, "DriverOpts") is not None  # dockerd mounts it later
+    assert volume_options_refusal({"type": "nfs", "device": ":/export"}, "DriverOpts") is None
+    assert volume_options_refusal({"size": "1g"}, "DriverOpts") is None
+
+
+def test_bind_sources_are_found_and_replaced_in_place():
+    body = {
+        "HostConfig": {
+            "Binds": ["/home/a/p:/p:ro", "vol:/v"],
+            "Mounts": [
+                {"Type": "volume", "Source": "v2", "Target": "/v2"},
+                {"Type": "bind", "Source": "/home/a/q", "Target": "/q"},
+            ],
+        }
+    }
+    sources = bind_sources(body)
+    assert [(s.field, s.path) for s in sources] == [
+        ("HostConfig.Binds[0]", "/home/a/p"),
+        ("HostConfig.Mounts[1]", "/home/a/q"),
+    ]
+    out = with_bind_sources(body, {sources[0].key: "/pin/0", sources[1].key: "/pin/1"})
+    assert out["HostConfig"]["Binds"] == ["/pin/0:/p:ro", "vol:/v"]
+    assert out["HostConfig"]["Mounts"][1]["Source"] == "/pin/1"
+    assert body["HostConfig"]["Binds"][0] == "/home/a/p:/p:ro"
 
 
 def test_malformed_host_config_is_refused_not_crashed():

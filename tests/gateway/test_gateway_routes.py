@@ -70,3 +70,13 @@ def test_a_forged_owner_filter_cannot_widen_the_scope():
     new = routes.with_owner_filter('/containers/prune?filters={"label":["ds01.user=bob"]}', "a")
     loaded = json.loads(parse_qs(urlsplit(new).query)["filters"][0])
     assert "ds01.user=a" in loaded["label"]  # label filters are ANDed by dockerd
+
+
+def test_lists_filtered_on_compose_or_devcontainer_labels_are_a_tool_finding_its_own():
+    compose = '/v1.41/containers/json?all=1&filters={"label":["com.docker.compose.project=p"]}'
+    assert routes.finds_by_client_labels(compose)
+    dev = '/containers/json?filters={"label":["devcontainer.local_folder=/home/a/p"]}'
+    assert routes.finds_by_client_labels(dev)
+    assert not routes.finds_by_client_labels('/containers/json?filters={"label":["x=1"]}')
+    assert not routes.finds_by_client_labels("/containers/json?all=1")
+    assert not routes.finds_by_client_labels("/containers/json?filters=nonsense")

@@ -343,3 +343,77 @@ def test_a_container_whose_gpu_hold_ended_cannot_start_on_someone_elses_device(
     assert again.returncode != 0 and "gave its GPU back" in again.stderr
     assert not gateway_stack.docker.api.inspect_container(name)["State"]["Running"]
     assert as_user(alice, "rm", name).returncode == 0
+
+
+def test_a_bind_source_swapped_for_a_symlink_after_create_still_mounts_what_was_checked(
+    gateway_stack, as_user, unprivileged_users, user_workdir
+):
+    """dockerd resolves bind sources at start: the gateway pins what it checked at create."""
+    alice = unprivileged_users[0]
+    folder = user_workdir(alice)
+    checked = folder / "d"
+    assert run_as(alice, ["mkdir", str(checked)]).returncode == 0
+    assert run_as(alice, ["sh", "-c", f"echo mine > {checked}/hostname"]).returncode == 0
+    name = f"toctou-{uuid.uuid4().hex[:8]}"
+    made = as_user(
+        alice,
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "-v",
+        f"{checked}:/x",
+        gateway_stack.image,
+        "cat",
+        "/x/hostname",
+    )
+    assert made.returncode == 0, made.stderr
+    swap = run_as(alice, ["sh", "-c", f"mv {checked} {folder}/old && ln -s /etc {checked}"])
+    assert swap.returncode == 0, swap.stderr
+    started = as_user(alice, "start", "-a", name)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == "mine\n"  # never the host's /etc/hostname
+    assert as_user(alice, "rm", name).returncode == 0
+    assert gateway_stack.server.release_unused_pins(older_than=0) >= 1
+
+
+def test_a_symlink_out_of_home_is_refused_at_create(
+    gateway_stack, as_user, unprivileged_users, user_workdir
+):
+    alice = unprivileged_users[0]
+    folder = user_workdir(alice)
+    assert run_as(alice, ["ln", "-s", "/etc", f"{folder}/etc"]).returncode == 0
+    refused = as_user(
+        alice, "create", "-v", f"{folder}/etc:/x", "--network", "none", gateway_stack.image, "true"
+    )
+    assert refused.returncode != 0 and "outside the paths you may mount" in refused.stderr
+
+
+def test_a_missing_bind_source_is_refused_not_created_as_root(
+    gateway_stack, as_user, unprivileged_users, user_workdir
+):
+    alice = unprivileged_users[0]
+    folder = user_workdir(alice)
+    refused = as_user(
+        alice, "create", "-v", f"{folder}/nope:/x", "--network", "none", gateway_stack.image, "true"
+    )
+    assert refused.returncode != 0 and "does not exist" in refused.stderr
+    assert not (folder / "nope").exists()
+
+
+def test_a_volume_over_a_host_path_is_refused(gateway_stack, as_user, unprivileged_users):
+    alice = unprivileged_users[0]
+    refused = as_user(
+        alice,
+        "volume",
+        "create",
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        "device=/etc",
+        f"v-{uuid.uuid4().hex[:6]}",
+    )
+    assert refused.returncode != 0 and "DriverOpts" in refused.stderr

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -167,15 +168,16 @@ def test_container_deploy_without_docker_host_goes_through_the_gateway(
     alice = unprivileged_users[0]
     stack = gateway_factory()
     env = wrapper_env(stack, user_env(alice))
-    argv = ["--socket", env["DS01_ALLOCATOR_SOCKET"], "deploy", "deployed-alice",
+    name = f"deployed-{uuid.uuid4().hex[:6]}"  # unique: homes are shared by concurrent runs
+    argv = ["--socket", env["DS01_ALLOCATOR_SOCKET"], "deploy", name,
             "--image", stack.image, "--network", "none", "--gpus", "1"]  # fmt: skip
     try:
         assert call_as(alice, deploy_as_user, argv, env, timeout=120) == 0
-        labels = stack.docker.containers.get("deployed-alice").labels
+        labels = stack.docker.containers.get(name).labels
         assert labels["ds01.type"] == "ds01"
-        assert_one_bound_allocation(stack, "deployed-alice", alice.name)
+        assert_one_bound_allocation(stack, name, alice.name)
     finally:
-        for folder in (alice.home / "workspace" / "deployed-alice", alice.home / "workspace"):
+        for folder in (alice.home / "workspace" / name, alice.home / "workspace"):
             try:
                 folder.rmdir()
             except OSError:
