@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import select
@@ -136,6 +137,13 @@ def test_the_owner_is_told_on_their_terminal_and_by_mail_then_reads_why_it_stopp
         assert any("  grant  " in line and "(3g.71gb)" in line for line in lines), out
         warning = next(line for line in lines if "warning (idle)" in line)
         assert "has an idle GPU and will be stopped" in warning  # what she was told
+        code, out, err = call_as(alice, container_cli_as_child, ["ls", "--json"], cli_env)
+        [listed] = [c for c in json.loads(out)["containers"] if c["name"] == name]
+        assert listed["state"] == "exited" and listed["stop"]["reason"] == "idle"
+        assert listed["devices"][0]["uuid"].startswith("MIG-")  # UUIDs only in --json / -v
+        code, out, err = call_as(alice, container_cli_as_child, ["history", "--json"], cli_env)
+        kinds = [(h["kind"], h["container"]) for h in json.loads(out)["history"]]
+        assert ("warning", name) in kinds and ("stop", name) in kinds
         code, out, err = call_as(
             alice, container_cli_as_child, ["history", "--user", bob.name], cli_env
         )
