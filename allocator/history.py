@@ -94,8 +94,18 @@ class HistoryLog:
                 self._fd = None
 
 
-def read_tail(path: str | os.PathLike[str] | None, max_bytes: int = TAIL_BYTES) -> list[dict]:
-    """The records in the last `max_bytes` of a JSON-lines file; [] when it does not exist."""
+def read_tail(
+    path: str | os.PathLike[str] | None,
+    max_bytes: int = TAIL_BYTES,
+    *,
+    mentioning: str | None = None,
+) -> list[dict]:
+    """The records in the last `max_bytes` of a JSON-lines file; [] when it does not exist.
+
+    `mentioning`: only lines holding this string JSON-encoded are parsed (a cheap pre-filter
+    for one user's records; `select_history` still checks the field).
+    """
+    needle = json.dumps(mentioning).encode() if mentioning else b""
     if not path:
         return []
     try:
@@ -110,6 +120,8 @@ def read_tail(path: str | os.PathLike[str] | None, max_bytes: int = TAIL_BYTES) 
         lines = lines[1:]  # the first line is cut in the middle
     records = []
     for line in lines:
+        if needle and needle not in line:
+            continue
         try:
             record = json.loads(line) if line.strip() else None
         except ValueError:

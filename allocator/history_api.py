@@ -63,7 +63,7 @@ def register_history(
             raise bad_request(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
         since_text = request.args.get("since")
         since = _number(since_text, "since", bad_request) if since_text else None
-        records = [r for path in sources() for r in read_tail(path)]
+        records = [r for path in sources() for r in read_tail(path, mentioning=who.user)]
         chosen = select_history(
             records,
             user=who.user,

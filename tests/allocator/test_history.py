@@ -158,3 +158,16 @@ def test_an_admins_stop_reaches_the_owners_history_and_only_admins_may_record_on
     assert stop["detail"] == "GPU maintenance"
     status, body = AllocatorClient(socket_path).call("POST", "/v1/history", {"owner": "a"})
     assert status == 400 and body["message"].startswith("container_id")
+
+
+def test_read_tail_parses_only_lines_that_mention_the_user(tmp_path):
+    path = tmp_path / "log.jsonl"
+    lines = [
+        {"user": "alice", "n": 1},
+        {"user": "bob", "n": 2},
+        {"user": "bob", "detail": "stopped by alice", "n": 3},  # not the quoted name
+        {"user": "alice2", "n": 4},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [r["n"] for r in read_tail(path, mentioning="alice")] == [1]
+    assert [r["n"] for r in read_tail(path)] == [1, 2, 3, 4]
