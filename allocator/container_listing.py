@@ -127,7 +127,7 @@ def describe(container: Any, ctx: ListingContext, *, me: str, now: float) -> dic
         shown = in_force(ctx.entries.get(container.id), exemptions=exemptions, now=now)
         item.update(shown.to_json(), idle_for=shown.idle_for, next_stop_text=shown.next_stop)
         item["notes"] = shown.notes(now)
-    elif container.status in ("exited", "dead", "created"):
+    elif container.status in ("exited", "dead"):
         keep = ctx.policy.keep_alive.path if ctx.policy else "/workspace/.keep-alive"
         story = stop_story(
             name=container.name,
