@@ -121,6 +121,15 @@ class DockerProbe:
         labels = self.container_labels(ref)
         return None if labels is None else labels.get(LABEL_USER, "")
 
+    def volume_owner(self, name: str) -> str | None:
+        """The stamped creator of a named volume; '' when unstamped, None if there is none."""
+        status, data = self.get(f"/volumes/{quote(name, safe='')}")
+        if status == 404:
+            return None
+        if status >= 400:
+            raise DockerUnavailable(f"dockerd answered {status} to volume inspect {name}")
+        return str((data.get("Labels") or {}).get(LABEL_USER, ""))
+
     def exec_container(self, exec_id: str) -> str | None:
         status, data = self.get(f"/exec/{quote(exec_id, safe='')}/json")
         if status == 404:

@@ -19,7 +19,7 @@ from ds01.containers import LABEL_ALLOCATION
 
 from . import gateway_routes as routes
 from .gateway_backends import Caller, DockerUnavailable, unix_connect
-from .gateway_create import CreateRefused, stamp_labels, volume_options_refusal
+from .gateway_create import CreateRefused, exec_refusal, stamp_labels, volume_options_refusal
 from .gateway_creation import CreateFlow
 from .gateway_http import (
     NONE,
@@ -137,6 +137,10 @@ class Connection:
             raise Refusal(403, f"ds01: {method} {urlsplit(target).path} is for admins only")
         if route.kind == routes.CONTAINER and not self._stats(method, target):
             self.check_owner(route.target)
+            if method == "POST" and _is_exec_create(target):
+                return self._checked_exec(head)
+        elif route.kind == routes.VOLUME and method == "DELETE":
+            self.check_volume_owner(route.target)
         elif route.kind == routes.COMMIT:
             self.check_owner(route.target)
         elif route.kind == routes.EXEC:
@@ -152,6 +156,22 @@ class Connection:
         ):
             return self._forward(self._retarget(head, method, target))
         return self._forward(head)
+
+    def _checked_exec(self, head: Head) -> bool:
+        body = self.json_body(head, self.gateway.policy.gateway.max_create_body)
+        problem = exec_refusal(body)
+        if problem:
+            raise Refusal(403, f"ds01: {problem}")
+        _, keep = self.forward_json(head, body)
+        return keep
+
+    def check_volume_owner(self, name: str, *, field: str = "") -> None:
+        """Named volumes made through the gateway carry their creator; others' are refused."""
+        owner = self.gateway.probe.volume_owner(name)
+        if not owner or owner == self.caller.user:
+            return  # no such volume yet, or one nobody stamped (shared)
+        where = f"{field}: " if field else ""
+        raise Refusal(403, f"ds01: {where}volume {name} is not yours")
 
     def _check_start(self, ref: str) -> None:
         """A container whose GPU hold ended must not start again on a device now someone else's."""
@@ -295,6 +315,10 @@ class Connection:
         if "close" in answer.tokens("Connection"):
             self._close_upstream()
         return not closing and not head.start.endswith("HTTP/1.0")
+
+
+def _is_exec_create(target: str) -> bool:
+    return urlsplit(target).path.rstrip("/").endswith("/exec")
 
 
 def _is_start(target: str) -> bool:

@@ -330,6 +330,28 @@ def with_bind_sources(
     return out
 
 
+def named_volumes(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, volume name) for each named volume a create mounts: its owner must be the caller."""
+    host = _mapping(body.get("HostConfig"), "HostConfig")
+    found = []
+    for i, bind in enumerate(_list(host.get("Binds"), "HostConfig.Binds")):
+        source = str(bind).split(":", 1)[0]
+        if source and not source.startswith("/"):
+            found.append((f"HostConfig.Binds[{i}]", source))
+    for i, mount in enumerate(_list(host.get("Mounts"), "HostConfig.Mounts")):
+        if isinstance(mount, dict) and mount.get("Type", "volume") == "volume":
+            if mount.get("Source"):
+                found.append((f"HostConfig.Mounts[{i}]", str(mount["Source"])))
+    return found
+
+
+def exec_refusal(body: Mapping[str, Any]) -> str | None:
+    """An exec may not be what a create may not be: privileged."""
+    if body.get("Privileged"):
+        return "Privileged: a privileged exec is not allowed on this server"
+    return None
+
+
 # --- the rewrite --------------------------------------------------------------------------------
 
 

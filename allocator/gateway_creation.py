@@ -23,6 +23,7 @@ from .gateway_create import (
     client_type,
     create_refusal,
     gpu_ask,
+    named_volumes,
     owner_stamps,
     profile_hint,
     referenced_containers,
@@ -59,12 +60,16 @@ class CreateFlow:
                     raise Refusal(403, f"ds01: {problem}")
                 for field, ref in referenced_containers(body):
                     self.conn.check_owner(ref, field=field)
+                for field, volume in named_volumes(body):
+                    self.conn.check_volume_owner(volume, field=field)
             ask = gpu_ask(body, default_runtime=runtime)
             stamp_labels(body.get("Labels"), {})  # validates the labels' shape
         except CreateRefused as exc:
             raise Refusal(400, f"ds01: {exc}") from None
         name = dict(parse_qsl(urlsplit(target).query)).get("name", "")
         ctype = client_type(body.get("Labels") or {})
+        if name and not caller.admin:
+            self._check_name_free(name, ctype)
         pinned = None if caller.admin else self._pin_binds(body)
         try:
             return self._forward_pinned(head, target, body, ask, ctype, name, runtime, pinned)
@@ -72,6 +77,18 @@ class CreateFlow:
             if pinned:
                 gateway.pins.release(pinned[1])
             raise
+
+    def _check_name_free(self, name: str, ctype: str) -> None:
+        """Names are one namespace for all users: say whose, and how to pick another."""
+        owner = self.gateway.probe.container_owner(name)
+        if owner is None or owner == self.caller.user:
+            return  # free, or the caller's own: dockerd answers as it always does
+        hint = (
+            "choose another project name (docker-compose -p NAME, or COMPOSE_PROJECT_NAME)"
+            if ctype == "compose"
+            else "choose another name"
+        )
+        raise Refusal(409, f"ds01: the name {name} is taken by another user's container; {hint}")
 
     def _pin_binds(self, body: dict) -> tuple[dict, str] | None:
         """Open each bind source once, check where it really is, and pin exactly that."""

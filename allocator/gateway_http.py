@@ -38,6 +38,14 @@ class Stream:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self._landing: bytearray | None = None  # reused by bodies passed straight on
+
+    def receive(self, size: int = CHUNK) -> tuple[bytearray, int]:
+        """One recv into a buffer kept for the connection (no allocation, no page faults per
+        read); the bytes are valid until the next receive. At most `size` (<= CHUNK) bytes."""
+        if self._landing is None:
+            self._landing = bytearray(CHUNK)
+        return self._landing, self.sock.recv_into(self._landing, min(size, CHUNK))
 
     def fill(self, size: int = CHUNK) -> bool:
         """Read more from the socket; False at end of stream."""
@@ -239,33 +247,51 @@ def body_pieces(stream: Stream, framing: Framing) -> Iterator[bytes]:
 
 
 def _chunked_pieces(stream: Stream) -> Iterator[bytes]:
-    """Chunk-size lines are parsed where they lie in the buffer, and everything that arrived is
-    passed on in one piece: a stream of 32 KiB chunks costs one send per read, not three."""
+    for view in _chunked_views(stream):
+        yield bytes(view)
+
+
+def _chunked_views(stream: Stream) -> Iterator[memoryview]:
+    """The wire bytes of a chunked body, each view valid only until the next is asked for.
+
+    Chunk-size lines are parsed where they lie and everything that arrived goes on in one
+    piece: a stream of 32 KiB chunks costs one recv and one send per read, not six.
+    """
     left = 0  # bytes of the current chunk (data and CRLF) not yet passed on
     while True:
-        buffer, pos = stream.buffer, 0
+        if stream.buffer:  # read ahead with the head, or a size line cut by a read
+            data: bytearray | bytes = stream.take(len(stream.buffer))
+            size_of_data = len(data)
+        else:
+            data, size_of_data = stream.receive()
+            if not size_of_data:
+                raise ProtocolError("the connection closed in the middle of a chunked body")
+        pos, view = 0, memoryview(data)
         while True:
             if left:
-                step = min(left, len(buffer) - pos)
+                step = min(left, size_of_data - pos)
                 pos, left = pos + step, left - step
                 if left:
                     break
-            end = buffer.find(b"\r\n", pos)
+            end = data.find(b"\r\n", pos, size_of_data)
             if end < 0:
-                if len(buffer) - pos > 4096:
-                    raise ProtocolError("a chunk-size line longer than 4096 bytes")
                 break
-            size = _chunk_size(bytes(buffer[pos:end]))
+            size = _chunk_size(bytes(data[pos:end]))
             pos = end + 2
             if size == 0:
-                yield stream.take(pos)
-                yield from _trailers(stream)
+                yield view[:pos]
+                stream.buffer = bytearray(data[pos:size_of_data])  # trailers and what follows
+                yield from map(memoryview, _trailers(stream))
                 return
             left = size + 2  # the data and its CRLF
         if pos:
-            yield stream.take(pos)
-        if not stream.fill():
-            raise ProtocolError("the connection closed in the middle of a chunked body")
+            yield view[:pos]
+        if pos < size_of_data:  # a size line cut by the read: keep it, read on
+            if size_of_data - pos > 4096:
+                raise ProtocolError("a chunk-size line longer than 4096 bytes")
+            stream.buffer = bytearray(data[pos:size_of_data])
+            if not stream.fill():
+                raise ProtocolError("the connection closed in the middle of a chunked body")
 
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -313,7 +339,8 @@ def read_body(stream: Stream, framing: Framing, limit: int) -> bytes:
 
 
 def copy_body(stream: Stream, framing: Framing, dest: socket.socket) -> None:
-    for piece in body_pieces(stream, framing):
+    pieces = _chunked_views(stream) if framing.kind == CHUNKED else body_pieces(stream, framing)
+    for piece in pieces:
         dest.sendall(piece)
 
 

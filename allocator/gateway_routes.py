@@ -25,6 +25,7 @@ LIST = "list"  # GET /containers/json: maybe scoped to the caller
 SCOPE = "scope"  # prune: scoped to the caller's own objects
 VOLUME_CREATE = "volume_create"  # checked for host-path bind options, stamped with the owner
 NETWORK_CREATE = "network_create"  # stamped with the owner
+VOLUME = "volume"  # one named volume (removal needs its owner)
 ADMIN = "admin"  # admins only (users: read-only requests pass)
 
 _ADMIN_PREFIXES = ("swarm", "services", "nodes", "tasks", "secrets", "configs", "plugins")
@@ -88,6 +89,8 @@ def route(method: str, target: str) -> Route:
             return Route(VOLUME_CREATE if head == "volumes" else NETWORK_CREATE)
         if words[1] == "prune":
             return Route(SCOPE)
+    if head == "volumes" and len(words) == 2:
+        return Route(VOLUME, words[1])
     if head in _SHARED_PREFIXES:
         return Route(PASS)
     if head in _ADMIN_PREFIXES:

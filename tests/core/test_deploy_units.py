@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ds01.policy import load_policy
-from ds01.policy_model import GatewayPolicy, Services
+from ds01.policy_model import GatewayPolicy, Services, default_policy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = DEPLOY / "systemd"
@@ -153,11 +153,11 @@ def test_gateway_serves_where_the_login_shells_point():
     assert entries == [["L+", "/run/docker.sock", "-", "-", "-", "-", args.socket]]
 
 
-def profile_docker_host(env: dict[str, str]) -> str:
-    """DOCKER_HOST after a POSIX login shell sources the profile.d script."""
+def profile_docker_host(env: dict[str, str], variable: str = "DOCKER_HOST") -> str:
+    """`variable` after a POSIX login shell sources the profile.d script."""
     script = DEPLOY / "profile.d" / "ds01-docker-host.sh"
     done = subprocess.run(
-        ["sh", "-c", '. "$1"; printf %s "${DOCKER_HOST:-}"', "sh", str(script)],
+        ["sh", "-c", f'. "$1"; printf %s "${{{variable}:-}}"', "sh", str(script)],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
@@ -169,6 +169,13 @@ def profile_docker_host(env: dict[str, str]) -> str:
 
 def test_login_shells_talk_to_the_gateway():
     assert profile_docker_host({}) == f"unix://{parsed_args('gateway').socket}"
+
+
+def test_compose_waits_longer_than_the_gpu_queue():
+    """compose 1.x gives up after 60 s; a GPU create may wait gpu_wait (3 min) in the queue."""
+    waited = float(profile_docker_host({}, "COMPOSE_HTTP_TIMEOUT"))
+    assert waited > default_policy().gpu_wait
+    assert profile_docker_host({"COMPOSE_HTTP_TIMEOUT": "900"}, "COMPOSE_HTTP_TIMEOUT") == "900"
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from allocator.model import LIVE_STATES
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_TYPE, LABEL_USER
 from tests.gateway.clients import (
     CompatUser,
+    cli_supports_buildkit,
     docker_clis,
     ensure_devcontainer_image,
     run_as,
@@ -30,6 +31,13 @@ from tests.harness.waiting import eventually
 
 CLIS = docker_clis()
 CLI_IDS = [label for label, _ in CLIS]
+# (label, cli, DOCKER_BUILDKIT): BuildKit only where the CLI has it (newer CLIs need buildx)
+BUILDS = [
+    pytest.param(label, cli, kit, id=f"{label}-{'buildkit' if kit == '1' else 'legacy'}")
+    for label, cli in CLIS
+    for kit in ("0", "1")
+    if kit == "0" or cli_supports_buildkit(cli)
+]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import pytest
 from tests.gateway.clients import (
     CompatUser,
     call_as,
-    cli_supports_buildkit,
     compose_binary,
     devcontainer_binary,
     docker_clis,
@@ -26,6 +25,7 @@ from tests.gateway.clients import (
     run_in_pty_as,
 )
 from tests.gateway.clients import unprivileged_users as _users_fixture
+from tests.gateway.compat import BUILDS
 
 pytestmark = pytest.mark.integration
 unprivileged_users = _users_fixture  # the session fixture, used by name
@@ -160,12 +160,9 @@ def test_devcontainer_up_with_gpu_run_args(docker_client, dockerd, tmp_path):
             docker_client.api.remove_container(outcome["containerId"], force=True)
 
 
-@pytest.mark.parametrize(("label", "cli"), CLIS, ids=[label for label, _ in CLIS])
-@pytest.mark.parametrize("buildkit", ["0", "1"], ids=["legacy", "buildkit"])
+@pytest.mark.parametrize(("label", "cli", "buildkit"), BUILDS)
 def test_docker_cli_build(docker_client, busybox_image, dockerd, tmp_path, label, cli, buildkit):
     require_docker_cli(cli)
-    if buildkit == "1" and not cli_supports_buildkit(cli):
-        pytest.skip(f"{label} needs the buildx plugin for BuildKit, and none is installed")
     (tmp_path / "Dockerfile").write_text(
         f"FROM {busybox_image}\nRUN echo built > /tmp/marker\nCOPY hello.txt /hello.txt\n"
     )

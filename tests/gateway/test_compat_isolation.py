@@ -2,8 +2,7 @@
 
 A create body can name another user's container (`--volumes-from`, `--pid`/`--network`/`--ipc
 container:<name>`) or named volume (`-v <volume>:…`); through the real CLIs, each must be
-refused with the gateway's message. Named volumes are a strict xfail: the gateway does not
-check them yet (reported to the gateway's owner); the marker goes when the check lands.
+refused with the gateway's message.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ unprivileged_users = _users_fixture  # fixtures, used by name
 user_workdir = _workdir_fixture
 matrix = _matrix_fixture
 remove_users_containers = _cleanup_fixture  # autouse
-
-GAP = "gateway gap reported to the lead: a create may mount another user's named volume"
 
 
 @pytest.fixture
@@ -66,7 +63,6 @@ def test_another_users_container_cannot_be_joined(
     assert "ds01" in done.stderr and "not yours" in done.stderr, done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=GAP)
 def test_another_users_named_volume_cannot_be_mounted(matrix: Matrix):
     cli = require_docker_cli(CLIS[0][1])
     volume = f"alice-{uuid.uuid4().hex[:8]}"

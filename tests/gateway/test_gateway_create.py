@@ -10,7 +10,9 @@ from allocator.gateway_create import (
     bind_sources,
     client_type,
     create_refusal,
+    exec_refusal,
     gpu_ask,
+    named_volumes,
     profile_hint,
     referenced_containers,
     rewrite_create,
@@ -265,3 +267,25 @@ def test_containers_a_create_borrows_from_are_listed_for_the_owner_check():
         ("HostConfig.IpcMode", "ipc1"),
     ]
     assert referenced_containers({}) == []
+
+
+def test_named_volumes_a_create_mounts():
+    body = {
+        "HostConfig": {
+            "Binds": ["data:/d:ro", "/home/a:/h"],
+            "Mounts": [
+                {"Type": "volume", "Source": "cache", "Target": "/c"},
+                {"Type": "volume", "Target": "/anon"},
+                {"Type": "tmpfs", "Target": "/t"},
+            ],
+        }
+    }
+    assert named_volumes(body) == [
+        ("HostConfig.Binds[0]", "data"),
+        ("HostConfig.Mounts[0]", "cache"),
+    ]
+
+
+def test_a_privileged_exec_is_refused():
+    assert "Privileged" in exec_refusal({"Cmd": ["sh"], "Privileged": True})
+    assert exec_refusal({"Cmd": ["sh"], "User": "root"}) is None

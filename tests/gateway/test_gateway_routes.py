@@ -34,6 +34,8 @@ from allocator import gateway_routes as routes
         ("POST", "/session", routes.PASS, ""),
         ("POST", "/volumes/create", routes.VOLUME_CREATE, ""),
         ("POST", "/volumes/prune", routes.SCOPE, ""),
+        ("DELETE", "/volumes/data", routes.VOLUME, "data"),
+        ("GET", "/volumes", routes.PASS, ""),
         ("POST", "/networks/create", routes.NETWORK_CREATE, ""),
         ("POST", "/networks/prune", routes.SCOPE, ""),
         ("GET", "/events?since=1", routes.PASS, ""),

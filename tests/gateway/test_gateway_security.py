@@ -417,3 +417,14 @@ def test_a_volume_over_a_host_path_is_refused(gateway_stack, as_user, unprivileg
         f"v-{uuid.uuid4().hex[:6]}",
     )
     assert refused.returncode != 0 and "DriverOpts" in refused.stderr
+
+
+def test_another_users_volume_cannot_be_removed(gateway_stack, as_user, unprivileged_users):
+    alice, bob = unprivileged_users
+    volume = f"vol-{uuid.uuid4().hex[:6]}"
+    assert as_user(alice, "volume", "create", volume).returncode == 0
+    labels = gateway_stack.docker.volumes.get(volume).attrs["Labels"]
+    assert labels["ds01.user"] == alice.name
+    refused = as_user(bob, "volume", "rm", volume)
+    assert refused.returncode != 0 and "is not yours" in refused.stderr
+    assert as_user(alice, "volume", "rm", volume).returncode == 0
