@@ -150,3 +150,17 @@ def parse_notifications(value: Any, key: str = "notifications") -> Notifications
         email=_email(raw.get("email"), f"{key}.email"),
         utmp_path=utmp,
     )
+
+
+def notification_channels(n: Notifications) -> str:
+    """One line for `ds01 check-config`: which channels tell owners, and where mail goes."""
+    parts = []
+    if n.terminal:
+        parts.append(f"their terminals (utmp {n.utmp_path})")
+    if n.container_file:
+        parts.append("the container's notice file")
+    if n.email is not None:
+        where = n.email.to_template or "mapped users only"
+        mapped = f", {len(n.email.addresses)} mapped" if n.email.addresses else ""
+        parts.append(f"mail to {where}{mapped} via {n.email.smarthost}")
+    return ", ".join(parts) or "nothing (every channel is off)"

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
-from .notify_policy import NotificationsError, parse_notifications
+from .notify_policy import NotificationsError, notification_channels, parse_notifications
 from .policy_model import (  # re-exported: callers import records from here
     CONTAINER_TYPES,
     DEFAULT_CONTAINER_TYPES,
@@ -395,6 +395,7 @@ def summary(policy: Policy) -> str:
         f"  {len(policy.users)} users mapped (default group {policy.default_group}), "
         f"{len(policy.exemptions)} exemptions, {len(policy.protected_names)} protected names"
     )
+    lines.append("  owners are told by: " + notification_channels(policy.notifications))
     return "\n".join(lines)
 
 

@@ -153,3 +153,16 @@ def test_channel_switches_and_utmp_path_are_validated():
         parse_policy({"notifications": {"terminal": "yes"}})
     with pytest.raises(PolicyError, match="notifications.utmp_path: must be an absolute"):
         parse_policy({"notifications": {"utmp_path": "utmp"}})
+
+
+def test_check_config_says_which_channels_tell_owners():
+    from ds01.notify_policy import notification_channels
+
+    email = {"to": "{{ user }}@e.org", "addresses": {"a": "a@e.org"}, "from": "x@e.org",
+             "smarthost": "h:25"}  # fmt: skip
+    policy = parse_policy({"notifications": {"container_file": False, "email": email}})
+    assert notification_channels(policy.notifications) == (
+        "their terminals (utmp /var/run/utmp), mail to {{ user }}@e.org, 1 mapped via h:25"
+    )
+    off = parse_policy({"notifications": {"terminal": False, "container_file": False}})
+    assert notification_channels(off.notifications) == "nothing (every channel is off)"
