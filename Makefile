@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test lint format deps bench
+.PHONY: up test lint format deps bench coverage
 
 deps:
 	bash scripts/install-deps.sh
@@ -13,6 +13,7 @@ up: deps
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format:
 	$(VENV)/bin/ruff format .
@@ -23,3 +24,11 @@ test: deps lint
 
 bench: deps
 	status=0; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status
+
+# Line and branch coverage, child processes included (needs `.venv/bin/pip install coverage`).
+coverage: deps
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	export COVERAGE_FILE=$(CURDIR)/.coverage-data/.coverage; \
+	CI=true $(VENV)/bin/coverage run --rcfile=scripts/coverage.ini -m pytest -q && \
+	$(VENV)/bin/coverage combine --rcfile=scripts/coverage.ini -q && \
+	$(VENV)/bin/coverage report --rcfile=scripts/coverage.ini

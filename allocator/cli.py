@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.dockerio import DockerLink, connect
 from ds01.durations import format_duration
 from ds01.gpu import open_backend
 from ds01.logs import setup_logging
+from ds01.policy import Policy
+from ds01.policy_reload import PolicyReloader
 
 from .runtime import build_runtime
 from .service import Settings
@@ -126,13 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OSError, ValueError) as exc:
         parser.error(f"--gpu-backend {kind}: {exc}")
-    docker_client = None
-    try:
-        from ds01.dockerio import connect
-
-        docker_client = connect(args.docker_host)
-    except Exception:
-        logger.exception("cannot reach Docker; lifecycle follows once it answers")
+    # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
+    docker_client = DockerLink(lambda: connect(args.docker_host))
     runtime = build_runtime(
         policy,
         db_path=args.db or state_dir / "allocator.sqlite",
@@ -147,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit_log=args.audit_log or policy.services.audit_log or state_dir / "enforcer-audit.jsonl",
         history_log=args.history_log or state_dir / "allocator-history.jsonl",
     )
+
+    def use_policy(fresh: Policy) -> None:
+        runtime.allocator.policy = fresh
+
+    PolicyReloader(
+        policy, path=args.policy, apply=use_policy, registry=runtime.registry
+    ).on_sighup()
     logger.info(
         "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
         "hold_after_stop=%s reservation_ttl=%s db=%s",

@@ -75,7 +75,9 @@ class AllocatorClient:
     def _connection(self) -> http.client.HTTPConnection:
         if self.url:
             parts = urlsplit(self.url)
-            return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+            return http.client.HTTPConnection(
+                parts.hostname or "localhost", parts.port, timeout=self.timeout
+            )
         return _UnixConnection(self.socket_path, self.timeout)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -87,7 +89,7 @@ class AllocatorClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         for attempt in (1, 2):
-            conn = getattr(self._local, "conn", None)
+            conn: Any = getattr(self._local, "conn", None)
             fresh = conn is None
             if fresh:
                 conn = self._local.conn = self._connection()

@@ -246,7 +246,10 @@ def rewrite(
     end_marker = kept[-1:] == ["--"]
     if end_marker:
         kept.pop()
-    added = ["--gpus", f"device={','.join(devices)}"]
+    # The docker CLI reads --gpus as CSV: `device=A,B` would be two fields ("B" an unknown
+    # key), so a list of devices goes in double quotes, as NVIDIA documents.
+    spec = f"device={','.join(devices)}"
+    added = ["--gpus", f'"{spec}"' if len(devices) > 1 else spec]
     for key, value in labels.items():
         added += ["--label", f"{key}={value}"]
     return [*cmd.head, *kept, *added, *(["--"] if end_marker else []), *cmd.tail]

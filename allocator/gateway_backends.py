@@ -88,7 +88,7 @@ class DockerProbe:
 
     def get(self, path: str) -> tuple[int, Any]:
         for attempt in (1, 2):
-            conn = getattr(self._local, "conn", None)
+            conn: Any = getattr(self._local, "conn", None)
             fresh = conn is None
             if fresh:
                 conn = self._local.conn = _UnixHTTPConnection(self.socket_path, self.timeout)

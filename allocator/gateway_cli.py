@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ds01.cliflags import duration_arg, load_policy_for
 from ds01.logs import setup_logging
 from ds01.policy import DEFAULT_POLICY_PATH
+from ds01.policy_reload import PolicyReloader
 
 from .client import SOCKET_ENV, AllocatorClient
 from .gateway import GatewayServer, GatewaySettings
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    PolicyReloader(policy, path=args.policy, apply=server.use_policy).on_sighup()
     server.serve_forever()
     server.close()
     logger.info("gateway stopped")

@@ -144,8 +144,8 @@ def gpu_ask(body: Mapping[str, Any], *, default_runtime: str = "runc") -> GpuAsk
         return None
     if value.lower() == "all":
         return GpuAsk(1, (), VISIBLE, True)
-    ids = tuple(v.strip() for v in value.split(",") if v.strip())
-    return GpuAsk(len(ids), ids, VISIBLE)
+    listed = tuple(v.strip() for v in value.split(",") if v.strip())
+    return GpuAsk(len(listed), listed, VISIBLE)
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -239,9 +239,9 @@ def _security_refusal(host: Mapping[str, Any], rules: CreateRules) -> str | None
             return f"HostConfig.CapAdd: capability {cap} is not allowed (allowed: {allowed})"
     for opt in _list(host.get("SecurityOpt"), "HostConfig.SecurityOpt"):
         key, _, value = str(opt).replace(":", "=", 1).partition("=")
-        what = _UNCONFINED.get((key.strip(), value.strip()))
-        if what:
-            return f"HostConfig.SecurityOpt: {opt} would switch off {what}; not allowed"
+        switched_off = _UNCONFINED.get((key.strip(), value.strip()))
+        if switched_off:
+            return f"HostConfig.SecurityOpt: {opt} would switch off {switched_off}; not allowed"
     if host.get("CgroupParent"):
         return "HostConfig.CgroupParent: containers stay in Docker's cgroup; not allowed"
     return None

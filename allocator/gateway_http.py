@@ -91,11 +91,11 @@ class Stream:
         del self.buffer[:size]
         return data
 
-    def take(self, size: int) -> bytes:
+    def take(self, size: int) -> bytes | bytearray:
         """The first `size` buffered bytes (all of them without a copy)."""
         if size >= len(self.buffer):
-            data, self.buffer = self.buffer, bytearray()
-            return data  # type: ignore[return-value] - a bytearray, sent as it is
+            whole, self.buffer = self.buffer, bytearray()
+            return whole  # a bytearray, sent as it is
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
@@ -281,7 +281,7 @@ def _chunked_views(stream: Stream) -> Iterator[memoryview]:
             if size == 0:
                 yield view[:pos]
                 stream.buffer = bytearray(data[pos:size_of_data])  # trailers and what follows
-                yield from map(memoryview, _trailers(stream))
+                yield from (memoryview(piece) for piece in _trailers(stream))
                 return
             left = size + 2  # the data and its CRLF
         if pos:

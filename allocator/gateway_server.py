@@ -56,24 +56,32 @@ class GatewayServer:
         self.docker_socket = docker_socket
         self.policy, self.grants, self.settings = policy, grants, settings
         self.probe = probe or DockerProbe(docker_socket)
-        gw = policy.gateway
-        self.rules = CreateRules(
-            allowed_bind_paths=gw.allowed_bind_paths,
-            allowed_capabilities=gw.allowed_capabilities,
-            allowed_devices=gw.allowed_devices,
-            docker_sockets=(
-                docker_socket,
-                str(self.socket_path),
-                "/run/docker.sock",
-                "/var/run/docker.sock",
-            ),
-        )
+        self.rules = self._rules(policy)
         self.pins = BindPins(pin_dir or self.socket_path.parent / "gateway-binds")
         self._sweeper = PinSweeper(self.pins, self._pin_tokens, settings.pin_sweep_interval)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._listener = self._listen()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _rules(self, policy: Policy) -> CreateRules:
+        gw = policy.gateway
+        return CreateRules(
+            allowed_bind_paths=gw.allowed_bind_paths,
+            allowed_capabilities=gw.allowed_capabilities,
+            allowed_devices=gw.allowed_devices,
+            docker_sockets=(
+                self.docker_socket,
+                str(self.socket_path),
+                "/run/docker.sock",
+                "/var/run/docker.sock",
+            ),
+        )
+
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy (SIGHUP): new requests judge with it, create rules included."""
+        self.rules = self._rules(policy)
+        self.policy = policy
 
     def _listen(self) -> socket.socket:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import os
 import pwd
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ds01.gpu import GpuBackend, GpuReading
 
@@ -33,8 +33,15 @@ def process_owner(pid: int) -> str | None:
 class CachedInventory:
     """The GPU backend's last reading, refreshed at most every `refresh` seconds."""
 
-    def __init__(self, backend: GpuBackend, refresh: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: GpuBackend,
+        refresh: float = 1.0,
+        *,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self.backend, self.refresh = backend, refresh
+        self._on_error = on_error
         self._reading: GpuReading | None = None
         self._read_at = 0.0
         self._lock = threading.Lock()
@@ -46,8 +53,12 @@ class CachedInventory:
             if self._reading is None or now - self._read_at >= self.refresh:
                 try:
                     self._reading = self.backend.read()
+                    if self._reading.errors:  # devices it could not sample, counted as the
+                        self.errors += 1  # exporter counts them
+                        self._on_error()
                 except Exception:
                     self.errors += 1
+                    self._on_error()
                     logger.exception("reading the GPU inventory failed")
                     if self._reading is None:
                         self._reading = GpuReading(self.backend.devices())

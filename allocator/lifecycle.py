@@ -10,13 +10,13 @@ reports every running GPU container, labelled or not, so none of its devices is 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ds01.containers import LABEL_ALLOCATION, LABEL_USER, classify, parse_docker_time
+from ds01.docker_events import EventFollower
 from ds01.gpu import GpuDevice
 
 from .model import BOUND, HELD, RELEASED, RESERVED, Allocation
@@ -71,7 +71,7 @@ def transition(alloc: Allocation, event: ContainerEvent, *, hold: float) -> Allo
     view = event.container
     if not alloc.live or not _claims(alloc, view):
         return None
-    named = {"container_id": view.container_id, "container_name": view.name}
+    named: dict[str, Any] = {"container_id": view.container_id, "container_name": view.name}
     if event.action in ("create", "start"):
         if alloc.state == BOUND and alloc.container_id == view.container_id:
             return None
@@ -176,16 +176,41 @@ def event_from_docker(raw: Mapping[str, Any]) -> ContainerEvent | None:
 
 
 class DockerWatcher:
-    """Reconciles at start, then applies the events stream; reconnects after a failure."""
+    """Reconciles at start, then applies the events stream; reconnects after a failure.
+
+    `docker_client` is a client or a function that makes one (on first use, so an allocator
+    started while Docker is down follows it once it answers: the follower keeps retrying).
+    """
 
     def __init__(self, allocator: Allocator, docker_client: Any, *, retry: float = 1.0) -> None:
         self.allocator = allocator
-        self.client = docker_client
+        self._client: Callable[[], Any] = (
+            docker_client if callable(docker_client) else (lambda: docker_client)
+        )
         self.retry = retry
-        self._stop = threading.Event()
-        self._stream: Any = None
-        self._thread: threading.Thread | None = None
         self.errors = 0
+        self._since: int | None = None
+        self._reconciled_at = 0.0
+        self._follower = EventFollower(
+            name="allocator",
+            subscribe=self._subscribe,
+            catch_up=self._catch_up,
+            apply=self._apply,
+            retry=retry,
+            on_failure=self._failed,
+            log=logger,
+        )
+
+    @property
+    def client(self) -> Any:
+        return self._client()
+
+    @property
+    def connected(self) -> bool:
+        return self._follower.connected
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._follower.wait_connected(timeout)
 
     def reconcile_now(self) -> int:
         """List containers and reconcile; returns the number of changes (adoptions included).
@@ -226,49 +251,36 @@ class DockerWatcher:
         return replace(event, container=replace(view, running=True))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:
-                logger.debug("closing the events stream failed", exc_info=True)
-        if self._thread is not None:
-            self._thread.join(5)
+        self._follower.stop()
 
-    def _run(self) -> None:
-        since = None
-        while not self._stop.is_set():
-            try:
-                since = since or int(self.allocator.clock.time()) - 1
-                self._stream = self.client.api.events(
-                    since=since,
-                    decode=True,
-                    filters={"type": "container", "event": list(EVENT_ACTIONS)},
-                )
-                # Subscribe first, then reconcile: nothing falls between the two. Events the
-                # stream replays from before the reconcile are already in its picture, and
-                # applying them again would flap an allocation through old states.
-                reconciled_at = time.time()
-                self.reconcile_now()
-                for raw in self._stream:
-                    if self._stop.is_set():
-                        break
-                    event = event_from_docker(raw)
-                    if event is None:
-                        continue
-                    since = int(event.at)
-                    if event.at < reconciled_at:
-                        logger.debug("skipping replayed %s event of %s", event.action, event.at)
-                        continue
-                    self.allocator.apply_event(self.inspected(event))
-            except Exception:
-                if self._stop.is_set():
-                    break
-                self.errors += 1
-                logger.exception("docker events stream failed; retrying in %.1fs", self.retry)
-                self._stop.wait(self.retry)
+    def _subscribe(self) -> Any:
+        self._since = self._since or int(self.allocator.clock.time()) - 1
+        return self._client().api.events(
+            since=self._since,
+            decode=True,
+            filters={"type": "container", "event": list(EVENT_ACTIONS)},
+        )
+
+    def _catch_up(self) -> None:
+        # Subscribed first, then reconcile: nothing falls between the two. Events the stream
+        # replays from before the reconcile are already in its picture, and applying them
+        # again would flap an allocation through old states.
+        self._reconciled_at = time.time()
+        self.reconcile_now()
+
+    def _apply(self, raw: Mapping[str, Any]) -> None:
+        event = event_from_docker(raw)
+        if event is None:
+            return
+        self._since = int(event.at)
+        if event.at < self._reconciled_at:
+            logger.debug("skipping replayed %s event of %s", event.action, event.at)
+            return
+        self.allocator.apply_event(self.inspected(event))
+
+    def _failed(self, reason: object) -> None:
+        self.errors += 1
+        self.allocator.metrics.count_error("docker")

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from .model import DENIAL_REASONS, Allocation
 
+ERROR_SOURCES = ("docker", "gpu", "tick")  # events stream/reconcile, GPU reading, expiry pass
 ADOPTION_RESULTS = ("adopted", "refused")
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
 
@@ -57,6 +58,19 @@ class AllocatorMetrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+
+        self.errors = Counter(
+            "ds01_allocator_errors",
+            "Failures of the allocator's background work, by source: docker (events stream or "
+            "reconcile), gpu (GPU inventory read), tick (expiry pass).",
+            ["source"],
+            registry=registry,
+        )
+        for source in ERROR_SOURCES:
+            self.errors.labels(source=source)
+
+    def count_error(self, source: str) -> None:
+        self.errors.labels(source=source).inc()
 
     def granted(self, waited: float) -> None:
         self.grants.inc()

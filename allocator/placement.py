@@ -7,7 +7,7 @@ asks for it by profile; whole GPUs go only to groups with `allow_full_gpu`, and 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ds01.gpu import GpuDevice
@@ -82,11 +82,3 @@ def feasibility(
     else:
         what = f"{len(eligible)} device(s) available to group {group}"
     return Feasibility(False, "impossible", f"asked for {count}, but this host has only {what}")
-
-
-def choose_devices(
-    eligible: Sequence[GpuDevice], *, count: int, unavailable: Collection[str]
-) -> tuple[str, ...] | None:
-    """The first `count` eligible devices not unavailable, or None when there are too few."""
-    picked = [d.device_uuid for d in eligible if d.device_uuid not in unavailable][:count]
-    return tuple(picked) if len(picked) == count else None

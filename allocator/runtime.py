@@ -48,6 +48,7 @@ class Ticker:
                 self.allocator.tick()
             except Exception:
                 self.errors += 1
+                self.allocator.metrics.count_error("tick")
                 logger.exception("allocator tick failed")
 
     def stop(self) -> None:
@@ -108,11 +109,14 @@ def build_runtime(
     registry.register(AllocatorCollector(allocator.snapshot))
     watcher = None
     if docker_client is not None:
+        # Reconcile before serving when Docker answers; the watcher reconciles again when it
+        # connects and after every reconnect, so an allocator started while Docker is down
+        # follows Docker as soon as it answers.
         watcher = DockerWatcher(allocator, docker_client)
         try:
             watcher.reconcile_now()
-        except Exception:
-            logger.exception("reconciling with Docker at start failed; the events loop retries")
+        except Exception as exc:  # noqa: BLE001 - Docker down: the watcher keeps retrying
+            logger.warning("Docker not reachable at start (%s); following it once it answers", exc)
     app = create_app(
         allocator,
         registry=registry,

@@ -74,7 +74,9 @@ class Allocator:
         self.store, self.policy, self.clock = store, policy, clock
         self.metrics = metrics or AllocatorMetrics(None)
         self.settings = settings
-        self.inventory = CachedInventory(backend, settings.inventory_refresh)
+        self.inventory = CachedInventory(
+            backend, settings.inventory_refresh, on_error=lambda: self.metrics.count_error("gpu")
+        )
         self.owner_of_pid = owner_of_pid
         self.queue = WaitQueue()
         self.running = RunningContainers()  # guarded by _lock

@@ -1,25 +1,30 @@
 """`ds01-docker`: the docker wrapper admins install as `docker` ahead of the real one.
 
 `run`/`create` asking for GPUs get devices from the allocator (waiting in its queue with a
-progress line), are rewritten to `--gpus device=<uuid>` with the ds01.* labels, and then the
-real docker replaces this process. Everything else execs the real docker untouched, so exit
-codes, signals and output are exactly docker's. With no Docker host chosen, the real docker
-talks to the gateway; the gateway takes over the reservation named in `ds01.allocation`.
+progress line), are rewritten to `--gpus device=<uuid>` with the ds01.* labels, and run by the
+real docker as a child: when it fails and no container carries the allocation, the wrapper
+releases it at once (instead of leaving it to `reservation_ttl`). Everything else execs the
+real docker untouched, so exit codes, signals and output are exactly docker's. With no Docker
+host chosen, the real docker talks to the gateway; the gateway takes over the reservation
+named in `ds01.allocation`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused, progress_line
-from .docker_args import gpu_request, parse_run, rewrite
+from .docker_args import RunCommand, gpu_request, parse_run, rewrite
 from .docker_endpoint import gateway_host
 
 REAL_DOCKER_ENV = "DS01_REAL_DOCKER"
@@ -84,14 +89,28 @@ class Progress:
             self.stream.flush()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What to run: the argv for the real docker, and the allocation made for it (if any)."""
+
+    argv: list[str]
+    allocation: str = ""
+    docker_globals: tuple[str, ...] = ()  # -H, --context …: to ask the same daemon afterwards
+
+
+def _globals(cmd: RunCommand) -> tuple[str, ...]:
+    words = 2 if cmd.head[-2:-1] == ("container",) else 1
+    return cmd.head[: len(cmd.head) - words]
+
+
 def prepare(
     argv: Sequence[str], client: AllocatorClient, environ: Mapping[str, str], progress: Progress
-) -> list[str]:
+) -> Prepared:
     """The argv to hand to the real docker (allocating first when GPUs are asked for)."""
     cmd = parse_run(argv)
     request = gpu_request(cmd, environ) if cmd is not None else None
     if cmd is None or request is None:
-        return list(argv)
+        return Prepared(list(argv))
     try:
         alloc = client.allocate(
             count=request.count,
@@ -121,7 +140,55 @@ def prepare(
         LABEL_DEVICES: ",".join(alloc["devices"]),
         LABEL_TYPE: request.container_type,
     }
-    return rewrite(cmd, devices=alloc["devices"], labels=labels, environ=environ)
+    argv_out = rewrite(cmd, devices=alloc["devices"], labels=labels, environ=environ)
+    return Prepared(argv_out, alloc["id"], _globals(cmd))
+
+
+def run_child(args: list[str]) -> int:
+    """Run the real docker as a child and return its exit code the way a shell reports it.
+
+    SIGINT from the terminal reaches docker itself (same process group), so the wrapper only
+    ignores it; SIGTERM and SIGHUP sent to the wrapper are passed on.
+    """
+    child = subprocess.Popen(args)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
+    }
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code if code >= 0 else 128 - code
+
+
+def release_if_unused(client: AllocatorClient, real: str, prepared: Prepared) -> bool:
+    """After a failed run: free the allocation when no container carries it. True if freed.
+
+    When Docker cannot be asked, the allocation is kept (`reservation_ttl` frees it later).
+    """
+    label = f"label={LABEL_ALLOCATION}={prepared.allocation}"
+    listing = subprocess.run(
+        [real, *prepared.docker_globals, "ps", "-aq", "--filter", label],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listing.returncode != 0 or listing.stdout.strip():
+        return False
+    try:
+        client.release(prepared.allocation)
+    except (Refused, AllocatorUnavailable) as exc:
+        print(f"ds01: could not release allocation {prepared.allocation}: {exc}", file=sys.stderr)
+        return False
+    print(f"ds01: docker failed; released GPU allocation {prepared.allocation}", file=sys.stderr)
+    return True
 
 
 def described_devices(client: AllocatorClient, uuids: Sequence[str]) -> str:
@@ -144,16 +211,22 @@ def run(
     execv: Callable[[str, list[str]], Any] = os.execv,
     client: AllocatorClient | None = None,
 ) -> int:
+    client = client or AllocatorClient()
     try:
         real = find_real_docker(environ)
-        args = prepare(argv, client or AllocatorClient(), environ, Progress())
+        prepared = prepare(argv, client, environ, Progress())
     except WrapperError as exc:
         print(f"ds01: {exc}", file=sys.stderr)
         return EXIT_DOCKER_ERROR
     sys.stdout.flush()
     sys.stderr.flush()
-    execv(real, [Path(real).name, *args])
-    return 0  # only reached with a test execv
+    if not prepared.allocation:
+        execv(real, [Path(real).name, *prepared.argv])
+        return 0  # only reached with a test execv
+    code = run_child([real, *prepared.argv])
+    if code != 0:
+        release_if_unused(client, real, prepared)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,12 +44,18 @@ class ContainerFacts:
 
 
 def container_type(labels: Mapping[str, str]) -> str:
-    if labels.get(LABEL_MANAGED) == "true":
-        return "ds01"
+    """The client that made the container, first match wins (DESIGN.md): devcontainer labels,
+    compose labels, `ds01.type=ds01` (only `container deploy` stamps it), else docker.
+
+    `ds01.managed=true` says who allocated the GPU, not what made the container: a devcontainer
+    started through our tools keeps its 7-day limit, a plain `docker run` its 2 days.
+    """
     if "devcontainer.local_folder" in labels or "devcontainer.config_file" in labels:
         return "devcontainer"
     if "com.docker.compose.project" in labels:
         return "compose"
+    if labels.get(LABEL_TYPE) == "ds01":
+        return "ds01"
     return "docker"
 
 
@@ -69,10 +75,24 @@ def container_owner(labels: Mapping[str, str], mounts: Iterable[Mapping[str, Any
     return "unknown"
 
 
-def gpu_device_specs(inspect: Mapping[str, Any]) -> tuple[str, ...]:
-    """Every way the container asks for GPUs, as NVIDIA_VISIBLE_DEVICES-style specs."""
+def nvidia_runtime_applies(runtime: str | None, default_runtime: str | None) -> bool:
+    """The container runs under the nvidia runtime: its own `HostConfig.Runtime`, or the
+    daemon's `DefaultRuntime` when it names none (`nvidia`, `nvidia-cdi`, `nvidia-legacy`)."""
+    effective = runtime or default_runtime or ""
+    return effective.startswith("nvidia")
+
+
+def gpu_device_specs(
+    inspect: Mapping[str, Any], *, default_runtime: str | None = None
+) -> tuple[str, ...]:
+    """Every way the container asks for GPUs, as NVIDIA_VISIBLE_DEVICES-style specs.
+
+    NVIDIA_VISIBLE_DEVICES counts only under the nvidia runtime: CUDA images carry it in
+    their image env, and under runc it gives them no GPU at all.
+    """
     host = inspect.get("HostConfig") or {}
     config = inspect.get("Config") or {}
+    nvidia = nvidia_runtime_applies(host.get("Runtime"), default_runtime)
     specs: list[str] = []
     for request in host.get("DeviceRequests") or ():
         capabilities = request.get("Capabilities") or []
@@ -85,10 +105,10 @@ def gpu_device_specs(inspect: Mapping[str, Any]) -> tuple[str, ...]:
             specs.append("all" if request.get("Count") == -1 else f"count={request['Count']}")
     env = dict(_split_env(config.get("Env") or ()))
     visible = env.get("NVIDIA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip().lower() not in _NO_GPU_VALUES:
+    if nvidia and visible is not None and visible.strip().lower() not in _NO_GPU_VALUES:
         specs.append(visible.strip())
     elif host.get("Runtime") == "nvidia" and visible is None:
-        specs.append("all")  # the nvidia runtime's default with no variable set
+        specs.append("all")  # asked for the nvidia runtime by name, with no variable set
     for device in host.get("Devices") or ():
         for path in (device.get("PathOnHost", ""), device.get("PathInContainer", "")):
             match = re.fullmatch(r"/dev/nvidia(\d+)", path)
@@ -130,8 +150,14 @@ def parse_docker_time(value: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp()
 
 
-def classify(inspect: Mapping[str, Any], inventory: Iterable[GpuDevice]) -> ContainerFacts:
-    """All we need to know about one container, from one inspect dict."""
+def classify(
+    inspect: Mapping[str, Any],
+    inventory: Iterable[GpuDevice],
+    *,
+    default_runtime: str | None = None,
+) -> ContainerFacts:
+    """All we need to know about one container, from one inspect dict (and the daemon's
+    `DefaultRuntime`, which decides whether NVIDIA_VISIBLE_DEVICES alone gives GPU access)."""
     config = inspect.get("Config") or {}
     state = inspect.get("State") or {}
     labels: Mapping[str, str] = config.get("Labels") or {}
@@ -144,7 +170,9 @@ def classify(inspect: Mapping[str, Any], inventory: Iterable[GpuDevice]) -> Cont
         user=container_owner(labels, inspect.get("Mounts") or ()),
         managed=labels.get(LABEL_MANAGED) == "true",
         allocation=labels.get(LABEL_ALLOCATION, ""),
-        gpu_devices=resolve_gpu_devices(gpu_device_specs(inspect), inventory),
+        gpu_devices=resolve_gpu_devices(
+            gpu_device_specs(inspect, default_runtime=default_runtime), inventory
+        ),
         running=bool(state.get("Running")),
         started_at=parse_docker_time(state.get("StartedAt")),
         created_at=parse_docker_time(inspect.get("Created")),

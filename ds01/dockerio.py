@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import docker
 
 
@@ -10,3 +14,19 @@ def connect(docker_host: str | None = None, *, timeout: float = 30.0) -> docker.
     if docker_host:
         return docker.DockerClient(base_url=docker_host, timeout=int(timeout))
     return docker.from_env(timeout=int(timeout))
+
+
+class DockerLink:
+    """The Docker client, made on first use: a service starts even while Docker is down, and
+    its events follower keeps calling until Docker answers."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client

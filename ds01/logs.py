@@ -12,7 +12,7 @@ class _CurrentStderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (pytest swaps it between tests)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from .notify_policy import Notifications
 
@@ -176,10 +175,6 @@ class Policy:
 
     def is_protected(self, *, name: str, user: str) -> bool:
         return name.lstrip("/") in self.protected_names or user in self.protected_users
-
-    def with_overrides(self, **changes: Any) -> Policy:
-        """A copy with some top-level values replaced (used by `ds01 up --demo`)."""
-        return replace(self, **changes)
 
 
 DEFAULT_GROUPS = {

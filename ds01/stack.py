@@ -350,8 +350,10 @@ def start_alertmanager(
     port: int | None = None,
     extra_files: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    log_level: str = "info",
 ) -> Alertmanager:
-    """Alertmanager on a free port, clustering off, its own storage folder."""
+    """Alertmanager on a free port, clustering off, its own storage folder (`log_level`
+    debug logs every flush of an aggregation group: tests wait on those)."""
     binary = find_binary("prometheus-alertmanager", "alertmanager")
     if binary is None:
         raise StackError("alertmanager not found (install the prometheus-alertmanager package)")
@@ -369,5 +371,6 @@ def start_alertmanager(
             f"--storage.path={base / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
+            f"--log.level={log_level}",
         ],
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from .policy import Policy, load_policy
+from .policy import Policy, PolicyError, load_policy
 from .promconfig import (
     AlertmanagerSettings,
     PrometheusSettings,
@@ -136,6 +137,9 @@ def docker_answers(url: str) -> bool:
     except Exception:
         logger.debug("no docker engine at %s", url, exc_info=True)
         return False
+
+
+RELOADED_ON_SIGHUP = ("exporter", "allocator", "gateway", "enforcer", "prometheus")
 
 
 class StackSupervisor:
@@ -357,6 +361,30 @@ class StackSupervisor:
                 start = line.find(marker) + len(marker)
                 return line[start : line.find('"', start)]
         return "unknown"
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    def reload_policy(self) -> bool:
+        """SIGHUP: a valid policy file rewrites the alert rules and reaches every part (each
+        service re-validates it on its own SIGHUP); a bad one changes nothing."""
+        try:
+            fresh = load_policy(self.options.policy_path)
+        except PolicyError as exc:
+            logger.error("policy reload refused, the last good policy stays: %s", exc)
+            return False
+        self.policy = fresh
+        if self._prometheus is not None:
+            settings = RuleSettings.from_policy(
+                fresh, exporter_stale_after=self.options.timings.exporter_stale_after
+            )
+            rules_dir = self.options.state_dir / "prometheus" / "rules"
+            for name, text in render_rule_files(settings).items():
+                (rules_dir / name).write_text(text)
+        for child in self.children:
+            if child.name in RELOADED_ON_SIGHUP and child.process is not None and child.running():
+                child.process.send_signal(signal.SIGHUP)
+        logger.info("policy reloaded from %s; rules rewritten, services told", fresh.source)
+        return True
 
     # -- run and stop --------------------------------------------------------------------------
 

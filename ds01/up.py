@@ -326,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     stop = threading.Event()
+    reload = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # acted on within a second
     try:
         endpoints = supervisor.start()
         env_file = write_user_env(endpoints, state_dir)
@@ -335,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.demo:
             start_demo_containers(endpoints, state_dir / "logs" / "demo.log")
         while not stop.wait(1.0):
+            if reload.is_set():
+                reload.clear()
+                supervisor.reload_policy()
             failed = supervisor.failed_children()
             if failed:
                 names = ", ".join(f"{c.name} (log {c.log_path})" for c in failed)

@@ -91,7 +91,7 @@ def create_app(
         metrics.alerts.labels(endpoint, "wrong_endpoint").inc(len(wrong))
         if accepted:
             on_enqueue()
-        body = {
+        body: dict[str, int | str] = {
             "accepted": accepted,
             "duplicates": len(new) - accepted,
             "resolved_skipped": len(resolved),

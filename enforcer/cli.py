@@ -12,6 +12,7 @@ from pathlib import Path
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
 from ds01.durations import format_duration
 from ds01.logs import setup_logging
+from ds01.policy_reload import PolicyReloader
 
 from .app import DEFAULT_MAX_BODY
 from .auth import TokenFileError, load_token
@@ -164,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     enforcer = Enforcer(config, policy=policy, token=token)
+    PolicyReloader(
+        policy, path=args.policy, apply=enforcer.use_policy, registry=enforcer.metrics.registry
+    ).on_sighup()
     server = enforcer.make_server(host, port, threads=args.threads)
     logger.info(
         "enforcer listening on %s:%s policy=%s prometheus=%s docker=%s token_file=%s "

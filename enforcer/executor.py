@@ -147,12 +147,37 @@ class Executor:
     def notify(self, container: ContainerFacts, alert: Alert) -> Outcome:
         severity = alert.labels.get("severity", "warning").upper()
         line = f"{self._stamp()} ds01 {severity}: {alert.summary}"
-        told = self._tell(container, severity.lower(), line, alert.summary)
+        return self._deliver(container, alert, line, severity.lower(), alert.summary)
+
+    def warn_before_stop(self, container: ContainerFacts, alert: Alert, stop_at: float) -> Outcome:
+        """The idle warning the enforcer gives itself when a stop arrives unwarned."""
+        at = datetime.fromtimestamp(stop_at, tz=UTC).astimezone().strftime("%a %-d %b %H:%M %Z")
+        keep = self.policy.keep_alive
+        text = (
+            f"GPU container {container.name} of {container.user} "
+            f"has an idle GPU and will be stopped at {at} unless the GPU is used again: to keep "
+            f"it, touch {keep.path} inside it (valid {format_duration(keep.max_age)}); save your "
+            "work to /home or /workspace."
+        )
+        return self._deliver(
+            container, alert, f"{self._stamp()} ds01 WARNING: {text}", "warning", text
+        )
+
+    def _deliver(
+        self, container: ContainerFacts, alert: Alert, line: str, severity: str, summary: str
+    ) -> Outcome:
+        if self.dry_run:  # dry-run touches no container: the audit log says what it would do
+            logger.info(
+                "dry-run: would write notice container=%s user=%s reason=%s line=%r",
+                container.name, container.user, alert.reason, line,
+            )  # fmt: skip
+            return Outcome("dry_run", "dry-run: would notify", f"not written: {line}")
+        told = self._tell(container, severity, line, summary)
         logger.info(
             "notice container=%s user=%s reason=%s delivered=%s summary=%r",
-            container.name, container.user, alert.reason, told.text, alert.summary,
+            container.name, container.user, alert.reason, told.text, summary,
         )  # fmt: skip
-        told_what = {"summary": alert.summary}  # what the owner was told, for their history
+        told_what = {"summary": summary}  # what the owner was told, for their history
         if told.attempted and not told.delivered:
             return Outcome("failed", "failed: notice not written", told.text, told_what)
         return Outcome("notified", "notified", told.text or "every channel is off", told_what)

@@ -55,6 +55,7 @@ class DockerSource:
         self._timeout = timeout
         self._connector = connector
         self._client: docker.DockerClient | None = None
+        self._default_runtime: str | None = None
         self._lock = threading.Lock()
 
     def client(self) -> docker.DockerClient:
@@ -88,7 +89,14 @@ class DockerSource:
             inspect = self.call("inspect", lambda c: c.api.inspect_container(container_id))
         except docker.errors.NotFound:
             return None
-        return classify(inspect, self.inventory)
+        return classify(inspect, self.inventory, default_runtime=self.default_runtime())
+
+    def default_runtime(self) -> str:
+        """dockerd's DefaultRuntime (asked once): decides what NVIDIA_VISIBLE_DEVICES means."""
+        if self._default_runtime is None:
+            info = self.call("info", lambda c: c.info())
+            self._default_runtime = str(info.get("DefaultRuntime") or "runc")
+        return self._default_runtime
 
 
 class PrometheusSource:

@@ -17,11 +17,11 @@ ENDPOINTS = ("alerts", "notify")
 ALERT_STATUSES = ("accepted", "duplicate", "resolved", "wrong_endpoint")
 REQUEST_CODES = ("200", "400", "401", "413", "503")
 ACTION_RESULTS = {
-    "stop": ("stopped", "skipped", "failed", "dry_run"),
-    "notify": ("notified", "skipped", "failed"),
+    "stop": ("stopped", "deferred", "skipped", "failed", "dry_run"),
+    "notify": ("notified", "skipped", "failed", "dry_run"),
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
-DEPENDENCIES = ("docker", "prometheus")
+DEPENDENCIES = ("docker", "prometheus", "journal")
 CHANNELS = ("container_file", "terminal")
 DELIVERY_RESULTS = ("delivered", "refused", "failed")
 
@@ -98,7 +98,7 @@ class EnforcerMetrics:
         )
         self.dependency_errors = Counter(
             "ds01_enforcer_dependency_errors",
-            "Failed attempts to reach Docker or Prometheus, in errors.",
+            "Failed attempts to reach Docker or Prometheus, or to write the journal, in errors.",
             ["dependency"],
             registry=r,
         )

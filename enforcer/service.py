@@ -19,6 +19,7 @@ from .facts import DockerSource, Health, PrometheusSource
 from .intake import Intake
 from .journal import Journal
 from .metrics import EnforcerMetrics
+from .warned import WarningBook
 from .worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,14 @@ class Enforcer:
     ) -> None:
         self.config = config
         self.journal = Journal(config.journal_path)
+        self.warnings = WarningBook(config.journal_path.with_name("enforcer-warnings.sqlite"))
         self.audit = AuditLog(config.audit_path, dry_run=config.dry_run, clock=clock)
         self.metrics = EnforcerMetrics(clock=clock)
         self.docker = DockerSource(config.docker_host)
         self.prometheus = PrometheusSource(config.prometheus_url)
         self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
         intake = Intake()
-        executor = Executor(
+        self.executor = executor = Executor(
             self.docker,
             policy=policy,
             notice_path=config.notice_path,
@@ -75,6 +77,7 @@ class Enforcer:
             intake=intake,
             settings=config.worker,
             clock=clock,
+            warnings=self.warnings,
         )
         self.app: Flask = create_app(
             token=token,
@@ -86,6 +89,11 @@ class Enforcer:
             clock=clock,
             max_body=config.max_body,
         )
+
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy: jobs decided from now on use it (SIGHUP)."""
+        self.worker.policy = policy
+        self.executor.policy = policy
 
     def _enqueued(self) -> None:
         self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook
@@ -105,4 +113,5 @@ class Enforcer:
     def close(self) -> None:
         self.worker.stop()
         self.journal.close()
+        self.warnings.close()
         self.audit.close()

@@ -94,19 +94,36 @@ def check_deadline(*, alert: Alert, deadlines: Deadlines, policy: Policy, now: f
     return act(f"past its {name} deadline by {format_duration(now - deadline)}")
 
 
-def decide_stop(
-    *,
-    alert: Alert,
-    container: ContainerFacts | None,
-    deadlines: Deadlines,
-    policy: Policy,
-    now: float,
-) -> Decision:
-    """Both checks, in order; the first failing one names the skip."""
-    first = check_container(alert=alert, container=container, policy=policy, now=now)
-    if not first.act:
-        return first
-    return check_deadline(alert=alert, deadlines=deadlines, policy=policy, now=now)
+@dataclass(frozen=True)
+class WarningCheck:
+    """May an idle stop go ahead; if not, whether to warn now and when to look again."""
+
+    decision: Decision
+    warn_now: bool = False
+    not_before: float | None = None
+
+
+def check_warned(
+    *, warned_at: float | None, idle_since: float, idle_warning: float, now: float
+) -> WarningCheck:
+    """An idle stop needs a warning given in this idle period at least `idle_warning` ago.
+
+    `idle_since` is the deadline minus the idle timeout (the container's last busy time): a
+    warning before it belonged to an earlier idle period, after which the GPU was used again.
+    """
+    if warned_at is None or warned_at < idle_since:
+        return WarningCheck(
+            skip(f"not warned yet: warned now, stop not before {format_duration(idle_warning)}"),
+            warn_now=True,
+            not_before=now + idle_warning,
+        )
+    due = warned_at + idle_warning
+    if now < due:
+        return WarningCheck(
+            skip(f"warned {format_duration(now - warned_at)} ago, less than idle_warning"),
+            not_before=due,
+        )
+    return WarningCheck(act(f"warned {format_duration(now - warned_at)} ago"))
 
 
 def decide_notify(

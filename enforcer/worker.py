@@ -9,6 +9,7 @@ Prometheus puts the job back with exponential backoff; any other failure is reco
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass, replace
 
@@ -22,9 +23,25 @@ from .facts import DockerSource, Health, PrometheusSource, Unavailable
 from .intake import Intake
 from .journal import Job, Journal
 from .metrics import EnforcerMetrics
-from .verify import check_container, check_deadline, decide_notify, decide_remove
+from .verify import (
+    Decision,
+    check_container,
+    check_deadline,
+    check_warned,
+    decide_notify,
+    decide_remove,
+)
+from .warned import WarningBook
 
 logger = logging.getLogger(__name__)
+
+
+class _Deferred(Exception):
+    """A stop that must wait (its warning was given too recently): the job stays pending."""
+
+    def __init__(self, container: ContainerFacts, why: str, not_before: float) -> None:
+        super().__init__(why)
+        self.container, self.why, self.not_before = container, why, not_before
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,10 @@ class Worker:
         intake: Intake | None = None,
         settings: WorkerSettings = WorkerSettings(),
         clock: Clock = SYSTEM_CLOCK,
+        warnings: WarningBook | None = None,
     ) -> None:
         self.journal, self.docker, self.prometheus = journal, docker_source, prometheus
+        self.warnings = warnings if warnings is not None else WarningBook()
         self.executor, self.policy, self.audit, self.metrics = executor, policy, audit, metrics
         self.health, self.settings, self._clock = health, settings, clock
         self.intake = intake or Intake()
@@ -90,23 +109,36 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            with self._cond:
-                seen = self._wakes
-            job = self._claim()
-            self.publish_stats()
-            if job is None:
-                with self._cond:
-                    if self._wakes == seen and not self._stopping.is_set():
-                        self._cond.wait(self._idle_wait())
-                continue
             try:
-                if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
-                    continue  # stopping: the job stays pending in the journal
-                self.intake.wait_quiet(self.settings.intake_hold)
-                self.process(job)
-            finally:
-                self._release(job)
-            self._maybe_prune()
+                self._pass()
+            except sqlite3.Error as exc:  # the journal failed (disk full, locked): keep going
+                self.metrics.dependency_errors.labels("journal").inc()
+                logger.error(
+                    "journal failed: %s; jobs stay pending, retry in %.1fs",
+                    exc,
+                    self.settings.poll_interval,
+                )
+                self._stopping.wait(self.settings.poll_interval)
+
+    def _pass(self) -> None:
+        """Claim one due job and process it, or wait for work."""
+        with self._cond:
+            seen = self._wakes
+        job = self._claim()
+        self.publish_stats()
+        if job is None:
+            with self._cond:
+                if self._wakes == seen and not self._stopping.is_set():
+                    self._cond.wait(self._idle_wait())
+            return
+        try:
+            if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
+                return  # stopping: the job stays pending in the journal
+            self.intake.wait_quiet(self.settings.intake_hold)
+            self.process(job)
+        finally:
+            self._release(job)
+        self._maybe_prune()
 
     def _idle_wait(self) -> float:
         due = self.journal.next_due_at()
@@ -136,19 +168,9 @@ class Worker:
             return
         self._last_prune = now
         removed = self.journal.prune(finished_before=now - self.settings.retention)
+        self.warnings.forget_before(now - self.settings.retention)
         if removed:
             logger.info("journal pruned rows=%d", removed)
-
-    def run_pending(self) -> int:
-        """Process every due job in this thread (for tests and one-shot use); how many."""
-        done = 0
-        while (job := self._claim()) is not None:
-            try:
-                self.process(job)
-            finally:
-                self._release(job)
-            done += 1
-        return done
 
     def publish_stats(self) -> None:
         self.metrics.queue.publish(self.journal.stats())
@@ -162,6 +184,9 @@ class Worker:
             container, outcome = self._decide_and_act(job)
         except Unavailable as exc:
             self._retry(job, exc)
+            return
+        except _Deferred as deferred:
+            self._defer(job, deferred)
             return
         except Exception as exc:  # one bad job must not stop the others
             logger.exception("job %d (%s) failed", job.id, job.kind)
@@ -196,7 +221,10 @@ class Worker:
             decision = decide_notify(alert=alert, container=container, policy=self.policy, now=now)
             if not decision.act or container is None:
                 return container, Outcome("skipped", decision.label, decision.why)
-            return container, self.executor.notify(container, alert)
+            outcome = self.executor.notify(container, alert)
+            if alert.reason == "idle":  # given, even where the notice file could not be written
+                self.warnings.record(alert.container_id, "idle", self._clock.time())
+            return container, outcome
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
         deadline = None
         if decision.act:
@@ -205,10 +233,57 @@ class Worker:
                 alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
             )
             deadline = {"idle": deadlines.idle, "max_runtime": deadlines.runtime}.get(alert.reason)
+            if decision.act and alert.reason == "idle" and container is not None:
+                assert deadlines.idle is not None  # check_deadline acted on it
+                decision = self._warned_first(container, job, deadlines.idle, decision)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
         stopped = self.executor.stop(container, alert, deadline=deadline)
         return container, self._with_why(decision.why, stopped)
+
+    def _warned_first(
+        self, container: ContainerFacts, job: Job, deadline: float, passed: Decision
+    ) -> Decision:
+        """No idle stop without a warning at least `idle_warning` before it (raises _Deferred)."""
+        now = self._clock.time()
+        limits = self.policy.limits_for(container.user, container.type, self._clock.now())
+        gate = check_warned(
+            warned_at=self.warnings.last(container.container_id, "idle"),
+            idle_since=deadline - limits.idle_timeout,
+            idle_warning=self.policy.idle_warning,
+            now=now,
+        )
+        if gate.decision.act:
+            return Decision(True, f"{passed.why}; {gate.decision.why}")
+        assert gate.not_before is not None
+        warned = ""
+        if gate.warn_now:
+            outcome = self.executor.warn_before_stop(container, job.alert, gate.not_before)
+            self.warnings.record(container.container_id, "idle", now)
+            warned = f"; warning {outcome.decision} ({outcome.detail})"
+        raise _Deferred(container, f"deferred: {gate.decision.why}{warned}", gate.not_before)
+
+    def _defer(self, job: Job, deferred: _Deferred) -> None:
+        """Audit why the stop waits, and keep the job pending until its time comes."""
+        alert, container = job.alert, deferred.container
+        self.audit.write(
+            event=job.kind,
+            container_id=alert.container_id,
+            container=container.name,
+            user=container.user,
+            reason=alert.reason,
+            fingerprint=alert.fingerprint,
+            decision=deferred.why,
+            detail=f"stop not before {deferred.not_before:.3f}",
+            starts_at=alert.starts_at,
+        )
+        self.metrics.actions.labels(job.kind, "deferred").inc()
+        logger.info(
+            "stop container=%s user=%s reason=%s %s",
+            container.name, container.user, alert.reason, deferred.why,
+        )  # fmt: skip
+        self.journal.retry_later(job.id, error=deferred.why, due_at=deferred.not_before)
+        self.publish_stats()
 
     @staticmethod
     def _with_why(why: str, outcome: Outcome) -> Outcome:

@@ -18,6 +18,7 @@ from ds01.dockerio import connect
 from ds01.gpu import GpuBackend, open_backend
 from ds01.logs import setup_logging
 from ds01.policy import Services
+from ds01.policy_reload import PolicyReloader
 
 from .inventory import DockerLink
 from .server import HttpServer
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.once:
         return _run_once(service)
+    PolicyReloader(
+        policy, path=args.policy, apply=service.collector.use_policy, registry=service.live_registry
+    ).on_sighup()
     return _serve(service, host, port, backend.name, state_dir, policy.source, intervals)
 
 

@@ -3,6 +3,9 @@
 A clock only moves forward: a restart of the exporter never makes a container look idler or
 older than it is, and never resets a clock to zero. A stop/start of a container keeps its
 first start (runtime), and grants the start-up grace again (last busy >= the latest start).
+Time no exporter observed is never idle time: after a restart the idle clock resumes from the
+moment this exporter began measuring, so the idle deadline is at least a full idle timeout
+(and so at least `idle_warning`) after the restart.
 """
 
 from __future__ import annotations
@@ -42,25 +45,32 @@ def advance_container(
 ) -> ContainerClock:
     """The clock after one observation; never earlier than before on either hand.
 
-    A container first seen without a saved clock started before `measured_since` (when this
-    exporter began measuring) is not called idle for the time nobody measured.
+    No container is called idle for time before `measured_since` (when this exporter began
+    measuring), whether it is first seen now or has a clock saved by an earlier exporter.
     """
     start = started_at if started_at is not None else now
     if previous is None:
         first_start = start
-        last_busy = max(start, measured_since) if measured_since is not None else start
+        last_busy = start
     else:
         first_start = min(previous.first_start, start)
         last_busy = max(previous.last_busy, start)
+    if measured_since is not None:
+        last_busy = max(last_busy, min(measured_since, now))
     if busy:
         last_busy = max(last_busy, now)
     return ContainerClock(first_start, last_busy)
 
 
-def advance_device(previous: float | None, *, busy: bool, now: float) -> float:
-    """A device's last busy time: first sight when never seen busy, now while busy."""
+def advance_device(
+    previous: float | None, *, busy: bool, now: float, measured_since: float | None = None
+) -> float:
+    """A device's last busy time: first sight when never seen busy, now while busy; never
+    before `measured_since` (an unobserved downtime is not idle time)."""
     if previous is None or busy:
         return max(previous or now, now)
+    if measured_since is not None:
+        return max(previous, min(measured_since, now))
     return previous
 
 
@@ -94,9 +104,11 @@ class ClockBook:
             self.dirty = True
         return clock
 
-    def observe_device(self, device_uuid: str, *, busy: bool, now: float) -> float:
+    def observe_device(
+        self, device_uuid: str, *, busy: bool, now: float, measured_since: float | None = None
+    ) -> float:
         previous = self.devices.get(device_uuid)
-        value = advance_device(previous, busy=busy, now=now)
+        value = advance_device(previous, busy=busy, now=now, measured_since=measured_since)
         if value != previous:
             self.devices[device_uuid] = value
             self.dirty = True

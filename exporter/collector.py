@@ -1,8 +1,11 @@
 """The background collector: sample the GPUs, advance the clocks, publish an immutable snapshot.
 
-One cycle every `interval`; a scrape only reads `Collector.snapshot`. While Docker is down or
-the GPU backend fails, the clocks keep moving conservatively (unmeasured = busy) but no new
-snapshot is published: the last good one stays, with its timestamp, so staleness is visible.
+One cycle every `interval`; a scrape only reads `Collector.snapshot`. While the GPU backend
+fails, the clocks keep moving conservatively (unmeasured = busy) but no new snapshot is
+published: the last good one stays, with its timestamp, so staleness is visible. Device facts
+do not depend on Docker: while Docker is down (also before it ever answered) each cycle
+publishes fresh devices, and keeps the last containers and the last full-collect timestamp
+(0 before the first), so rules still see that the container picture is stale.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ class Collector:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
 
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy: the next cycle decides with it (SIGHUP, ds01/policy_reload.py)."""
+        self._policy = policy
+        self._keepalive.path = policy.keep_alive.path
+
     @property
     def snapshot(self) -> Snapshot | None:
         """The last published snapshot (None before the first good cycle)."""
@@ -126,20 +134,22 @@ class Collector:
         self._save_state()
         self.last_cycle_cpu_seconds = time.thread_time() - cpu_start
         docker_ok = self._inventory.ready and self._docker_ok()
-        if reading is None or not docker_ok:
+        if reading is None:
             logger.debug(
-                "cycle not published (gpu %s, docker %s)",
-                "ok" if reading else "failed",
-                "ok" if docker_ok else "down",
+                "cycle not published (gpu failed, docker %s)", "ok" if docker_ok else "down"
             )
             return False
-        snapshot = Snapshot(
-            timestamp=now,
-            duration=time.perf_counter() - wall_start,
-            backend=self._backend.name,
-            devices=devices,
-            containers=containers,
-        )
+        if docker_ok:
+            snapshot = Snapshot(
+                timestamp=now,
+                duration=time.perf_counter() - wall_start,
+                backend=self._backend.name,
+                devices=devices,
+                containers=containers,
+            )
+        else:
+            snapshot = self._devices_only(devices)
+            logger.debug("cycle published devices only (docker down)")
         if self._on_publish is not None:
             try:
                 self._on_publish(snapshot)  # pre-render /metrics before scrapes can see it
@@ -149,6 +159,17 @@ class Collector:
         self.last_cycle_cpu_seconds = time.thread_time() - cpu_start
         self._log_summary(snapshot)
         return True
+
+    def _devices_only(self, devices: tuple[DeviceState, ...]) -> Snapshot:
+        """Fresh devices; the containers and the full-collect time of the last full snapshot."""
+        last = self._snapshot
+        return Snapshot(
+            timestamp=last.timestamp if last is not None else 0.0,
+            duration=last.duration if last is not None else 0.0,
+            backend=self._backend.name,
+            devices=devices,
+            containers=last.containers if last is not None else (),
+        )
 
     def _log_summary(self, snapshot: Snapshot) -> None:
         """One INFO line when the picture changes, a DEBUG line for every other cycle."""
@@ -184,7 +205,9 @@ class Collector:
     def _device_state(
         self, device: GpuDevice, sample: DeviceSample | None, busy: bool, now: float
     ) -> DeviceState:
-        last_busy = self._book.observe_device(device.device_uuid, busy=busy, now=now)
+        last_busy = self._book.observe_device(
+            device.device_uuid, busy=busy, now=now, measured_since=self._measured_since
+        )
         processes = None
         if sample is not None and sample.processes is not None:
             processes = len(sample.processes)

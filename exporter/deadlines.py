@@ -20,10 +20,6 @@ class Deadline:
     at: float
     reason: str  # "timeout" | "keep_alive" | "exempt"
 
-    @property
-    def infinite(self) -> bool:
-        return math.isinf(self.at)
-
 
 def keep_alive_fresh(*, mtime: float | None, now: float, max_age: float) -> bool:
     """The file exists and was touched less than `max_age` ago (a future mtime counts as now)."""

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ds01.containers import ContainerFacts, classify
+from ds01.docker_events import EventFollower
+from ds01.dockerio import DockerLink
+
+__all__ = ["DockerLink", "DockerWatcher", "Inventory", "KnownContainer", "docker_inspector"]
 from ds01.gpu import GpuDevice
 
-from .health import Episode, ErrorCounters
+from .health import ErrorCounters
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +43,14 @@ class KnownContainer:
     mounts: tuple[Mount, ...] = ()
 
 
-def known_container(inspect: Mapping[str, Any], devices: Iterable[GpuDevice]) -> KnownContainer:
+def known_container(
+    inspect: Mapping[str, Any], devices: Iterable[GpuDevice], default_runtime: str | None = None
+) -> KnownContainer:
     mounts = tuple(
         Mount(str(m.get("Destination", "")), str(m.get("Source") or ""), str(m.get("Type", "")))
         for m in inspect.get("Mounts") or ()
     )
-    return KnownContainer(classify(inspect, devices), mounts)
+    return KnownContainer(classify(inspect, devices, default_runtime=default_runtime), mounts)
 
 
 class Inventory:
@@ -56,6 +62,7 @@ class Inventory:
         self._lock = threading.Lock()
         self._containers: dict[str, KnownContainer] = {}
         self._ready = False
+        self.default_runtime: str | None = None  # dockerd's, set by the watcher at each listing
 
     @property
     def ready(self) -> bool:
@@ -69,14 +76,14 @@ class Inventory:
         """Install a full listing: containers not in it are gone."""
         fresh = {}
         for data in inspects:
-            entry = known_container(data, self._devices)
+            entry = known_container(data, self._devices, self.default_runtime)
             fresh[entry.facts.container_id] = entry
         with self._lock:
             self._containers = fresh
             self._ready = True
 
     def put(self, data: Mapping[str, Any]) -> None:
-        entry = known_container(data, self._devices)
+        entry = known_container(data, self._devices, self.default_runtime)
         with self._lock:
             self._containers[entry.facts.container_id] = entry
 
@@ -106,21 +113,6 @@ class Inventory:
         logger.debug("container %s: %s", container_id[:12], action)
 
 
-class DockerLink:
-    """The Docker client, made on first use: the exporter starts even while Docker is down."""
-
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-
-
 def docker_inspector(docker_client: Callable[[], Any]) -> Inspect:
     """`docker inspect` through the API client; None when the container is gone."""
     import docker
@@ -135,7 +127,7 @@ def docker_inspector(docker_client: Callable[[], Any]) -> Inspect:
 
 
 class DockerWatcher:
-    """Background thread: open the events stream, relist everything, then follow the events.
+    """Follows Docker for the inventory: events stream first, then a full relist, then events.
 
     Any failure (Docker down, stream ended) is counted under source "docker", logged once per
     outage, and followed by a reconnect and a full relist, so the inventory catches up.
@@ -152,54 +144,32 @@ class DockerWatcher:
         self._client = docker_client
         self._inventory = inventory
         self._inspect = docker_inspector(docker_client)
-        self._errors = errors
-        self._retry = retry_interval
-        self._stop = threading.Event()
-        self._stream: Any = None
-        self._connected = False
-        self._episode = Episode(logger, "docker events stream")
-        self._thread = threading.Thread(target=self._run, name="docker-watcher", daemon=True)
+        self._follower = EventFollower(
+            name="exporter",
+            subscribe=lambda: self._client().api.events(
+                filters={"type": ["container"]}, decode=True
+            ),
+            catch_up=self.relist,
+            apply=inventory.apply_event,
+            retry=retry_interval,
+            on_failure=lambda _reason: errors.add("docker"),
+            log=logger,
+        )
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._follower.connected
 
     def start(self) -> None:
-        self._thread.start()
+        self._follower.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._close_stream()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._follow()
-                reason: object = "events stream ended"
-            except Exception as exc:  # noqa: BLE001 - any Docker/transport failure means reconnect
-                reason = exc
-            self._connected = False
-            self._close_stream()
-            if self._stop.is_set():
-                break
-            self._errors.add("docker")
-            self._episode.fail(reason)
-            self._stop.wait(self._retry)
-
-    def _follow(self) -> None:
-        # Open the stream first, then list: events during the listing are replayed, not lost.
-        self._stream = self._client().api.events(filters={"type": ["container"]}, decode=True)
-        self.relist()
-        self._connected = True
-        self._episode.ok()
-        for event in self._stream:
-            if self._stop.is_set():
-                return
-            self._inventory.apply_event(event)
+        self._follower.stop(timeout)
 
     def relist(self) -> None:
         """Full listing: every container, running or not (a stopped one keeps its clock)."""
+        info = self._client().info()
+        self._inventory.default_runtime = str(info.get("DefaultRuntime") or "runc")
         listed = self._client().api.containers(all=True, quiet=True)
         inspects = []
         for item in listed:
@@ -208,11 +178,3 @@ class DockerWatcher:
                 inspects.append(data)
         self._inventory.replace_all(inspects)
         logger.info("inventory: %d containers listed", len(inspects))
-
-    def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:
-                logger.debug("closing the events stream failed", exc_info=True)

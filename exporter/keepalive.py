@@ -1,5 +1,9 @@
 """The keep-alive file: read through the container's mount on the host when there is one,
 otherwise through the Docker archive API at most once per interval. Never `docker exec`.
+
+The exporter runs unprivileged (`User=ds01` in the shipped unit) and users' homes are often
+0700: a host path it may not read is not an absent file, so it asks Docker's archive API
+(dockerd reads it as root) instead — no extra capability in the unit.
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ class KeepAliveChecker:
             except FileNotFoundError:
                 if os.path.isdir(mount_source) or os.path.isfile(mount_source):
                     return None  # the mount is visible here: the file is simply absent
+            except PermissionError:
+                pass  # a 0700 home: not ours to read, so Docker reads it (below)
             except OSError as exc:
                 self._errors.add("keepalive")
                 self._episode.fail(f"{target}: {exc.strerror}")

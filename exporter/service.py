@@ -83,7 +83,11 @@ class ExporterService:
         metrics = SnapshotCollector(
             lambda: self.collector.snapshot, self.errors, version=__version__, backend=backend.name
         )
-        self.exposition = Exposition(metrics.health_metrics)
+        # Live series rendered fresh on every scrape: health, plus whatever the CLI adds here
+        # (the policy reload counters).
+        self.live_registry = CollectorRegistry()
+        self.live_registry.register(metrics.health_metrics)
+        self.exposition = Exposition(self.live_registry)
         self.collector = Collector(
             backend=backend,
             inventory=self.inventory,

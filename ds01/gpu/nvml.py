@@ -145,7 +145,9 @@ class _GpmSampler:
         answer = _ABSENT if query is None else calls(query, handle, expected=absent)
         if answer is _FAILED:
             return None
-        self.support[gpu_uuid] = answer is not _ABSENT and bool(answer.isSupportedDevice)
+        self.support[gpu_uuid] = answer is not _ABSENT and bool(
+            getattr(answer, "isSupportedDevice", False)
+        )
         return self.support[gpu_uuid]
 
     def activity(self, parent: Any, gpu_uuid: str, gi: int, calls: _Calls) -> float | None:

@@ -82,7 +82,7 @@ def _stops(row: DeviceRow, now: float, tz: tzinfo | None) -> tuple[str, str | No
     if stop_at is None:
         return "never", None
     colour = "red" if stop_at - now < SOON else None
-    return format_stop(stop_at, now, reason, tz), colour
+    return format_stop(stop_at, now, reason or "", tz), colour
 
 
 def _profile(row: DeviceRow) -> str:

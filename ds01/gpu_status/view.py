@@ -94,7 +94,7 @@ class DeviceRow:
     @property
     def stop(self) -> tuple[float | None, str | None]:
         stops = [h.stop for h in self.holders if h.stop[0] is not None]
-        return min(stops) if stops else (None, None)  # type: ignore[type-var]
+        return min(stops) if stops else (None, None)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 
 from allocator.client import AllocatorClient, Refused
 from tests.allocator.conftest import WAIT, as_user
+from tests.harness.components import require_root
 from tests.harness.waiting import eventually
 
 
@@ -47,6 +48,14 @@ def test_grant_reserves_a_mig_device_and_exports_it(client):
     )
     assert _metric(client, "ds01_allocator_grants_total") == 1.0
     assert _metric(client, "ds01_allocator_devices_free", profile="1g.18gb") == 1.0
+
+
+def test_error_counters_start_at_zero_and_count_a_failing_gpu_read(client, sim_state):
+    for source in ("docker", "gpu", "tick"):
+        assert _metric(client, "ds01_allocator_errors_total", source=source) == 0.0
+    sim_state.path.write_text("{not json")  # the sim backend cannot read its device state
+    client.devices()  # a fresh GPU reading (inventory_refresh 0 in tests)
+    assert _metric(client, "ds01_allocator_errors_total", source="gpu") >= 1.0
 
 
 def test_a_student_at_quota_is_refused_at_once_with_both_numbers(client):
@@ -241,8 +250,7 @@ def _request_as(uid: int, socket_path: str, body: dict) -> dict:
 
 
 def test_identity_comes_from_the_socket_not_the_body(allocator, client):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to another uid")
+    require_root("switching to another uid")
     answer = _request_as(65534, str(allocator.socket_path), {"count": 1, "user": "alice"})
     assert answer["status"] == 201
     assert answer["allocation"]["user"] == "nobody"
@@ -251,8 +259,7 @@ def test_identity_comes_from_the_socket_not_the_body(allocator, client):
 
 
 def test_only_the_owner_or_root_may_release(allocator, client):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to another uid")
+    require_root("switching to another uid")
     alloc = as_user(client, "alice").allocate()
     read_end, write_end = os.pipe()
     pid = os.fork()

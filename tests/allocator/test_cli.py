@@ -22,6 +22,24 @@ def test_listen_without_token_file_is_refused(capsys, tmp_path):
     assert "--token-file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threads", "0"], "--threads: must be at least 1"),
+        (["--listen", "nowhere"], "--listen:"),
+        (["--token-file", "{tmp}/absent"], "--token-file: cannot read"),
+        (["--token-file", "{tmp}/empty"], "is empty"),
+    ],
+)
+def test_bad_flags_are_refused_naming_the_flag(capsys, tmp_path, extra, message):
+    (tmp_path / "empty").write_text("\n")
+    argv = ["--state-dir", str(tmp_path), *(a.format(tmp=tmp_path) for a in extra)]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_invalid_policy_is_refused_with_the_key(capsys, tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("gpu_wait: soon\n")

@@ -106,11 +106,18 @@ def test_rewrite_replaces_gpu_options_and_forged_labels_keeps_the_rest():
     options = out[3:-4]
     assert "-d" in options  # the bundled -d survived the removal of -e
     assert options.count("--gpus") == 1
-    assert options[options.index("--gpus") + 1] == "device=MIG-a,MIG-b"
+    assert options[options.index("--gpus") + 1] == '"device=MIG-a,MIG-b"'  # as docker needs it
     assert "--runtime=nvidia" not in options
     assert not any("NVIDIA_VISIBLE_DEVICES" in o for o in options)
     assert "ds01.user=root" not in options and "ds01.user=alice" in options
     assert "team=x" in options and "job" in options
+
+
+def test_rewrite_of_one_device_needs_no_quotes():
+    out = rewrite(
+        parse_run(["run", "--gpus", "all", "img"]), devices=["MIG-a"], labels={}, environ={}
+    )
+    assert out[out.index("--gpus") + 1] == "device=MIG-a"
 
 
 def test_rewrite_keeps_a_double_dash_before_the_image():

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from allocator import container_cli
 from allocator.client import AllocatorClient, Refused
 from ds01.stack import ChildProcess
 from tests.allocator.conftest import WAIT, write_policy
+from tests.harness.components import require_binary
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -147,15 +151,13 @@ def _docker_env(runtime, dockerd) -> dict[str, str]:
         **os.environ,
         "DOCKER_HOST": dockerd.url,
         "DS01_ALLOCATOR_SOCKET": str(runtime.socket_path),
-        "DS01_REAL_DOCKER": "/usr/bin/docker",
+        "DS01_REAL_DOCKER": require_binary("docker"),
     }
 
 
 def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
     stack, docker_client, dockerd, busybox_image
 ):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, client, _ = stack()
     env = _docker_env(runtime, dockerd)
     run = subprocess.run(
@@ -183,13 +185,73 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         docker_client.containers.get("wrapped").remove(force=True)
 
 
+def test_wrapper_gives_a_two_device_request_to_docker_in_a_form_it_accepts(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, _, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "-d", "--network", "none", "--name", "pair",
+         "--gpus", '"device=0,1"', busybox_image, "sleep", "3600"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert run.returncode == 0, run.stderr
+        attrs = docker_client.api.inspect_container("pair")
+        [request] = attrs["HostConfig"]["DeviceRequests"]
+        assert len(request["DeviceIDs"]) == 2
+        assert attrs["Config"]["Labels"]["ds01.gpu.devices"] == ",".join(request["DeviceIDs"])
+    finally:
+        subprocess.run([require_binary("docker"), "rm", "-f", "pair"], env=env, capture_output=True)
+
+
+def test_a_failed_docker_run_after_a_grant_releases_the_allocation_at_once(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, client, _ = stack()  # reservation_ttl 60s: only the wrapper can free it sooner
+    env = _docker_env(runtime, dockerd)
+    taken = docker_client.containers.run(
+        busybox_image, ["sleep", "3600"], name="taken", detach=True, network_mode="none"
+    )
+    try:
+        run = subprocess.run(
+            [BIN / "ds01-docker", "run", "-d", "--network", "none", "--name", "taken",
+             "--gpus", "1", busybox_image, "sleep", "3600"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 125, run.stderr
+        assert "Conflict" in run.stderr or "already in use" in run.stderr
+        assert "released GPU allocation" in run.stderr
+        assert client.allocations(everyone=True) == []  # live ones only: nothing is held
+        assert not runtime.allocator.live()
+    finally:
+        taken.remove(force=True)
+
+
+def test_a_container_that_ran_and_failed_keeps_its_allocation(
+    stack, docker_client, dockerd, busybox_image
+):
+    runtime, client, _ = stack()
+    env = _docker_env(runtime, dockerd)
+    run = subprocess.run(
+        [BIN / "ds01-docker", "run", "--network", "none", "--name", "failing",
+         "--gpus", "1", busybox_image, "sleep", "not-a-number"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert run.returncode == 1, run.stderr  # the container's own exit code
+        assert "released" not in run.stderr
+        alloc_id = docker_client.containers.get("failing").labels["ds01.allocation"]
+        assert client.get(alloc_id)["state"] in ("bound", "held")
+    finally:
+        docker_client.containers.get("failing").remove(force=True)
+
+
 def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, _, _ = stack()
     env = _docker_env(runtime, dockerd)
     for args in (["ps"], ["ps", "-a", "--format", "{{.Names}}"], ["inspect", "no-such-thing"]):
-        real = subprocess.run(["/usr/bin/docker", *args], env=env, capture_output=True)
+        real = subprocess.run([require_binary("docker"), *args], env=env, capture_output=True)
         wrapped = subprocess.run([BIN / "ds01-docker", *args], env=env, capture_output=True)
         assert (wrapped.returncode, wrapped.stdout, wrapped.stderr) == (
             real.returncode,
@@ -199,8 +261,6 @@ def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
 
 
 def test_wrapper_reports_a_refusal_and_runs_nothing(stack, dockerd, busybox_image):
-    if not Path("/usr/bin/docker").exists():
-        pytest.skip("the docker CLI is not installed")
     runtime, _, _ = stack()
     env = _docker_env(runtime, dockerd)
     run = subprocess.run(
@@ -209,6 +269,121 @@ def test_wrapper_reports_a_refusal_and_runs_nothing(stack, dockerd, busybox_imag
     )  # fmt: skip
     assert run.returncode == 125
     assert run.stderr.startswith("ds01: asked for 9")
+
+
+def _metrics_text(sock: Path) -> str:
+    """GET /metrics over the allocator's Unix socket (HTTP/1.0: the server closes after)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(sock))
+        conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: allocator\r\n\r\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text.split("\r\n\r\n", 1)[1]):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def test_an_allocator_started_while_docker_is_down_follows_docker_once_it_answers(
+    short_dir, dockerd, docker_client, busybox_image
+):
+    folder = short_dir / "late"
+    folder.mkdir()
+    late_socket = folder / "docker.sock"  # absent: Docker is down when the allocator starts
+    policy = write_policy(folder)
+    sock = folder / "s.sock"
+    argv = [
+        str(BIN / "ds01"), "allocator", "--policy", str(policy), "--state-dir", str(folder),
+        "--socket", str(sock), "--docker-host", f"unix://{late_socket}", "--gpu-backend", "sim",
+        "--tick", "50ms", "--inventory-refresh", "0",
+    ]  # fmt: skip
+    client = AllocatorClient(str(sock))
+    child = ChildProcess("allocator", argv, folder / "allocator.log").start()
+    container = None
+    try:
+        child.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        alloc = client.allocate(user="bob", name="late")
+        container = docker_client.containers.run(
+            busybox_image,
+            ["sleep", "3600"],
+            detach=True,
+            network_mode="none",
+            labels={"ds01.user": "bob", "ds01.allocation": alloc["id"]},
+        )
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_allocator_errors_total", source="docker") >= 2
+            ),
+            WAIT,
+            "the events follower to retry while Docker is down",
+        )
+        assert client.get(alloc["id"])["state"] == "reserved"
+
+        late_socket.symlink_to(dockerd.socket_path)  # Docker answers now
+
+        eventually(lambda: client.get(alloc["id"])["state"] == "bound", WAIT, "reconciled")
+        container.remove(force=True)
+        container = None
+        eventually(lambda: client.get(alloc["id"])["state"] == "released", WAIT, "followed")
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        child.stop()
+
+
+def test_sighup_reloads_the_policy_and_refuses_a_bad_one(short_dir, dockerd):
+    folder = short_dir / "reload"
+    folder.mkdir()
+    policy = write_policy(folder)
+    sock = folder / "s.sock"
+    argv = [
+        str(BIN / "ds01"), "allocator", "--policy", str(policy), "--state-dir", str(folder),
+        "--socket", str(sock), "--docker-host", dockerd.url, "--gpu-backend", "sim",
+        "--tick", "50ms", "--inventory-refresh", "0",
+    ]  # fmt: skip
+    client = AllocatorClient(str(sock))
+    child = ChildProcess("allocator", argv, folder / "allocator.log").start()
+    try:
+        child.wait_until(lambda: client.call("GET", "/healthz")[0] == 200, 30, "answering")
+        assert child.process is not None
+
+        policy.write_text(policy.read_text() + "gpu_wait: never\n")
+        child.process.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_policy_reloads_total", result="refused") == 1
+            ),
+            WAIT,
+            "the bad file refused",
+        )
+        assert "gpu_wait" in (folder / "allocator.log").read_text()
+        first = client.allocate(user="bob", count=2)  # student: 2 GPUs under the old policy
+        client.release(first["id"])
+
+        groups = {
+            "student": {"max_gpus": 1, "max_runtime": "24h"},
+            "admin": {"max_gpus": None, "max_runtime": "72h"},
+        }
+        write_policy(folder, groups=groups)
+        child.process.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: (
+                _sample(_metrics_text(sock), "ds01_policy_reloads_total", result="applied") == 1
+            ),
+            WAIT,
+            "the good file applied",
+        )
+        with pytest.raises(Refused, match="1"):
+            client.allocate(user="bob", count=2)
+    finally:
+        child.stop()
 
 
 def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busybox_image):

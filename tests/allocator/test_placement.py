@@ -1,4 +1,4 @@
-from allocator.placement import choose_devices, eligible_devices, feasibility
+from allocator.placement import eligible_devices, feasibility
 from ds01.gpu.sim import load_topology
 
 INVENTORY = load_topology(None)  # GPU 0: 3g.71gb, 2g.35gb, 1g.18gb, 1g.18gb; GPU 1 whole
@@ -26,19 +26,6 @@ def test_full_gpu_gets_only_whole_gpus():
 def test_profile_gets_that_profile_only():
     order = eligible_devices(INVENTORY, profile="3g.71gb", full_gpu=False, allow_full_gpu=False)
     assert _indexes(order) == ["0:0"]
-
-
-def test_choose_skips_unavailable_and_is_deterministic():
-    order = eligible_devices(INVENTORY, profile=None, full_gpu=False, allow_full_gpu=False)
-    first = order[0].device_uuid
-    picked = choose_devices(order, count=2, unavailable={first})
-    assert picked == (order[1].device_uuid, order[2].device_uuid)
-    assert choose_devices(order, count=2, unavailable={first}) == picked
-
-
-def test_choose_returns_none_when_too_few_are_free():
-    order = eligible_devices(INVENTORY, profile="1g.18gb", full_gpu=False, allow_full_gpu=False)
-    assert choose_devices(order, count=2, unavailable={order[0].device_uuid}) is None
 
 
 def test_full_gpu_refused_for_group_without_it():

@@ -18,7 +18,7 @@ def inspect(name: str) -> dict:
 
 def test_ds01_labelled_mig_container(sim_inventory):
     facts = classify(inspect("gpus_mig"), sim_inventory)
-    assert facts.type == "ds01"
+    assert facts.type == "docker"  # allocated by us (managed), made by a plain docker run
     assert facts.user == "alice"
     assert facts.managed is True
     assert facts.allocation == "a-1"
@@ -43,9 +43,24 @@ def test_index_list_resolves_mig_index_and_whole_gpu(sim_inventory):
     assert facts.gpu_devices == (by_index["0:2"], by_index["1"])
 
 
-def test_compose_env_var_owner_from_working_dir(sim_inventory):
+def test_nvidia_visible_devices_under_runc_is_no_gpu_access(sim_inventory):
+    """CUDA images carry NVIDIA_VISIBLE_DEVICES in their image env: under runc, no GPU."""
     facts = classify(inspect("compose_env"), sim_inventory)
     assert (facts.type, facts.user, facts.managed) == ("compose", "bob", False)
+    assert facts.gpu_devices == ()
+    assert not classify(inspect("compose_env"), sim_inventory, default_runtime="nvidia").has_gpu
+
+
+@pytest.mark.parametrize(
+    ("runtime", "default_runtime"),
+    [("nvidia", None), ("nvidia", "runc"), ("", "nvidia"), (None, "nvidia-cdi")],
+)
+def test_nvidia_visible_devices_counts_under_the_nvidia_runtime(
+    sim_inventory, runtime, default_runtime
+):
+    data = inspect("compose_env")
+    data["HostConfig"]["Runtime"] = runtime
+    facts = classify(data, sim_inventory, default_runtime=default_runtime)
     assert facts.gpu_devices == (next(d for d in sim_inventory if d.index == "1").device_uuid,)
 
 
@@ -69,8 +84,29 @@ def test_non_gpu_container_has_no_gpu(sim_inventory):
 
 def test_forged_managed_label_only_claims():
     """A label decides the type it claims, nothing more: exemptions never come from labels."""
-    assert container_type({"ds01.managed": "true"}) == "ds01"
+    assert container_type({"ds01.managed": "true"}) == "docker"
     assert container_type({"ds01.managed": "yes"}) == "docker"
+
+
+DEV = {"devcontainer.local_folder": "/home/carol/thesis"}
+COMPOSE = {"com.docker.compose.project": "exp"}
+MANAGED = {"ds01.managed": "true", "ds01.user": "alice", "ds01.allocation": "a-1"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({**MANAGED, "ds01.type": "devcontainer", **DEV}, "devcontainer"),
+        ({**MANAGED, "ds01.type": "compose", **COMPOSE}, "compose"),
+        ({**MANAGED, "ds01.type": "docker"}, "docker"),
+        ({**MANAGED, "ds01.type": "ds01"}, "ds01"),
+        ({**DEV, **COMPOSE}, "devcontainer"),
+        ({**MANAGED, "ds01.type": "ds01", **DEV}, "devcontainer"),
+        ({"ds01.type": "something-else"}, "docker"),
+    ],
+)
+def test_a_container_made_through_our_tools_keeps_the_type_of_its_client(labels, expected):
+    assert container_type(labels) == expected
 
 
 def test_unknown_owner():

@@ -55,16 +55,24 @@ def test_compose_devcontainer_and_plain_containers(docker_cli, docker_client, si
         "com.docker.compose.project.working_dir=/home/bob/exp",
     )
     devcontainer = docker_cli(
+        "--runtime",
+        "nvidia",
         "-e",
         "NVIDIA_VISIBLE_DEVICES=0:0",
         "--label",
         "devcontainer.local_folder=/home/carol/thesis",
     )
     plain = docker_cli()
+    cuda_image_under_runc = docker_cli("-e", "NVIDIA_VISIBLE_DEVICES=all")
+    default_runtime = docker_client.info()["DefaultRuntime"]
     facts = {
-        cid: classify(docker_client.api.inspect_container(cid), sim_inventory)
-        for cid in (compose, devcontainer, plain)
+        cid: classify(
+            docker_client.api.inspect_container(cid), sim_inventory, default_runtime=default_runtime
+        )
+        for cid in (compose, devcontainer, plain, cuda_image_under_runc)
     }
+    assert default_runtime == "runc"
+    assert facts[cuda_image_under_runc].has_gpu is False
     assert (facts[compose].type, facts[compose].user) == ("compose", "bob")
     assert facts[compose].gpu_devices == (sim_inventory[4].device_uuid,)
     assert (facts[devcontainer].type, facts[devcontainer].user) == ("devcontainer", "carol")

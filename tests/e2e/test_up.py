@@ -104,7 +104,7 @@ def gpu_run_through(docker_host: str, name: str, image: str, user: object = None
     return run_as(user, argv, env={"DOCKER_HOST": docker_host}, timeout=120)
 
 
-def test_ds01_up_starts_everything_and_ctrl_c_stops_it(
+def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
     dockerd,
     docker_client,
     busybox_image,
@@ -118,6 +118,9 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(
     # a state folder other users can traverse, as /var/lib/ds01/up is (tmp_path is not)
     state = Path(tempfile.mkdtemp(prefix="ds01up-", dir="/tmp"))
     os.chmod(state, 0o755)
+    policy = state / "ds01.yaml"
+    example = (REPO / "config" / "ds01.example.yaml").read_text()
+    policy.write_text(example)
     alice = unprivileged_users[0]
     names = ("ds01-up-root", "ds01-up-alice")
     with open(log, "w") as out:
@@ -130,7 +133,7 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(
                 "--state-dir",
                 str(state / "state"),
                 "--policy",
-                str(REPO / "config" / "ds01.example.yaml"),
+                str(policy),
             ],
             env=env,
             stdout=out,
@@ -166,6 +169,20 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(
             assert status == 200 and answer["allocation"]["user"] == owner, answer
             assert answer["allocation"]["devices"] == labels["ds01.gpu.devices"].split(",")
 
+        # SIGHUP: a bad file is refused (and not passed on); a good one reaches every part and
+        # the alert rules.
+        policy.write_text(example + "\nidle_warning: soon\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reload refused", proc)
+        assert "idle_warning" in log.read_text()
+        policy.write_text(example + "\nidle_warning: 7m\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reloaded", proc)
+        rules = "".join(p.read_text() for p in (state / "state/prometheus/rules").glob("*"))
+        assert "time() + 420" in rules
+        for part in ("exporter", "allocator", "gateway", "enforcer"):
+            _wait_for(state / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         for url in urls.values():
@@ -182,3 +199,12 @@ def test_ds01_up_starts_everything_and_ctrl_c_stops_it(
             except Exception:  # noqa: BLE001 - never created
                 continue
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 60.0) -> None:
+    """Until `text` shows in the log at `path` (a hang bound, not a speed expectation)."""
+    deadline = time.monotonic() + bound
+    while not (path.exists() and text in path.read_text()):
+        assert proc.poll() is None, path.read_text() if path.exists() else ""
+        assert time.monotonic() < deadline, f"{text!r} not in {path}"
+        time.sleep(0.2)

@@ -38,7 +38,7 @@ WAIT = 30.0  # an upper bound for waits, never an expectation of speed
 
 def make_policy(**overrides: Any) -> Policy:
     """The default policy, with stop grace 0s (busybox `sleep` ignores SIGTERM) and overrides."""
-    return parse_policy({"stop_grace": "0s", **overrides}, "<test policy>")
+    return parse_policy({"stop_grace": "0s", "idle_warning": "0s", **overrides}, "<test policy>")
 
 
 def iso(ts: float) -> str:
@@ -166,8 +166,33 @@ class RunningEnforcer:
     def audit(self) -> list[dict[str, Any]]:
         return read_audit(self.audit_path)
 
-    def records_for(self, container_id: str) -> list[dict[str, Any]]:
-        return [r for r in self.audit() if r["container_id"] == container_id]
+    def records_for(self, container_id: str, *, deferred: bool = False) -> list[dict[str, Any]]:
+        """The container's audit records; a stop deferred to let its warning run is left out
+        unless `deferred` (tests with idle_warning 0s see one before each idle stop)."""
+        return [
+            r
+            for r in self.audit()
+            if r["container_id"] == container_id
+            and (deferred or not r["decision"].startswith("deferred:"))
+        ]
+
+    def journaled(self, container_id: str) -> list[dict[str, Any]]:
+        """The container's rows in the journal. A webhook journals before it answers, so once
+        the reply is in, no row here means nothing will ever be done (no waiting needed)."""
+        assert self.service is not None, "only for an in-process enforcer"
+        return [d for d in self.service.journal.decisions() if d["container_id"] == container_id]
+
+    def wait_done(self, container_id: str) -> list[dict[str, Any]]:
+        """Wait until every journaled job of the container has its decision."""
+        return eventually(
+            lambda: (
+                (rows := self.journaled(container_id))
+                and all(r["state"] == "done" for r in rows)
+                and rows
+            ),
+            WAIT,
+            f"the jobs of {container_id[:12]} decided",
+        )
 
     def wait_records(self, container_id: str, count: int = 1) -> list[dict[str, Any]]:
         return eventually(
@@ -242,7 +267,7 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
     """Factory: `python -m ds01.cli enforcer …` as a child process; killed at teardown."""
     children: list[subprocess.Popen] = []
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("stop_grace: 0s\n")
+    policy_file.write_text("stop_grace: 0s\nidle_warning: 0s\n")
     port = free_port()
 
     def start(*extra: str) -> RunningEnforcer:

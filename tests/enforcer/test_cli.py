@@ -119,3 +119,38 @@ def test_sigterm_stops_cleanly_and_audit_log_is_0640(cli_enforcer, containers, d
 
     assert process.wait(30) == 0
     assert running.audit_path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.integration
+def test_sighup_reloads_the_policy_and_refuses_a_bad_one(
+    cli_enforcer, containers, deadlines, tmp_path
+):
+    running = cli_enforcer()
+    process = running.extra["process"]
+    policy_file = tmp_path / "policy.yaml"
+    box = containers(gpus=[GPU])
+
+    policy_file.write_text("stop_grace: soon\n")
+    process.send_signal(signal.SIGHUP)
+    eventually(
+        lambda: running.metric("ds01_policy_reloads_total", result="refused") == 1,
+        10,
+        "the bad file refused",
+    )
+    log = (tmp_path / "enforcer-0.log").read_text()
+    assert "policy reload refused" in log and "stop_grace" in log
+
+    policy_file.write_text(
+        f"stop_grace: 0s\nidle_warning: 0s\nprotected: {{names: [{box.name}]}}\n"
+    )
+    process.send_signal(signal.SIGHUP)
+    eventually(
+        lambda: running.metric("ds01_policy_reloads_total", result="applied") == 1,
+        10,
+        "the good file applied",
+    )
+    deadlines.past_idle(box)
+    running.post("alerts", webhook(alert_for(box)))
+    [record] = running.wait_records(box.id)
+    assert record["decision"] == "skipped: protected by policy"
+    assert process.poll() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -46,8 +47,8 @@ def test_same_alert_delivered_five_times_stops_once(enforcer_factory, containers
 
     assert [r.status_code for r in replies] == [200] * 5
     assert sum(r.json()["accepted"] for r in replies) == 1
-    enforcer.wait_records(box.id)
-    time.sleep(0.5)  # give a wrongly queued repeat the chance to show up
+    [job] = enforcer.wait_done(box.id)  # the repeats were never journaled: nothing more to come
+    assert job["decision"] == "stopped"
     assert len(enforcer.records_for(box.id)) == 1
     assert enforcer.metric("ds01_enforcer_alerts_total", endpoint="alerts", status="duplicate") == 4
 
@@ -62,7 +63,7 @@ def test_resolved_alert_does_nothing(enforcer_factory, containers, deadlines):
     assert reply.status_code == 200
     assert reply.json()["accepted"] == 0
     assert reply.json()["resolved_skipped"] == 1
-    time.sleep(0.5)
+    assert enforcer.journaled(box.id) == []  # journaled before the reply: nothing will happen
     box.reload()
     assert box.status == "running"
     assert enforcer.records_for(box.id) == []
@@ -89,8 +90,7 @@ def test_container_restarted_after_alert_began_is_skipped(enforcer_factory, cont
     enforcer = enforcer_factory()
     box = containers(gpus=[GPU])
     deadlines.past_idle(box)
-    starts_at = time.time()
-    time.sleep(0.05)
+    starts_at = time.time() - 1.0  # the alert began before the restart below
     box.restart(timeout=0)
 
     enforcer.post("alerts", webhook(alert_for(box, starts_at=starts_at)))
@@ -209,7 +209,7 @@ def test_wrong_or_missing_token_is_401_and_nothing_happens(enforcer_factory, con
     for reply in (wrong, missing):
         assert reply.status_code == 401
         assert reply.json() == {"error": "unauthorized"}
-    time.sleep(0.5)
+    assert enforcer.journaled(box.id) == []
     box.reload()
     assert box.status == "running"
     assert enforcer.audit() == []
@@ -247,7 +247,7 @@ def test_missing_required_label_is_400_and_nothing_in_the_webhook_is_done(
 
     assert reply.status_code == 400
     assert reply.json()["error"] == "alerts[1].labels.reason: required label is missing"
-    time.sleep(0.5)
+    assert enforcer.journaled(good.id) == []
     good.reload()
     assert good.status == "running"
     assert enforcer.audit() == []
@@ -273,6 +273,81 @@ def test_dry_run_decides_but_does_not_stop(enforcer_factory, containers, deadlin
     assert record["dry_run"] is True
     box.reload()
     assert box.status == "running"
+
+
+def test_dry_run_touches_no_container_and_audits_what_it_would_do(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(dry_run=True)
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+
+    enforcer.post("notify", webhook(alert_for(box, action="notify", summary="idle, stop in 10m")))
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    records = enforcer.wait_records(box.id, 2)
+    assert sorted(r["decision"] for r in records) == [
+        "dry-run: would notify",
+        "dry-run: would stop",
+    ]
+    assert all(r["dry_run"] for r in records)
+    code, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
+    assert code != 0, f"dry-run wrote a notice: {output!r}"
+    assert enforcer.metric("ds01_enforcer_actions_total", action="notify", result="dry_run") == 1
+
+
+def test_an_idle_stop_that_arrives_unwarned_warns_first_and_stops_after_idle_warning(
+    enforcer_factory, containers, deadlines
+):
+    # As after a restart of Prometheus or Alertmanager: the stop alert comes with no warning.
+    enforcer = enforcer_factory(policy=make_policy(idle_warning="2s"))
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    deferred, stopped = eventually(
+        lambda: len(r := enforcer.records_for(box.id, deferred=True)) >= 2 and r,
+        WAIT,
+        "a deferral, then the stop",
+    )
+    assert deferred["decision"].startswith("deferred: not warned yet")
+    assert "warning notified" in deferred["decision"]
+    assert stopped["decision"] == "stopped"
+    not_before = float(deferred["detail"].removeprefix("stop not before "))
+    assert not_before - _epoch(deferred["time"]) >= 2.0 - 0.5  # the warning period, from now
+    assert _epoch(stopped["time"]) >= not_before
+    box.start()
+    _, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
+    lines = output.decode().splitlines()
+    assert "ds01 WARNING:" in lines[0] and "will be stopped at" in lines[0]
+    assert "stopping this container now" in lines[1]
+
+
+def test_a_warning_delivered_by_alertmanager_lets_the_idle_stop_go_ahead_after_its_period(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(policy=make_policy(idle_warning="1s"))
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+    enforcer.post("notify", webhook(alert_for(box, action="notify", summary="idle")))
+    [notified] = enforcer.wait_records(box.id)
+    assert notified["decision"] == "notified"
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    records = enforcer.wait_records(box.id, 2)
+    assert records[1]["decision"] == "stopped"
+    assert _epoch(records[1]["time"]) - _epoch(notified["time"]) >= 1.0
+    assert not any(
+        "not warned yet" in r["decision"] for r in enforcer.records_for(box.id, deferred=True)
+    )
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def test_warning_appends_the_notice_file_readable_in_the_container(
@@ -316,7 +391,8 @@ def test_stop_leaves_a_notice_for_the_owner(enforcer_factory, containers, deadli
 
 def test_ds01_native_container_is_removed_after_the_hold(enforcer_factory, containers, deadlines):
     enforcer = enforcer_factory(policy=make_policy(container_hold_after_stop="1s"))
-    box = containers(gpus=[GPU], labels={"ds01.managed": "true", "ds01.user": "alice"})
+    labels = {"ds01.managed": "true", "ds01.user": "alice", "ds01.type": "ds01"}
+    box = containers(gpus=[GPU], labels=labels)
     deadlines.past_idle(box)
 
     enforcer.post("alerts", webhook(alert_for(box)))
@@ -326,6 +402,32 @@ def test_ds01_native_container_is_removed_after_the_hold(enforcer_factory, conta
     assert removed["event"] == "remove"
     assert removed["decision"] == "removed"
     assert box.id not in {c.id for c in box.client.containers.list(all=True)}
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"ds01.type": "docker"},  # the wrapper's plain `docker run`
+        {"ds01.type": "devcontainer", "devcontainer.local_folder": "/home/alice/x"},
+        {"ds01.type": "compose", "com.docker.compose.project": "exp"},
+    ],
+)
+def test_a_container_allocated_by_us_but_not_deployed_is_kept_after_the_stop(
+    enforcer_factory, containers, deadlines, labels
+):
+    enforcer = enforcer_factory(policy=make_policy(container_hold_after_stop="0s"))
+    box = containers(gpus=[GPU], labels={"ds01.managed": "true", "ds01.user": "alice", **labels})
+    deadlines.past_idle(box)
+
+    enforcer.post("alerts", webhook(alert_for(box)))
+
+    # A removal is journaled before the stop's own row is marked done: once that row is done,
+    # every follow-up that will ever exist is in the journal.
+    jobs = enforcer.wait_done(box.id)
+    assert [(j["kind"], j["decision"]) for j in jobs] == [("stop", "stopped")]
+    assert [r["event"] for r in enforcer.records_for(box.id)] == ["stop"]
+    box.reload()
+    assert box.status == "exited"
 
 
 def test_docker_unreachable_is_503_and_the_alert_runs_once_docker_is_back(
@@ -359,9 +461,39 @@ def test_docker_unreachable_is_503_and_the_alert_runs_once_docker_is_back(
     assert record["decision"] == "stopped"
     box.reload()
     assert box.status == "exited"
-    assert enforcer.post("alerts", body).status_code == 200
-    time.sleep(0.3)
+    again = enforcer.post("alerts", body)
+    assert again.status_code == 200 and again.json()["duplicates"] == 1
+    assert len(enforcer.journaled(box.id)) == 1  # the repeat was not journaled: no second stop
     assert len(enforcer.records_for(box.id)) == 1
+
+
+def test_a_journal_that_cannot_be_written_keeps_the_job_and_the_worker_alive(
+    enforcer_factory, containers, deadlines
+):
+    enforcer = enforcer_factory(action_delay=1.0)  # time to lock the journal after the ack
+    box = containers(gpus=[GPU])
+    deadlines.past_idle(box)
+    assert enforcer.post("alerts", webhook(alert_for(box))).status_code == 200
+    locker = sqlite3.connect(str(enforcer.service.config.journal_path), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the journal: writes fail (locked)
+    try:
+        eventually(
+            lambda: (
+                enforcer.metric("ds01_enforcer_dependency_errors_total", dependency="journal") >= 1
+            ),
+            WAIT,
+            "the journal failure to be counted",
+        )
+        assert [j["state"] for j in enforcer.journaled(box.id)] == ["pending"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    [job] = enforcer.wait_done(box.id)  # the same worker threads go on once it can write
+    assert job["decision"] == "stopped"
+    assert [r["decision"] for r in enforcer.records_for(box.id)] == ["stopped"]
+    box.reload()
+    assert box.status == "exited"
 
 
 def test_metrics_page_has_the_contract_series(enforcer_factory):
@@ -437,7 +569,7 @@ def test_an_alert_on_the_wrong_endpoint_is_ignored(enforcer_factory, containers,
 
     assert reply.status_code == 200
     assert reply.json()["ignored"] == 1
-    time.sleep(0.3)
+    assert enforcer.journaled(box.id) == []
     box.reload()
     assert box.status == "running"
     assert enforcer.audit() == []

@@ -7,8 +7,16 @@ import threading
 from enforcer.intake import Intake
 
 
+def _returns(call, bound: float = 10.0) -> bool:
+    """True when `call()` returns within `bound` seconds (a hang bound, not a speed test)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(bound)
+    return not thread.is_alive()
+
+
 def test_quiet_intake_does_not_hold_workers():
-    Intake().wait_quiet(timeout=60)  # returns at once
+    assert _returns(lambda: Intake().wait_quiet(timeout=60))  # not the 60 s: nothing in flight
 
 
 def test_workers_wait_for_the_webhook_in_flight():
@@ -29,5 +37,5 @@ def test_workers_wait_for_the_webhook_in_flight():
 
 def test_a_busy_intake_holds_workers_only_until_the_timeout():
     intake = Intake()
-    with intake.receiving():
-        intake.wait_quiet(timeout=0.05)  # returns although a webhook is still in flight
+    with intake.receiving():  # returns although a webhook is still in flight
+        assert _returns(lambda: intake.wait_quiet(timeout=0.05))

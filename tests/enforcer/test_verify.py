@@ -8,7 +8,14 @@ import pytest
 
 from ds01.containers import ContainerFacts
 from enforcer.payload import Alert
-from enforcer.verify import Deadlines, decide_notify, decide_remove, decide_stop
+from enforcer.verify import (
+    Deadlines,
+    check_container,
+    check_deadline,
+    check_warned,
+    decide_notify,
+    decide_remove,
+)
 from tests.enforcer.conftest import make_policy
 
 NOW = 1_800_000_000.0
@@ -42,9 +49,17 @@ PAST = Deadlines(idle=NOW - 60, runtime=NOW - 60)
 
 
 def stop(**kw):
+    """The worker's order: the container checks, then (only if they pass) the deadline."""
     args = dict(alert=alert(), container=container(), deadlines=PAST, policy=make_policy(), now=NOW)
     args.update(kw)
-    return decide_stop(**args)
+    first = check_container(
+        alert=args["alert"], container=args["container"], policy=args["policy"], now=args["now"]
+    )
+    if not first.act:
+        return first
+    return check_deadline(
+        alert=args["alert"], deadlines=args["deadlines"], policy=args["policy"], now=args["now"]
+    )
 
 
 def test_acts_when_every_check_passes():
@@ -151,3 +166,26 @@ def test_removal_only_of_a_still_stopped_ds01_container():
     )
     keep = make_policy(container_hold_after_stop=None)
     assert not decide_remove(container=stopped, stopped_at=NOW, policy=keep).act
+
+
+def test_an_idle_stop_never_warned_warns_now_and_waits_the_warning_period():
+    gate = check_warned(warned_at=None, idle_since=NOW - 1800, idle_warning=600, now=NOW)
+    assert not gate.decision.act and gate.warn_now
+    assert gate.not_before == NOW + 600
+    assert gate.decision.why.startswith("not warned yet")
+
+
+def test_a_warning_from_an_earlier_idle_period_does_not_count():
+    gate = check_warned(warned_at=NOW - 4000, idle_since=NOW - 1800, idle_warning=600, now=NOW)
+    assert gate.warn_now and gate.not_before == NOW + 600
+
+
+def test_a_recent_warning_defers_the_stop_until_the_warning_period_has_run():
+    gate = check_warned(warned_at=NOW - 100, idle_since=NOW - 1800, idle_warning=600, now=NOW)
+    assert not gate.decision.act and not gate.warn_now
+    assert gate.not_before == NOW + 500
+
+
+def test_a_warning_given_at_least_idle_warning_ago_lets_the_stop_go_ahead():
+    gate = check_warned(warned_at=NOW - 600, idle_since=NOW - 1800, idle_warning=600, now=NOW)
+    assert gate.decision.act and gate.not_before is None

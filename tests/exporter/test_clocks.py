@@ -28,6 +28,19 @@ def test_a_container_started_before_measuring_began_is_not_called_idle_for_that_
     assert clock == ContainerClock(first_start=100.0, last_busy=500.0)
 
 
+def test_a_saved_clock_resumes_idle_time_from_the_restart_not_from_before_the_downtime():
+    saved = ContainerClock(first_start=100.0, last_busy=200.0)  # idle since 200, then a crash
+    after = advance_container(
+        saved, started_at=100.0, busy=False, now=2010.0, measured_since=2000.0
+    )
+    assert after == ContainerClock(first_start=100.0, last_busy=2000.0)
+
+
+def test_a_saved_device_clock_resumes_from_the_restart():
+    assert advance_device(200.0, busy=False, now=2010.0, measured_since=2000.0) == 2000.0
+    assert advance_device(2005.0, busy=False, now=2010.0, measured_since=2000.0) == 2005.0
+
+
 def test_busy_moves_last_busy_to_now_and_idle_leaves_it():
     clock = advance_container(None, started_at=100.0, busy=True, now=150.0)
     assert clock.last_busy == 150.0

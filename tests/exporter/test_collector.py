@@ -7,6 +7,7 @@ import functools
 import math
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ds01.cgroups import container_id_of_pid
 from ds01.clock import FrozenClock
@@ -17,6 +18,7 @@ from exporter.collector import Collector
 from exporter.health import ErrorCounters
 from exporter.inventory import Inventory
 from exporter.keepalive import KeepAliveChecker
+from exporter.metrics import SnapshotCollector
 from exporter.service import load_clocks
 
 POLICY = {
@@ -86,12 +88,12 @@ def inventory(docker_state, sim_inventory) -> Inventory:
 
 @pytest.fixture
 def make_collector(inventory, sim_backend, clock, tmp_path, fake_proc):
-    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None):
+    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None, **kw):
         errors = errors or ErrorCounters()
         clock_store = ClockStore(tmp_path / "state") if store else None
         return Collector(
             backend=backend or sim_backend,
-            inventory=inventory,
+            inventory=kw.get("inventory", inventory),
             policy=parse_policy(policy),
             keepalive=KeepAliveChecker(
                 path="/workspace/.keep-alive", archive_stat=None, interval=60, errors=errors
@@ -159,6 +161,32 @@ def test_exemptions_from_the_policy_make_deadlines_infinite(
     assert math.isinf(carol.runtime_deadline) and carol.runtime_deadline_reason == "exempt"
 
 
+@pytest.mark.parametrize(
+    ("labels", "ctype", "days"),
+    [
+        (
+            {"devcontainer.local_folder": "/home/alice/x", "ds01.type": "devcontainer"},
+            "devcontainer",
+            7,
+        ),
+        ({"com.docker.compose.project": "exp", "ds01.type": "compose"}, "compose", 3),
+        ({"ds01.type": "docker"}, "docker", 2),
+    ],
+)
+def test_a_container_allocated_through_our_tools_keeps_its_clients_runtime_limit(
+    make_collector, inventory, docker_state, managed, clock, start, labels, ctype, days
+):
+    docker_state[managed["Id"]]["Config"]["Labels"].pop("ds01.type", None)
+    docker_state[managed["Id"]]["Config"]["Labels"].update(labels)  # still ds01.managed=true
+    inventory.replace_all(docker_state.values())
+    clock.current = start + 10
+    collector = make_collector()
+    collector.collect_once()
+    state = by_name(collector.snapshot)["alice-train"]
+    assert state.facts.managed and state.facts.type == ctype
+    assert state.runtime_deadline == pytest.approx(start + days * 86400)
+
+
 def test_on_a_shared_device_the_process_owner_is_busy_and_the_other_is_not(
     make_collector, inventory, managed, sim_state, sim_inventory, fake_proc, clock, start
 ):
@@ -200,19 +228,48 @@ def test_an_unmeasurable_device_counts_busy_and_is_counted(
     assert errors.values()["gpu"] == 1
 
 
-def test_without_docker_nothing_new_is_published(make_collector, clock, start):
+def test_without_docker_devices_stay_fresh_and_containers_keep_their_last_picture(
+    make_collector, sim_state, sim_inventory, clock, start
+):
     healthy = {"ok": True}
     collector = make_collector(docker_ok=lambda: healthy["ok"])
     clock.current = start + 10
     collector.collect_once()
     published = collector.snapshot
     healthy["ok"] = False
+    sim_state.set_device(sim_inventory[1].index, busy=True)
     clock.advance(30)
-    assert collector.collect_once() is False
-    assert collector.snapshot is published
+    assert collector.collect_once() is True
+    latest = collector.snapshot
+    assert latest.timestamp == published.timestamp  # the container picture is stale: rules see it
+    assert latest.containers == published.containers
+    devices = {d.device.device_uuid: d for d in latest.devices}
+    assert devices[sim_inventory[1].device_uuid].busy
+    assert devices[sim_inventory[1].device_uuid].last_busy == start + 40
 
 
-def test_a_restart_keeps_clocks_and_deadlines(
+def test_device_metrics_are_served_from_the_first_collect_before_docker_answers(
+    make_collector, inventory, sim_state, sim_inventory, clock, start
+):
+    empty = Inventory(lambda _cid: None, sim_inventory)  # Docker never answered: not ready
+    collector = make_collector(docker_ok=lambda: False, inventory=empty)
+    sim_state.set_device(sim_inventory[0].index, busy=True)
+    clock.current = start + 10
+    assert collector.collect_once() is True
+    snapshot = collector.snapshot
+    assert snapshot.timestamp == 0.0 and snapshot.containers == ()
+    assert len(snapshot.devices) == len(sim_inventory)
+    assert {d.device.device_uuid for d in snapshot.devices if d.busy} >= {
+        sim_inventory[0].device_uuid
+    }
+    reg = CollectorRegistry()
+    reg.register(SnapshotCollector(lambda: snapshot, ErrorCounters(), version="t", backend="sim"))
+    uuid = sim_inventory[0].device_uuid
+    assert reg.get_sample_value("ds01_gpu_device_busy", {"device_uuid": uuid}) == 1
+    assert reg.get_sample_value("ds01_exporter_last_collect_timestamp_seconds") == 0
+
+
+def test_a_restart_keeps_runtime_clocks_and_resumes_idle_clocks_from_the_restart(
     make_collector, sim_state, sim_inventory, clock, start
 ):
     sim_state.set_device(sim_inventory[0].index, busy=True)
@@ -223,14 +280,32 @@ def test_a_restart_keeps_clocks_and_deadlines(
     before = by_name(first.snapshot)
     sim_state.set_device(sim_inventory[0].index, busy=False)
     clock.advance(120)  # the exporter was down for two minutes
+    restart = clock.current
     second = make_collector()
     second.collect_once()
     after = by_name(second.snapshot)
     for name in ("alice-train", "bob-dev"):
         assert after[name].first_start == before[name].first_start
-        assert after[name].last_busy == before[name].last_busy
-        assert after[name].idle_deadline == before[name].idle_deadline
         assert after[name].runtime_deadline == before[name].runtime_deadline
+        assert after[name].last_busy == restart
+        assert after[name].idle_deadline == restart + 600
+
+
+def test_exporter_downtime_longer_than_the_idle_timeout_never_puts_the_deadline_in_the_past(
+    make_collector, clock, start
+):
+    first = make_collector()
+    clock.current = start + 10
+    first.collect_once()
+    first.stop()
+    clock.advance(45 * 60)  # down 45 minutes, idle timeout 10 minutes, idle warning 10 minutes
+    restart = clock.current
+    second = make_collector()
+    second.collect_once()
+    for state in second.snapshot.containers:
+        assert state.idle_deadline >= restart + 600
+    devices = second.snapshot.devices
+    assert all(d.last_busy >= restart for d in devices)
 
 
 def test_removed_containers_lose_their_clocks(

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from ds01.containers import ContainerFacts
+from ds01.dockerio import DockerLink, connect
 from exporter.health import ErrorCounters
-from exporter.inventory import KnownContainer, Mount
-from exporter.keepalive import KeepAliveChecker, host_path
+from exporter.inventory import KnownContainer, Mount, known_container
+from exporter.keepalive import KeepAliveChecker, docker_archive_stat, host_path
+from tests.exporter.helpers import UnixProxy
+from tests.harness.components import require_binary, require_root
 
 PATH = "/workspace/.keep-alive"
 
@@ -60,6 +72,16 @@ def test_reads_through_the_mount_every_time_without_docker(tmp_path):
     assert stub.calls == 0
 
 
+def test_a_host_path_that_cannot_be_a_folder_is_counted_not_taken_as_absent(tmp_path):
+    errors = ErrorCounters()
+    stub = ArchiveStub(mtime=42.0)
+    (tmp_path / "ws").write_text("a file where a folder was expected")
+    c = container(mounts=(Mount("/workspace", str(tmp_path / "ws"), "bind"),))
+    assert checker(stub, errors).mtime(c, now=0.0) is None
+    assert errors.values()["keepalive"] == 1
+    assert stub.calls == 0
+
+
 def test_a_mount_not_visible_here_falls_back_to_the_archive_api(tmp_path):
     stub = ArchiveStub(mtime=42.0)
     c = container(mounts=(Mount("/workspace", str(tmp_path / "not-here"), "bind"),))
@@ -102,3 +124,106 @@ def test_retain_forgets_removed_containers():
     ka.retain([])
     ka.mtime(container("a" * 64), now=1.0)
     assert stub.calls == 2
+
+
+# --- as the shipped unit runs it: an unprivileged service user, a 0700 home -----------------
+
+SERVICE_USER = "ds01-test-svc"
+
+
+@pytest.fixture(scope="session")
+def service_user() -> tuple[int, int]:
+    """(uid, gid) of an unprivileged system user, created once; tolerant of a concurrent run."""
+    require_root("creating a service user")
+    useradd = require_binary("useradd")
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        done = subprocess.run(
+            [useradd, "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode not in (0, 9):  # 9: it exists (made meanwhile by another run)
+            pytest.fail(f"useradd {SERVICE_USER}: {done.stderr}", pytrace=False)
+        entry = pwd.getpwnam(SERVICE_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.fixture
+def private_home() -> Iterator[Path]:
+    """A home folder like /home/alice: mode 0700, owned by someone else than the service."""
+    root = Path(tempfile.mkdtemp(prefix="ds01k-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    home = root / "alice"
+    (home / "ws").mkdir(parents=True)
+    os.chmod(home, 0o700)
+    yield home
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _read_as(uid: int, gid: int, read) -> dict:
+    """Run `read()` in a child that has dropped to uid/gid (no groups), return its JSON answer."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.write(wfd, json.dumps(read()).encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
+            os.write(wfd, json.dumps({"child_error": repr(exc)}).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as reader:
+        answer = json.loads(reader.read() or b"{}")
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.integration
+def test_an_unprivileged_exporter_reads_a_keep_alive_file_in_a_0700_home(
+    service_user, private_home, dockerd, containers
+):
+    uid, gid = service_user
+    keep_alive = private_home / "ws" / ".keep-alive"
+    keep_alive.touch()
+    os.utime(keep_alive, (1_700_000_000.0, 1_700_000_000.0))
+    box = containers(gpus=["0"], volumes={str(private_home / "ws"): {"bind": "/workspace"}})
+    proxy = UnixProxy(
+        Path(tempfile.mkdtemp(prefix="ds01k-", dir="/tmp")) / "d.sock", dockerd.socket_path
+    )
+    os.chmod(proxy.path.parent, 0o755)
+    proxy.restore()
+    os.chown(proxy.path, uid, gid)  # the service's access to Docker (the unit: group docker)
+    try:
+        entry = known_container(box.client.api.inspect_container(box.id), ())
+        assert host_path(entry.mounts, PATH) == (str(keep_alive), str(private_home / "ws"))
+
+        def read() -> dict:
+            errors = ErrorCounters()
+            ka = KeepAliveChecker(
+                path=PATH,
+                archive_stat=docker_archive_stat(DockerLink(lambda: connect(proxy.url))),
+                interval=60.0,
+                errors=errors,
+            )
+            try:
+                os.lstat(keep_alive)
+                direct = "readable"
+            except PermissionError:
+                direct = "denied"
+            return {"direct": direct, "mtime": ka.mtime(entry, now=0.0), "errors": errors.values()}
+
+        answer = _read_as(uid, gid, read)
+    finally:
+        proxy.cut()
+        shutil.rmtree(proxy.path.parent, ignore_errors=True)
+    assert answer.get("direct") == "denied", answer  # the home really is closed to the service
+    assert answer["mtime"] == pytest.approx(1_700_000_000.0), answer
+    assert answer["errors"]["keepalive"] == 0

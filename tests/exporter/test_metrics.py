@@ -158,7 +158,10 @@ def test_describe_does_not_collect():
         raise AssertionError("registration must not read the snapshot")
 
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(explode, ErrorCounters(), version="v", backend="sim"))
+    collector = SnapshotCollector(explode, ErrorCounters(), version="v", backend="sim")
+    registry.register(collector)
+    described = {family.name for family in collector.describe()}
+    assert {"ds01_container_info", "ds01_gpu_device_busy", "ds01_exporter_build_info"} <= described
 
 
 def test_every_help_text_is_a_sentence(snapshot):

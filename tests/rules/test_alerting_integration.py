@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +79,15 @@ def _am_alerts(url: str) -> list[dict[str, Any]]:
     return requests.get(f"{url}/api/v2/alerts", timeout=5).json()
 
 
+def _flushes_since(log: Path, offset: int, alertname: str) -> int:
+    """Flushes of the aggregation group of `alertname` logged after byte `offset`."""
+    with open(log, "rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode(errors="replace")
+    group = f'alertname=\\"{alertname}\\"'
+    return sum(1 for line in text.splitlines() if "msg=flushing" in line and group in line)
+
+
 def _suppressed(url: str, alertname: str) -> bool:
     return any(
         a["labels"]["alertname"] == alertname
@@ -105,7 +115,8 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
                 repeat_interval=3600,  # one delivery per alert within this test
                 notify_repeat_interval=3600,
             )
-        )
+        ),
+        log_level="debug",
     )
 
     exporter = FakeExporter()
@@ -164,7 +175,15 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
         WAIT,
         "the runtime warning to be inhibited",
     )
-    time.sleep(3)  # several group intervals: a repeat or an uninhibited warning would show now
+    # Two more flushes of every group (Alertmanager's debug log says when it flushes): a repeat
+    # or an uninhibited warning would have been sent by the first of them.
+    mark = am.child.log_path.stat().st_size
+    for name in ("GPUContainerIdle", "GPUContainerIdleWarning", "GPUContainerRuntimeWarning"):
+        eventually(
+            lambda n=name: _flushes_since(am.child.log_path, mark, n) >= 2,
+            WAIT,
+            f"two flushes of the {name} group",
+        )
     assert len(recorder.posts("/alerts")) == 1
     names = [
         a["labels"]["alertname"] for d in recorder.posts("/notify") for a in d.payload["alerts"]

@@ -3,6 +3,7 @@ promtool accepts the rules and passes the unit tests under prometheus/tests/."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -160,7 +161,7 @@ def test_parser_requires_out_and_parses_durations():
 
 
 def test_promtool_accepts_compressed_rules(tmp_path, promtool):
-    policy = default_policy().with_overrides(idle_warning=1.0, runtime_warning=2.0)
+    policy = dataclasses.replace(default_policy(), idle_warning=1.0, runtime_warning=2.0)
     settings = RuleSettings.from_policy(policy, unmanaged_grace=3.0, exporter_stale_after=5.0)
     paths = []
     for name, text in render_rule_files(settings).items():
