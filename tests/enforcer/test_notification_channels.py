@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 
 import pytest
 
@@ -53,9 +54,10 @@ def test_failing_channels_are_counted_and_never_block_the_stop(
         notice_path="/no/such/folder/.ds01-alerts",
     )
     box = containers(gpus=[GPU], labels={"ds01.user": "root"})
-    deadlines.past_idle(box)
+    # a runtime stop: no warning of the enforcer's own comes first, so one try per channel
+    deadlines.publish(box, idle=time.time() + 86400, runtime=time.time() - 120)
 
-    enforcer.post("alerts", webhook(alert_for(box)))
+    enforcer.post("alerts", webhook(alert_for(box, reason="max_runtime")))
 
     [record] = enforcer.wait_records(box.id)
     assert record["decision"] == "stopped"
