@@ -23,7 +23,7 @@ test: deps lint
 	$(PY) -m pytest -ra --durations=15
 
 bench: deps
-	status=0; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || status=1; done; exit $$status
+	$(PY) bench/summary.py
 
 # Line and branch coverage, child processes included (needs `.venv/bin/pip install coverage`).
 coverage: deps

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +30,49 @@ from .store import SqliteAllocationStore
 logger = logging.getLogger(__name__)
 
 
-class Ticker:
-    """Calls allocator.tick() every `interval` seconds until stopped; a failed pass is logged."""
+PRUNE_INTERVAL = 600.0  # seconds between history prunes (the first runs at start)
 
-    def __init__(self, allocator: Allocator, interval: float) -> None:
+
+def prune_history(allocator: Allocator) -> int:
+    """Forget allocations released longer ago than the policy's `allocation_history`."""
+    before = allocator.clock.time() - allocator.policy.allocation_history
+    with allocator.store.transaction() as tx:
+        removed = tx.prune(before)
+    if removed:
+        logger.info("pruned %d released allocations (released before %.0f)", removed, before)
+    return removed
+
+
+class Ticker:
+    """Calls allocator.tick() every `interval` seconds and prunes the history every
+    `prune_interval`, until stopped; a failed pass is logged and counted."""
+
+    def __init__(
+        self, allocator: Allocator, interval: float, *, prune_interval: float = PRUNE_INTERVAL
+    ) -> None:
         self.allocator, self.interval = allocator, interval
+        self.prune_interval = prune_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="allocator-ticker", daemon=True)
         self.errors = 0
+        self.pruned = 0  # released allocations removed so far
 
     def start(self) -> Ticker:
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        next_prune = time.monotonic()
+        while True:
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.prune_interval
+                try:
+                    self.pruned += prune_history(self.allocator)
+                except Exception:
+                    self.errors += 1
+                    logger.exception("pruning the allocation history failed")
+            if self._stop.wait(self.interval):
+                return
             try:
                 self.allocator.tick()
             except Exception:
@@ -88,6 +117,7 @@ def build_runtime(
     token: str | None = None,
     threads: int = 64,
     tick: float = 0.1,
+    prune_interval: float = PRUNE_INTERVAL,
     settings: Settings = Settings(),
     clock: Clock = SYSTEM_CLOCK,
     max_poll: float = 30.0,
@@ -125,7 +155,7 @@ def build_runtime(
         audit_log=str(audit_log) if audit_log else None,
     )
     server = AllocatorServer(app, socket_path, listen=listen, threads=threads)
-    ticker = Ticker(allocator, tick)
+    ticker = Ticker(allocator, tick, prune_interval=prune_interval)
     return AllocatorRuntime(allocator, store, server, ticker, watcher, registry)
 
 

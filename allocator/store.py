@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .model import RELEASED, Allocation
+from .model import LIVE_STATES, RELEASED, Allocation
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS allocations (
     released_at REAL,
     release_reason TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS allocations_by_state ON allocations(state);
+DROP INDEX IF EXISTS allocations_by_state;
+CREATE INDEX IF NOT EXISTS allocations_by_state_released
+    ON allocations(state, released_at);
 CREATE TABLE IF NOT EXISTS allocation_devices (
     allocation_id TEXT NOT NULL REFERENCES allocations(id) ON DELETE CASCADE,
     device_uuid TEXT NOT NULL,
@@ -66,6 +68,8 @@ class StoreTx(Protocol):
 
     def update(self, allocation: Allocation) -> None: ...
 
+    def prune(self, released_before: float) -> int: ...
+
 
 class AllocationStore(Protocol):
     def transaction(self) -> contextlib.AbstractContextManager[StoreTx]: ...
@@ -74,8 +78,12 @@ class AllocationStore(Protocol):
 
 
 class SqliteTx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    """One transaction's operations. With `live` (the store's in-memory copy of the live
+    allocations, kept by the single writer) live() and get() of a live one need no query."""
+
+    def __init__(self, conn: sqlite3.Connection, live: dict[str, Allocation] | None = None) -> None:
         self._conn = conn
+        self.live_cache = live
 
     def _load(self, where: str, args: tuple = ()) -> list[Allocation]:
         rows = self._conn.execute(
@@ -121,11 +129,28 @@ class SqliteTx:
         return result
 
     def live(self) -> list[Allocation]:
-        return self._load("WHERE state != ?", (RELEASED,))
+        """Live allocations through the state index: the cost follows them, not the history."""
+        if self.live_cache is not None:
+            return sorted(self.live_cache.values(), key=lambda a: (a.created_at, a.id))
+        return self.load_live()
+
+    def load_live(self) -> list[Allocation]:
+        marks = ",".join("?" * len(LIVE_STATES))
+        return self._load(f"WHERE state IN ({marks})", LIVE_STATES)
 
     def get(self, allocation_id: str) -> Allocation | None:
+        if self.live_cache is not None and allocation_id in self.live_cache:
+            return self.live_cache[allocation_id]
         found = self._load("WHERE id = ?", (allocation_id,))
         return found[0] if found else None
+
+    def _remember(self, allocation: Allocation) -> None:
+        if self.live_cache is None:
+            return
+        if allocation.state == RELEASED:
+            self.live_cache.pop(allocation.id, None)
+        else:
+            self.live_cache[allocation.id] = allocation
 
     def history(self) -> list[Allocation]:
         return self._load("")
@@ -161,6 +186,7 @@ class SqliteTx:
             raise StoreConflict(
                 f"allocation {allocation.id}: a device is already held ({exc})"
             ) from exc
+        self._remember(allocation)
 
     def update(self, allocation: Allocation) -> None:
         """Write state, container, deadlines and vanished marks; devices never change."""
@@ -187,9 +213,10 @@ class SqliteTx:
             f"({','.join('?' * len(gone))})) WHERE allocation_id = ?",
             (*gone, allocation.id),
         )
+        self._remember(allocation)
 
     def prune(self, released_before: float) -> int:
-        """Delete released allocations older than the given time; returns how many."""
+        """Delete allocations released before `released_before` (and their device rows)."""
         cursor = self._conn.execute(
             "DELETE FROM allocations WHERE state = ? AND released_at < ?",
             (RELEASED, released_before),
@@ -198,7 +225,11 @@ class SqliteTx:
 
 
 class SqliteAllocationStore:
-    """SQLite (WAL) at `path`; one connection, one lock: the single writer."""
+    """SQLite (WAL) at `path`; one connection, one lock: the single writer.
+
+    Being the only writer, it keeps the live allocations in memory too (loaded once, changed
+    only by committed transactions), so the hot path reads no rows at all.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -210,18 +241,25 @@ class SqliteAllocationStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # 64 MiB of page cache: the indexes of a long history stay in memory (default: 2 MiB).
+        self._conn.execute("PRAGMA cache_size=-65536")
         self._conn.executescript(SCHEMA)
+        self._live: dict[str, Allocation] | None = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqliteTx]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield SqliteTx(self._conn)
+                if self._live is None:
+                    self._live = {a.id: a for a in SqliteTx(self._conn).load_live()}
+                tx = SqliteTx(self._conn, dict(self._live))  # a rollback drops the copy
+                yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._live = tx.live_cache
 
     def close(self) -> None:
         with self._lock:

@@ -1,14 +1,16 @@
-"""Burst benchmark for the enforcer: ack latency and action throughput against a real dockerd.
+"""Burst benchmark for the enforcer: ack latency against an empty app, and action throughput.
 
     .venv/bin/python bench/enforcer_burst.py [--containers 50] [--alerts 1000] [--posts 200]
 
 Starts a private dockerd, a Prometheus scraping a series server that says every container is
-past its idle deadline, and `ds01 enforcer` as a child process. Then:
+past its idle deadline, `ds01 enforcer` as a child process, and an empty Flask app served by
+waitress with the enforcer's server settings (the comparison point). Against each, the same
+client sends:
   1. one webhook with --alerts alerts (spread over the containers, distinct fingerprints);
-  2. --posts concurrent webhooks of 5 alerts each (half new, half repeats of step 1).
-Prints ack latency p50/p99 (over all posts), decisions and stops per second, and checks that
-no alert was lost (one audit record per distinct alert) and no container was stopped twice.
-Target: ack p99 under 100 ms, no alert lost, no double action.
+  2. --posts concurrent webhooks of 5 alerts each (2 new, 3 repeats of step 1), while the
+     enforcer's workers are busy with step 1.
+Goal (issue 16): ack p99 over all those webhooks <= 2x the empty app's, no alert lost, none
+decided twice, no container stopped twice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -34,6 +37,7 @@ from docker.types import DeviceRequest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.goals import Goal, percentile, report  # noqa: E402
 from ds01.stack import (  # noqa: E402
     ChildProcess,
     ensure_busybox_image,
@@ -50,6 +54,7 @@ from tests.enforcer.series import (  # noqa: E402
 )
 
 TOKEN = "bench-token"
+HTTP_THREADS = 32  # `ds01 enforcer --threads` default (enforcer.service.HTTP_THREADS)
 GPU = "MIG-bench-0000"
 
 
@@ -87,9 +92,57 @@ def wait(check, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+def serve_empty(port: int, threads: int) -> None:
+    """An empty Flask app with the enforcer's waitress settings: reads the body, answers 200."""
+    import waitress
+    from flask import Flask, jsonify, request
+
+    app = Flask("empty")
+
+    @app.post("/alerts")
+    def alerts():
+        request.get_data(cache=False)
+        return jsonify({"accepted": 0})
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    waitress.create_server(
+        app, host="127.0.0.1", port=port, threads=threads, connection_limit=1000
+    ).run()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(port: int, big_body: bytes, bodies: list[bytes]) -> tuple[list[float], float, Counter]:
+    """The big webhook, then every body at once; (ack seconds of all, of the big one, codes)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    gate = threading.Barrier(len(bodies))
+
+    def post(body: bytes, wait: bool = True) -> tuple[float, int]:
+        """One webhook on its own connection, as Alertmanager sends it (light client)."""
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection.connect()
+        if wait:
+            gate.wait()  # all posts leave together
+        begin = time.perf_counter()
+        connection.request("POST", "/alerts", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - begin
+        connection.close()
+        return elapsed, response.status
+
+    big, big_code = post(big_body, wait=False)
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        results = list(pool.map(post, bodies))
+    codes = Counter([big_code, *(r[1] for r in results)])
+    return [big, *(r[0] for r in results)], big, codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra flag for ds01 enforcer, e.g. --enforcer-arg=--threads=32 (repeatable)",
     )
+    parser.add_argument(
+        "--intake-only",
+        action="store_true",
+        help="hold the workers (--action-delay 1h) and measure the acks alone",
+    )
+    parser.add_argument("--serve-empty", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=HTTP_THREADS,
+        help=f"HTTP threads of the enforcer and of the empty app alike ({HTTP_THREADS})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.serve_empty:
+        serve_empty(args.serve_empty, args.threads)
+        return 0
+    if args.intake_only:
+        args.enforcer_arg.append("--action-delay=1h")
 
     root = Path(tempfile.mkdtemp(prefix="ds01b-", dir="/tmp"))
     started: list = []
@@ -171,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.workers),
                 "--log-level",
                 "WARNING",
+                f"--threads={args.threads}",
+                *args.enforcer_arg,
             ],  # fmt: skip
             root / "enforcer.log",
             cwd=REPO,
@@ -188,30 +258,44 @@ def main(argv: list[str] | None = None) -> int:
             posts.append(batch)
         distinct = {a["fingerprint"] for a in first} | {a["fingerprint"] for p in posts for a in p}
 
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         bodies = [json.dumps(webhook(alerts)).encode() for alerts in posts]
-        gate = threading.Barrier(len(bodies))
+        big_body = json.dumps(webhook(first)).encode()
 
-        def post(body: bytes) -> tuple[float, int]:
-            """One webhook on its own connection, as Alertmanager sends it (light client)."""
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            connection.connect()
-            gate.wait()  # all posts leave together
-            begin = time.perf_counter()
-            connection.request("POST", "/alerts", body=body, headers=headers)
-            status = connection.getresponse().status
-            elapsed = time.perf_counter() - begin
-            connection.close()
-            return elapsed, status
+        empty_port = free_port()
+        empty = ChildProcess(
+            "empty app",
+            [
+                sys.executable,
+                __file__,
+                "--serve-empty",
+                str(empty_port),
+                "--threads",
+                str(args.threads),
+            ],  # fmt: skip
+            root / "empty.log",
+            cwd=REPO,
+        ).start()
+        started.append(empty)
+        empty_url = f"http://127.0.0.1:{empty_port}"
+        empty.wait_until(lambda: requests.get(f"{empty_url}/healthz", timeout=1).ok, 60, "ready")
+        cpu = cpu_seconds(empty.pid)
+        base, base_big, _ = burst(empty_port, big_body, bodies)
+        base_cpu = cpu_seconds(empty.pid) - cpu
+        empty.stop()
 
         t_start = time.monotonic()
-        begin = time.perf_counter()
-        big = requests.post(f"{url}/alerts", data=json.dumps(webhook(first)), headers=headers)
-        big_latency = time.perf_counter() - begin
-        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-            results = list(pool.map(post, bodies))
-        latencies = [r[0] for r in results]
-        codes = Counter(r[1] for r in results)
+        cpu = cpu_seconds(enforcer.pid)
+        latencies, big_latency, codes = burst(port, big_body, bodies)
+        burst_cpu = cpu_seconds(enforcer.pid) - cpu
+        print(f"server CPU during the burst: enforcer {burst_cpu * 1e3:.0f} ms, empty app "
+              f"{base_cpu * 1e3:.0f} ms", flush=True)  # fmt: skip
+        if args.intake_only:
+            p99, b99 = percentile(latencies, 0.99), percentile(base, 0.99)
+            print(
+                f"intake only (workers held): p99 {p99 * 1e3:.1f} ms vs empty "
+                f"{b99 * 1e3:.1f} ms ({p99 / b99:.2f}x)"
+            )
+            return 0
 
         def drained() -> bool:
             return len(read_audit(root / "state" / "enforcer-audit.jsonl")) >= len(distinct)
@@ -226,22 +310,52 @@ def main(argv: list[str] | None = None) -> int:
         double_stops = [c for c, n in stops.items() if n > 1]
         running = [b.name for b in boxes if client.containers.get(b.id).status == "running"]
 
+        ms = 1e3
         p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        b50, b99 = statistics.median(base), percentile(base, 0.99)
         rate, stop_rate = len(records) / elapsed, len(stops) / elapsed
-        big_ms = big_latency * 1e3
-        print(f"big webhook: {len(first)} alerts, HTTP {big.status_code}, ack {big_ms:.1f} ms")
-        print(f"{len(posts)} concurrent webhooks: HTTP {dict(codes)}")
-        worst = max(latencies) * 1e3
-        print(f"  ack p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {worst:.1f} ms")
-        print(f"{len(records)} decisions ({len(stops)} stops) in {elapsed:.1f}s")
-        print(f"  {rate:.1f} decisions/s, {stop_rate:.1f} stops/s")
+        print(
+            f"empty app:  big webhook ack {base_big * ms:.1f} ms; all acks p50 "
+            f"{b50 * ms:.1f} ms, p99 {b99 * ms:.1f} ms, max {max(base) * ms:.1f} ms"
+        )
+        print(
+            f"enforcer:   big webhook ({len(first)} alerts) ack {big_latency * ms:.1f} ms; "
+            f"all acks p50 {p50 * ms:.1f} ms, p99 {p99 * ms:.1f} ms, "
+            f"max {max(latencies) * ms:.1f} ms; HTTP {dict(codes)}"
+        )
+        print(
+            f"{len(records)} decisions ({len(stops)} stops) in {elapsed:.1f}s: "
+            f"{rate:.1f} decisions/s, {stop_rate:.1f} stops/s"
+        )
         kinds = Counter(r["decision"].split(" (")[0] for r in records)
         print("decisions: " + ", ".join(f"{n} {d}" for d, n in kinds.most_common()))
-        print(f"alerts lost: {len(lost)}; decided twice: {len(twice)}")
-        print(f"containers stopped twice: {len(double_stops)}; still running: {len(running)}")
-        ok = not lost and not twice and not double_stops and not running and p99 < 0.1
-        print("target met" if ok else "target NOT met")
-        return 0 if ok else 1
+        print(
+            f"alerts lost: {len(lost)}; decided twice: {len(twice)}; "
+            f"containers stopped twice: {len(double_stops)}; still running: {len(running)}"
+        )
+        ratio = p99 / b99
+        report(
+            Goal(
+                "enforcer",
+                f"ack p99, 1 webhook of {len(first)} + {len(posts)} concurrent, vs empty app",
+                f"{p99 * ms:.1f} vs {b99 * ms:.1f} ms ({ratio:.2f}x); big webhook "
+                f"{big_latency * ms:.1f} vs {base_big * ms:.1f} ms",
+                "<= 2x",
+                ratio <= 2.0 and set(codes) == {200},
+            )
+        )
+        sound = not lost and not twice and not double_stops and not running
+        report(
+            Goal(
+                "enforcer",
+                "every alert decided once, no container stopped twice",
+                f"{len(lost)} lost, {len(twice)} decided twice, {len(double_stops)} stopped "
+                f"twice, {len(running)} left running",
+                "all 0",
+                sound,
+            )
+        )
+        return 0 if sound else 1
     finally:
         for component in reversed(started):
             component.stop()

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import docker
 import yaml
 
+from bench.goals import Goal
 from ds01.stack import ChildProcess, Dockerd, ensure_busybox_image, find_binary, start_dockerd
 
 API = "/v1.41"  # what Debian's dockerd 20.10 speaks; clients send a versioned path
@@ -353,7 +354,7 @@ def median_interval(values: list[float]) -> tuple[float, float]:
     return ordered[k], ordered[len(ordered) - 1 - k]
 
 
-def judge(figure: Figure) -> tuple[str, bool]:
+def judge(figure: Figure) -> tuple[str, bool, str]:
     """The goal on the paired median; the interval says whether noise could flip it."""
     values = paired(figure)
     value, (low, high) = statistics.median(values), median_interval(values)
@@ -375,7 +376,7 @@ def judge(figure: Figure) -> tuple[str, bool]:
         if figure.sample.gateway_cpu > 0:  # what the gateway could pass with a core to itself
             text += f"; gateway alone {figure.mib / figure.sample.gateway_cpu:.0f} MiB/s per core"
     noise = "; the interval spans the goal: noise" if spans else ""
-    return f"{text} (goal {goal}{noise})", held
+    return f"{text}{noise}", held, goal
 
 
 def report(figures: list[Figure]) -> None:
@@ -397,8 +398,9 @@ def report(figures: list[Figure]) -> None:
         "goals (paired p50: overhead gateway - direct; run gateway/direct; stream direct/gateway):"
     )
     for f in figures:
-        text, held = judge(f)
-        print(f"  {'HELD    ' if held else 'NOT HELD'}  {f.name} as {f.who}: {text}")
+        text, held, goal = judge(f)
+        print(f"  {'HELD    ' if held else 'NOT HELD'}  {f.name} as {f.who}: {text} (goal {goal})")
+        print(Goal("gateway_overhead", f"{f.name} as {f.who}", text, goal, held).line())
 
 
 # --- main ------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ class Policy:
     gpu_hold_after_stop: float = 900.0
     container_hold_after_stop: float | None = 1800.0
     reservation_ttl: float = 60.0
+    allocation_history: float = 30 * 86400.0  # released allocations are kept this long
     busy_threshold: float = 0.05
     container_types: Mapping[str, float | None] = field(default_factory=dict)  # None = group
     keep_alive: KeepAlive = field(default_factory=KeepAlive)

@@ -22,7 +22,7 @@ from .auth import authorized
 from .facts import Health
 from .intake import Intake
 from .journal import Journal
-from .metrics import EnforcerMetrics
+from .metrics import ALERT_STATUSES, EnforcerMetrics
 from .payload import PayloadError, parse_body
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ def create_app(
     app = Flask("enforcer")
     intake = intake or Intake()
     app.config["MAX_CONTENT_LENGTH"] = max_body
+
+    # Counter children resolved once: labels() per webhook is a measurable share of an ack.
+    counted = {
+        (endpoint, status): metrics.alerts.labels(endpoint, status)
+        for endpoint in ENDPOINTS
+        for status in ALERT_STATUSES
+    }
 
     def answer(endpoint: str, code: int, body: dict) -> tuple[Response, int]:
         metrics.requests.labels(endpoint, str(code)).inc()
@@ -85,10 +92,14 @@ def create_app(
             logger.exception("journal write failed; nothing accepted")
             return answer(endpoint, 503, {"error": "journal unavailable, retry later"})
         accepted = sum(new)
-        metrics.alerts.labels(endpoint, "accepted").inc(accepted)
-        metrics.alerts.labels(endpoint, "duplicate").inc(len(new) - accepted)
-        metrics.alerts.labels(endpoint, "resolved").inc(len(resolved))
-        metrics.alerts.labels(endpoint, "wrong_endpoint").inc(len(wrong))
+        for status, count in (
+            ("accepted", accepted),
+            ("duplicate", len(new) - accepted),
+            ("resolved", len(resolved)),
+            ("wrong_endpoint", len(wrong)),
+        ):
+            if count:
+                counted[endpoint, status].inc(count)
         if accepted:
             on_enqueue()
         body: dict[str, int | str] = {

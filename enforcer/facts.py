@@ -161,18 +161,29 @@ class Health:
         self._ttl = ttl
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, bool]] = {}
+        self._checking: set[str] = set()  # dependencies a caller is re-checking right now
         self._lock = threading.Lock()
 
     def ok(self, dependency: str) -> bool:
+        """Reachable? One caller re-checks when the answer is stale; while it does, the others
+        use the last answer instead of queueing behind the check (acks never wait on pings)."""
         with self._lock:
             cached = self._cache.get(dependency)
-            if cached is not None and self._monotonic() - cached[0] < self._ttl:
+            if cached is not None and (
+                self._monotonic() - cached[0] < self._ttl or dependency in self._checking
+            ):
                 return cached[1]
+            self._checking.add(dependency)
+        try:
             up = self._checks[dependency]()
-            if not up:
-                logger.warning("%s is unreachable", dependency)
+        finally:
+            with self._lock:
+                self._checking.discard(dependency)
+        if not up:
+            logger.warning("%s is unreachable", dependency)
+        with self._lock:
             self._cache[dependency] = (self._monotonic(), up)
-            return up
+        return up
 
     def mark_down(self, dependency: str) -> None:
         """The worker saw a failure: the next webhook re-checks instead of trusting the cache."""

@@ -3,7 +3,17 @@
 One row per (fingerprint, startsAt, kind) however often Alertmanager repeats an alert; `kind`
 is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follow-up
 (`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
-acknowledgement and the action only delays the action. WAL mode, synchronous=FULL.
+acknowledgement and the action only delays the action.
+
+One writer thread owns the writing connection. Webhooks and workers hand it their writes and
+wait; it commits everything that arrived meanwhile in one transaction (group commit: one fsync
+for a whole burst). A transaction holding new alerts commits with synchronous=FULL (an
+acknowledged alert survives a SIGKILL and even a power cut); one holding only the workers'
+bookkeeping commits with NORMAL (it survives a SIGKILL; a decision lost to a power cut is
+re-verified after the restart, and skipped). Nobody holds a lock across SQLite calls, so a
+webhook never queues behind a worker's transaction. Reads use their own connection (WAL
+readers never wait for writers); checkpoints run outside the writer (autocheckpoint off), when
+the workers call checkpoint().
 """
 
 from __future__ import annotations
@@ -11,8 +21,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +66,13 @@ class Job:
 
 
 @dataclass
-class _Batch:
-    """Rows of one webhook waiting for the next group commit."""
+class _Write:
+    """One caller's write, waiting for the next group commit; `run` gets the open cursor."""
 
-    rows: list[tuple[Any, ...]]
-    result: list[bool] | None = None
+    run: Callable[[sqlite3.Cursor], Any]
+    durable: bool  # must survive a power cut once answered (new alerts)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
     error: BaseException | None = None
 
 
@@ -70,106 +82,177 @@ class QueueStats:
     oldest_received_at: float | None  # None when nothing is pending
 
 
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA busy_timeout=5000")
+    # No checkpoint inside a commit: it would run under the write lock, with its fsyncs, and
+    # hold every webhook behind it. The workers call checkpoint() outside any lock instead.
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    return db
+
+
+_INSERT = (
+    "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
+    "received_at, due_at) VALUES "
+)
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
+_RETURNING = " RETURNING kind, fingerprint, starts_at"
+_ROWS_PER_INSERT = 1000  # 7,000 parameters, well under SQLite's limit
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per row
+_JOB_COLUMNS = "id, kind, alert, received_at, due_at, attempts"
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        alert=Alert.from_json(json.loads(row[2])),
+        received_at=row[3],
+        due_at=row[4],
+        attempts=row[5],
+    )
+
+
+def _insert(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> list[bool]:
+    """Multi-row INSERT OR IGNORE ... RETURNING: the keys it returns are the new rows (a repeat,
+    also one within `rows` or already written in this transaction, is not)."""
+    inserted: set[tuple[Any, ...]] = set()
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _INSERT + ",".join([_ROW_MARKS] * len(chunk)) + _RETURNING
+        cur.execute(sql, [value for row in chunk for value in row])
+        inserted.update(cur.fetchall())
+    flags = []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        flags.append(key in inserted)
+        inserted.discard(key)  # a second copy of the same alert is a repeat
+    return flags
+
+
 class Journal:
-    """SQLite journal shared by the web threads and the workers (one connection, one lock)."""
+    """SQLite journal shared by the web threads (intake) and the workers (see the module doc)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._waiting: list[_Batch] = []
-        self._waiting_lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = _connect(self.path, "FULL")  # used by the writer thread only
+        self._sync = "FULL"
         self._db.executescript(_SCHEMA)
+        self._reader = _connect(self.path, "NORMAL")
+        self._read_lock = threading.Lock()
+        self._checkpointer = _connect(self.path, "NORMAL")
+        self._checkpoint_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self._pending_cond = threading.Condition()
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._pending_cond:
+            self._closing = True
+            self._pending_cond.notify()
+        self._writer.join(30)
+        with self._read_lock, self._checkpoint_lock:
+            for db in (self._db, self._reader, self._checkpointer):
+                db.close()
 
-    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[int]:
-        """Run `sql` for each row in one transaction; the row counts it changed, in order."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (PASSIVE: never blocks a writer)."""
+        if self._checkpoint_lock.acquire(blocking=False):  # one at a time is enough
             try:
-                counts = []
-                for row in rows:
-                    cur.execute(sql, row)
-                    counts.append(cur.rowcount)
-                cur.execute("COMMIT")
-            except BaseException:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._checkpoint_lock.release()
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    # --- the writer -----------------------------------------------------------------------
+
+    def _submit(self, run: Callable[[sqlite3.Cursor], Any], *, durable: bool) -> Any:
+        """Hand a write to the writer thread; return its result once it is committed."""
+        write = _Write(run, durable)
+        with self._pending_cond:
+            if self._closing:
+                raise sqlite3.ProgrammingError("the journal is closed")
+            self._pending.append(write)
+            self._pending_cond.notify()
+        write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._pending_cond:
+                while not self._pending and not self._closing:
+                    self._pending_cond.wait()
+                writes, self._pending = self._pending, []
+            if not writes:
+                return  # closing, and nothing left to write
+            self._commit(writes)
+
+    def _commit(self, writes: list[_Write]) -> None:
+        """All `writes` in one transaction; a failing one is answered alone, the rest retried."""
+        cur = self._db.cursor()
+        sync = "FULL" if any(w.durable for w in writes) else "NORMAL"
+        if sync != self._sync:
+            cur.execute(f"PRAGMA synchronous={sync}")  # outside a transaction, as it must be
+            self._sync = sync
+        for n, write in enumerate(writes):
+            try:
+                if n == 0:
+                    cur.execute("BEGIN IMMEDIATE")
+                write.result = write.run(cur)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
                 if self._db.in_transaction:
                     cur.execute("ROLLBACK")
-                raise
-            return counts
+                write.error = exc
+                write.done.set()
+                if n:  # the ones before it were rolled back with it: run them again
+                    self._commit(writes[:n])
+                if writes[n + 1 :]:
+                    self._commit(writes[n + 1 :])
+                return
+        try:
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - nothing of this group was written
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            for write in writes:
+                write.result, write.error = None, exc
+        for write in writes:
+            write.done.set()
+
+    def _write(self, sql: str, args: Sequence[Any]) -> int:
+        """One statement through the writer; the number of rows it changed."""
+        return self._submit(lambda cur: cur.execute(sql, args).rowcount, durable=False)
+
+    # --- intake ---------------------------------------------------------------------------
 
     def enqueue(
         self, kind: str, alerts: Sequence[Alert], *, now: float, due_at: float | None = None
     ) -> list[bool]:
         """Journal the alerts durably; True for each that was new, False for a repeat.
 
-        Group commit: webhooks arriving while a commit is in flight share the next one, so a
-        burst of concurrent posts costs a few commits, not one each.
+        The rows are committed (fsync'd) before this returns, together with whatever else was
+        waiting for the writer: a burst of concurrent posts costs a few commits, not one each.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown job kind {kind!r}")
         if not alerts:
             return []
         due = now if due_at is None else due_at
-        batch = _Batch(
-            [
-                (
-                    kind,
-                    a.fingerprint,
-                    a.starts_at,
-                    a.container_id,
-                    json.dumps(a.to_json(), separators=(",", ":")),
-                    now,
-                    due,
-                )
-                for a in alerts
-            ]
-        )
-        with self._waiting_lock:
-            self._waiting.append(batch)
-        with self._lock:
-            if batch.result is None and batch.error is None:
-                self._commit_waiting()
-        if batch.error is not None:
-            raise batch.error
-        assert batch.result is not None
-        return batch.result
-
-    def _commit_waiting(self) -> None:
-        """Insert every waiting batch in one transaction (caller holds the write lock)."""
-        with self._waiting_lock:
-            batches, self._waiting = self._waiting, []
-        sql = (
-            "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
-            "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        )
-        cur = self._db.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            results = []
-            for batch in batches:
-                flags = []
-                for row in batch.rows:
-                    cur.execute(sql, row)
-                    flags.append(cur.rowcount == 1)
-                results.append(flags)
-            cur.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - re-raised in every waiting webhook's thread
-            if self._db.in_transaction:
-                cur.execute("ROLLBACK")
-            for batch in batches:
-                batch.error = exc
-            return
-        for batch, flags in zip(batches, results, strict=True):
-            batch.result = flags
+        rows = [
+            (kind, a.fingerprint, a.starts_at, a.container_id, _compact(a.to_json()), now, due)
+            for a in alerts
+        ]
+        return self._submit(lambda cur: _insert(cur, rows), durable=True)
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
         """Pending jobs whose time has come, oldest first."""
@@ -177,63 +260,62 @@ class Journal:
         marks = ",".join("?" * len(skip))
         where = f"AND id NOT IN ({marks})" if skip else ""
         sql = (
-            "SELECT id, kind, alert, received_at, due_at, attempts FROM jobs "
+            f"SELECT {_JOB_COLUMNS} FROM jobs "
             f"WHERE state = 'pending' AND due_at <= ? {where} ORDER BY due_at, id LIMIT ?"
         )
-        with self._lock:
-            rows = self._db.execute(sql, (now, *skip, limit)).fetchall()
-        return [
-            Job(
-                id=r[0],
-                kind=r[1],
-                alert=Alert.from_json(json.loads(r[2])),
-                received_at=r[3],
-                due_at=r[4],
-                attempts=r[5],
-            )
-            for r in rows
-        ]
+        return [_job(r) for r in self._read(sql, (now, *skip, limit))]
+
+    def next_job(
+        self, now: float, *, busy_jobs: Iterable[int] = (), busy_containers: Iterable[str] = ()
+    ) -> Job | None:
+        """The oldest due job that is not in flight and whose container has none in flight."""
+        jobs, containers = tuple(busy_jobs), tuple(busy_containers)
+        where = ""
+        if jobs:
+            where += f" AND id NOT IN ({','.join('?' * len(jobs))})"
+        if containers:
+            where += f" AND container_id NOT IN ({','.join('?' * len(containers))})"
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'pending' AND due_at <= ?"
+            f"{where} ORDER BY due_at, id LIMIT 1"
+        )
+        rows = self._read(sql, (now, *jobs, *containers))
+        return _job(rows[0]) if rows else None
 
     def finish(self, job_id: int, *, decision: str, detail: str, now: float) -> None:
         self._write(
             "UPDATE jobs SET state = 'done', decision = ?, detail = ?, finished_at = ? "
             "WHERE id = ?",
-            [(decision, detail, now, job_id)],
+            (decision, detail, now, job_id),
         )
 
     def retry_later(self, job_id: int, *, error: str, due_at: float) -> None:
         self._write(
             "UPDATE jobs SET attempts = attempts + 1, last_error = ?, due_at = ? WHERE id = ?",
-            [(error, due_at, job_id)],
+            (error, due_at, job_id),
         )
 
     def stats(self) -> QueueStats:
-        with self._lock:
-            depth, oldest = self._db.execute(
-                "SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state = 'pending'"
-            ).fetchone()
+        [(depth, oldest)] = self._read(
+            "SELECT COUNT(*), MIN(received_at) FROM jobs WHERE state = 'pending'"
+        )
         return QueueStats(depth=depth, oldest_received_at=oldest)
 
     def next_due_at(self) -> float | None:
-        with self._lock:
-            (due,) = self._db.execute(
-                "SELECT MIN(due_at) FROM jobs WHERE state = 'pending'"
-            ).fetchone()
+        [(due,)] = self._read("SELECT MIN(due_at) FROM jobs WHERE state = 'pending'")
         return due
 
     def prune(self, *, finished_before: float) -> int:
         """Forget decisions older than the retention (repeats after that are re-verified)."""
-        counts = self._write(
-            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", [(finished_before,)]
+        return self._write(
+            "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (finished_before,)
         )
-        return counts[0]
 
     def decisions(self) -> list[dict[str, Any]]:
         """Every row with its state and decision, for inspection (and tests)."""
-        with self._lock:
-            cur = self._db.execute(
-                "SELECT id, kind, fingerprint, starts_at, container_id, state, attempts, "
-                "last_error, decision, detail FROM jobs ORDER BY id"
-            )
-            names = [c[0] for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        names = (
+            "id", "kind", "fingerprint", "starts_at", "container_id", "state", "attempts",
+            "last_error", "decision", "detail",
+        )  # fmt: skip
+        rows = self._read(f"SELECT {', '.join(names)} FROM jobs ORDER BY id")
+        return [dict(zip(names, row, strict=True)) for row in rows]

@@ -24,6 +24,10 @@ from .worker import Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
+# A webhook holds a server thread until its group commit is fsync'd: the thread count bounds
+# how many share one fsync (200 concurrent posts: ack p99 ~4.7x an empty app at 8, ~1.7-2x at 32).
+HTTP_THREADS = 32
+
 
 @dataclass(frozen=True)
 class EnforcerConfig:
@@ -98,7 +102,7 @@ class Enforcer:
     def _enqueued(self) -> None:
         self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook
 
-    def make_server(self, host: str, port: int, *, threads: int = 8):
+    def make_server(self, host: str, port: int, *, threads: int = HTTP_THREADS):
         """A waitress server for the app (run() blocks; close() from another thread ends it)."""
         return waitress.create_server(
             self.app,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
@@ -34,6 +35,9 @@ from .verify import (
 from .warned import WarningBook
 
 logger = logging.getLogger(__name__)
+
+STATS_INTERVAL = 0.25  # seconds between queue-gauge refreshes while jobs keep coming
+CHECKPOINT_INTERVAL = 2.0  # seconds between journal checkpoints while jobs keep coming
 
 
 class _Deferred(Exception):
@@ -84,6 +88,8 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_prune = 0.0
+        self._last_stats = float("-inf")
+        self._last_checkpoint = time.monotonic()
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -121,12 +127,13 @@ class Worker:
                 self._stopping.wait(self.settings.poll_interval)
 
     def _pass(self) -> None:
-        """Claim one due job and process it, or wait for work."""
+        """Claim one due job and process it, or checkpoint and wait for work."""
         with self._cond:
             seen = self._wakes
         job = self._claim()
-        self.publish_stats()
         if job is None:
+            self.journal.checkpoint()
+            self.publish_stats()
             with self._cond:
                 if self._wakes == seen and not self._stopping.is_set():
                     self._cond.wait(self._idle_wait())
@@ -134,10 +141,10 @@ class Worker:
         try:
             if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
                 return  # stopping: the job stays pending in the journal
-            self.intake.wait_quiet(self.settings.intake_hold)
             self.process(job)
         finally:
             self._release(job)
+        self._maybe_checkpoint()
         self._maybe_prune()
 
     def _idle_wait(self) -> float:
@@ -147,20 +154,33 @@ class Worker:
         return min(self.settings.poll_interval, max(0.01, due - self._clock.time()))
 
     def _claim(self) -> Job | None:
+        """One due job, reserved for this thread: one row read and parsed, not a page of them."""
         with self._cond:
-            jobs = self.journal.due(self._clock.time(), limit=64, exclude=self._busy_jobs)
-            for job in jobs:
-                if job.alert.container_id not in self._busy_containers:
-                    self._busy_jobs.add(job.id)
-                    self._busy_containers.add(job.alert.container_id)
-                    return job
-        return None
+            job = self.journal.next_job(
+                self._clock.time(),
+                busy_jobs=self._busy_jobs,
+                busy_containers=self._busy_containers,
+            )
+            if job is not None:
+                self._busy_jobs.add(job.id)
+                self._busy_containers.add(job.alert.container_id)
+            return job
 
     def _release(self, job: Job) -> None:
         with self._cond:
             self._busy_jobs.discard(job.id)
             self._busy_containers.discard(job.alert.container_id)
             self._cond.notify_all()
+
+    def _maybe_checkpoint(self) -> None:
+        """While busy, fold the write-ahead log back every CHECKPOINT_INTERVAL seconds."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
+                return
+            self._last_checkpoint = now
+        self.intake.wait_quiet(self.settings.intake_hold)  # never in the middle of a burst
+        self.journal.checkpoint()
 
     def _maybe_prune(self) -> None:
         now = self._clock.time()
@@ -172,7 +192,13 @@ class Worker:
         if removed:
             logger.info("journal pruned rows=%d", removed)
 
-    def publish_stats(self) -> None:
+    def publish_stats(self, *, at_most_every: float = 0.0) -> None:
+        """Refresh the queue gauges (throttled while busy; always when a worker goes idle)."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_stats < at_most_every:
+                return
+            self._last_stats = now
         self.metrics.queue.publish(self.journal.stats())
 
     # --- one job ----------------------------------------------------------------------------
@@ -207,8 +233,13 @@ class Worker:
             job.id, job.kind, job.alert.container_id[:12], exc, delay, job.attempts + 1,
         )  # fmt: skip
 
+    def _give_way(self) -> None:
+        """Before each call out (Docker, Prometheus): let a webhook burst be acknowledged first."""
+        self.intake.wait_quiet(self.settings.intake_hold)
+
     def _decide_and_act(self, job: Job) -> tuple[ContainerFacts | None, Outcome]:
         alert, now = job.alert, self._clock.time()
+        self._give_way()
         container = self.docker.container(alert.container_id)
         if job.kind == "remove":
             decision = decide_remove(
@@ -228,6 +259,7 @@ class Worker:
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
         deadline = None
         if decision.act:
+            self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
                 alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
@@ -238,6 +270,7 @@ class Worker:
                 decision = self._warned_first(container, job, deadlines.idle, decision)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
+        self._give_way()
         stopped = self.executor.stop(container, alert, deadline=deadline)
         return container, self._with_why(decision.why, stopped)
 
@@ -321,7 +354,7 @@ class Worker:
         self.journal.finish(
             job.id, decision=outcome.decision, detail=outcome.detail, now=self._clock.time()
         )
-        self.publish_stats()
+        self.publish_stats(at_most_every=STATS_INTERVAL)
 
     def _schedule_removal(self, job: Job, container: ContainerFacts) -> None:
         hold = self.policy.container_hold_after_stop

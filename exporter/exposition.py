@@ -1,8 +1,8 @@
 """Rendered /metrics bodies: the snapshot part once per snapshot, the health part per scrape.
 
-Hundreds of containers make a body of hundreds of kilobytes; rendering it on every scrape would
-cost tens of milliseconds. The collector thread renders it once per published snapshot (in the
-formats Prometheus asks for), and a scrape only appends the small, live health part.
+The collector thread renders each published snapshot (`prepare`) through the incremental
+renderer of `textformat.py`, so a scrape only joins ready bytes and appends the small, live
+health part. Both formats and both encodings share the same rendered sample blocks.
 """
 
 from __future__ import annotations
@@ -10,102 +10,98 @@ from __future__ import annotations
 import gzip
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
-from .metrics import SnapshotMetrics
 from .snapshot import Snapshot
+from .textformat import GZIP_LEVEL, OPENMETRICS, TEXT, Rendered, SnapshotText
 
 logger = logging.getLogger(__name__)
 
-EOF_LINE = b"# EOF\n"
-# Pre-rendered before anyone asks: what Prometheus 2.x asks for, gzipped.
+# What Prometheus 2.x asks for (tests and benchmarks use it too).
 DEFAULT_ACCEPT = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"
-MAX_FORMATS = 4  # formats kept pre-rendered: the ones scrapers asked for most recently
-GZIP_LEVEL = 1  # ~4x smaller at a fraction of level 6's cost
 
 
 @dataclass
-class _Rendered:
-    """One snapshot's bodies by content type (plain and gzip), filled on demand."""
+class _Prepared:
+    """One snapshot's rendered families, with the joined bodies made on first demand."""
 
     snapshot: Snapshot | None
-    plain: dict[str, bytes] = field(default_factory=dict)
-    gzipped: dict[str, bytes] = field(default_factory=dict)
+    rendered: Rendered
+    bodies: dict[tuple[str, bool], bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def body(self, content_type: str, encoder: Callable[[Collector], bytes], zipped: bool) -> bytes:
+    def matches(self, snapshot: Snapshot | None) -> bool:
+        """Same series: the very snapshot, or one that only re-stamped its duration."""
+        mine = self.snapshot
+        if mine is snapshot:
+            return True
+        return (
+            mine is not None
+            and snapshot is not None
+            and mine.devices is snapshot.devices
+            and mine.containers is snapshot.containers
+        )
+
+    def body(self, fmt: str, zipped: bool) -> bytes:
         with self.lock:
-            text = self.plain.get(content_type)
-            if text is None:
-                text = encoder(SnapshotMetrics(lambda: self.snapshot))
-                text = text.removesuffix(EOF_LINE)  # the health part ends the body
-                self.plain[content_type] = text
-            if not zipped:
-                return text
-            packed = self.gzipped.get(content_type)
-            if packed is None:
-                packed = gzip.compress(text, compresslevel=GZIP_LEVEL)
-                self.gzipped[content_type] = packed
-            return packed
+            found = self.bodies.get((fmt, zipped))
+            if found is None:
+                found = self.rendered.gzipped(fmt) if zipped else self.rendered.plain(fmt)
+                self.bodies[(fmt, zipped)] = found
+            return found
 
 
 @dataclass(frozen=True)
 class Body:
-    data: bytes
+    """A /metrics answer in parts (the shared pre-rendered head, the fresh health tail): served
+    as they are, so a scrape never copies a body of hundreds of kilobytes into a new one."""
+
+    parts: tuple[bytes, ...]
     content_type: str
     gzipped: bool
 
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    @property
+    def length(self) -> int:
+        return sum(len(part) for part in self.parts)
+
 
 class Exposition:
-    """Serves /metrics bodies; `prepare()` runs in the collector thread after each publish.
-
-    It pre-renders the formats scrapers have asked for (content type and gzip or not), so a
-    scrape of a new snapshot finds its body ready.
-    """
+    """Serves /metrics bodies; `prepare()` runs in the collector thread after each publish."""
 
     def __init__(self, health: Collector) -> None:
         self._health = health
-        self._current = _Rendered(None)
-        encoder, content_type = choose_encoder(DEFAULT_ACCEPT)
-        self._wanted: dict[tuple[str, bool], Callable[[Collector], bytes]] = {
-            (content_type, True): encoder
-        }
-        self._lock = threading.Lock()
+        self._text = SnapshotText()
+        self._current = _Prepared(None, self._text.render(None))
+        self._previous = self._current  # a scrape that read the snapshot just before a publish
 
     def prepare(self, snapshot: Snapshot) -> None:
-        rendered = _Rendered(snapshot)
-        with self._lock:
-            wanted = list(self._wanted.items())
-        for (content_type, zipped), encoder in wanted:
-            rendered.body(content_type, encoder, zipped)
-        self._current = rendered
-
-    def _remember(self, key: tuple[str, bool], encoder: Callable[[Collector], bytes]) -> None:
-        with self._lock:
-            self._wanted.pop(key, None)
-            self._wanted[key] = encoder  # most recent last
-            while len(self._wanted) > MAX_FORMATS:
-                del self._wanted[next(iter(self._wanted))]
+        prepared = _Prepared(snapshot, self._text.render(snapshot))
+        self._previous, self._current = self._current, prepared
 
     def render(
         self, snapshot: Snapshot | None, accept: str | None, accept_encoding: str | None
     ) -> Body:
-        rendered = self._current
-        if rendered.snapshot is not snapshot:  # not prepared (yet): render on demand
-            stale = rendered.snapshot
-            rendered = _Rendered(snapshot)
+        prepared = self._current
+        if not prepared.matches(snapshot) and self._previous.matches(snapshot):
+            prepared = self._previous
+        if not prepared.matches(snapshot):  # not prepared (yet): render on demand
+            stale = prepared.snapshot
+            prepared = _Prepared(snapshot, self._text.render(snapshot))
             if stale is None or (snapshot is not None and snapshot.timestamp > stale.timestamp):
-                self._current = rendered  # never replace a newer prepared snapshot
+                self._current = prepared  # never replace a newer prepared snapshot
         encoder, content_type = choose_encoder(accept or "")
+        fmt = OPENMETRICS if content_type.startswith("application/openmetrics-text") else TEXT
         zipped = gzip_accepted(accept_encoding or "")
-        self._remember((content_type, zipped), encoder)
-        head = rendered.body(content_type, encoder, zipped)
+        head = prepared.body(fmt, zipped)
         tail = encoder(self._health)  # always fresh: error counters move between snapshots
         if zipped:
             # Concatenated gzip members are one valid gzip stream (RFC 1952, section 2.2).
-            return Body(head + gzip.compress(tail, compresslevel=GZIP_LEVEL), content_type, True)
-        return Body(head + tail, content_type, False)
+            tail = gzip.compress(tail, compresslevel=GZIP_LEVEL)
+        return Body((head, tail), content_type, zipped)

@@ -1,9 +1,13 @@
 """The keep-alive file: read through the container's mount on the host when there is one,
-otherwise through the Docker archive API at most once per interval. Never `docker exec`.
+otherwise through the Docker archive API once per interval. Never `docker exec`.
 
 The exporter runs unprivileged (`User=ds01` in the shipped unit) and users' homes are often
 0700: a host path it may not read is not an absent file, so it asks Docker's archive API
 (dockerd reads it as root) instead — no extra capability in the unit.
+
+Archive reads are spread over the interval: each container is re-read on its own phase (from
+its id), so containers first seen together (at start-up, or created in a batch) do not all come
+due in the same collection cycle a minute later.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -60,9 +66,17 @@ def docker_archive_stat(docker_client: Callable[[], Any]) -> ArchiveStat:
     return stat
 
 
+def next_check(container_id: str, *, checked_at: float, interval: float) -> float:
+    """When to read a container's file again: on its own phase of the interval, and never
+    sooner than half an interval after the last read (so about once per interval)."""
+    phase = zlib.crc32(container_id.encode()) / 2**32 * interval
+    earliest = checked_at + interval / 2
+    return phase + math.ceil((earliest - phase) / interval) * interval
+
+
 @dataclass(frozen=True)
 class _Checked:
-    at: float
+    due: float  # when to read again
     mtime: float | None
 
 
@@ -104,7 +118,7 @@ class KeepAliveChecker:
 
     def _via_archive(self, container_id: str, now: float) -> float | None:
         cached = self._cache.get(container_id)
-        if cached is not None and now - cached.at < self._interval:
+        if cached is not None and now < cached.due:
             return cached.mtime
         if self._archive_stat is None:
             return None
@@ -116,7 +130,8 @@ class KeepAliveChecker:
             mtime = cached.mtime if cached is not None else None
         else:
             self._episode.ok()
-        self._cache[container_id] = _Checked(now, mtime)
+        due = next_check(container_id, checked_at=now, interval=self._interval)
+        self._cache[container_id] = _Checked(due, mtime)
         return mtime
 
     def retain(self, container_ids: Iterable[str]) -> None:

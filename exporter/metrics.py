@@ -81,7 +81,7 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
         ["version", "backend"],
     ),
     "ds01_exporter_collect_duration_seconds": (
-        "Wall time of the last published collection, in seconds.",
+        "Wall time of the last published collection cycle, metrics rendering included, in seconds.",
         [],
     ),
     "ds01_exporter_last_collect_timestamp_seconds": (
@@ -124,7 +124,9 @@ class SnapshotMetrics(Collector):
         families = {n: f for n, f in _gauges().items() if n not in HEALTH_FAMILIES}
         snapshot = self._source()
         if snapshot is not None:
-            _add_snapshot(families, snapshot)
+            for name, series in snapshot_series(snapshot).items():
+                for labels, number in series:
+                    families[name].add_metric(list(labels), number)
         yield from families.values()
 
 
@@ -189,50 +191,47 @@ class SnapshotCollector(Collector):
         yield from self.health_metrics.collect()
 
 
-def _add_snapshot(families: dict[str, GaugeMetricFamily], snapshot: Snapshot) -> None:
+Series = dict[str, list[tuple[tuple[str, ...], float]]]  # family -> [(label values, value)]
+
+
+def snapshot_series(snapshot: Snapshot) -> Series:
+    """Every device and container series of a snapshot, label values in FAMILIES order.
+
+    The one place that says which series a snapshot makes: `SnapshotMetrics` and the
+    incremental text renderer (`exporter/textformat.py`) both read it.
+    """
+    out: Series = {name: [] for name in FAMILIES if name not in HEALTH_FAMILIES}
     for state in snapshot.devices:
         d = state.device
-        key = [d.device_uuid]
+        key = (d.device_uuid,)
         gi_id = "" if d.gi_id is None else str(d.gi_id)
-        families["ds01_gpu_device_info"].add_metric(
-            [
-                d.device_uuid,
-                d.gpu_uuid,
-                str(d.gpu_index),
-                d.index,
-                gi_id,
-                d.profile,
-                d.model,
-                d.kind,
-            ],
-            1,
-        )
+        info = (d.device_uuid, d.gpu_uuid, str(d.gpu_index), d.index, gi_id, d.profile, d.model)
+        out["ds01_gpu_device_info"].append(((*info, d.kind), 1.0))
         if state.activity_ratio is not None:
-            families["ds01_gpu_device_activity_ratio"].add_metric(key, state.activity_ratio)
+            out["ds01_gpu_device_activity_ratio"].append((key, state.activity_ratio))
         if state.processes is not None:
-            families["ds01_gpu_device_processes"].add_metric(key, state.processes)
+            out["ds01_gpu_device_processes"].append((key, state.processes))
         if state.memory_used_bytes is not None:
-            families["ds01_gpu_device_memory_used_bytes"].add_metric(key, state.memory_used_bytes)
-        families["ds01_gpu_device_memory_total_bytes"].add_metric(key, d.memory_total_bytes)
-        families["ds01_gpu_device_busy"].add_metric(key, _bool(state.busy))
-        families["ds01_gpu_device_last_busy_timestamp_seconds"].add_metric(key, state.last_busy)
+            out["ds01_gpu_device_memory_used_bytes"].append((key, state.memory_used_bytes))
+        out["ds01_gpu_device_memory_total_bytes"].append((key, d.memory_total_bytes))
+        out["ds01_gpu_device_busy"].append((key, _bool(state.busy)))
+        out["ds01_gpu_device_last_busy_timestamp_seconds"].append((key, state.last_busy))
     for container in snapshot.containers:
-        _add_container(families, container)
+        _container_series(out, container)
+    return out
 
 
-def _add_container(families: dict[str, GaugeMetricFamily], c: ContainerState) -> None:
+def _container_series(out: Series, c: ContainerState) -> None:
     f = c.facts
-    key = [f.container_id, f.name, f.user, c.group, f.type]
-    families["ds01_container_info"].add_metric(
-        [*key, f.image, "true" if f.managed else "false", f.allocation], 1
+    key = (f.container_id, f.name, f.user, c.group, f.type)
+    out["ds01_container_info"].append(
+        ((*key, f.image, "true" if f.managed else "false", f.allocation), 1.0)
     )
     for device_uuid in f.gpu_devices:
-        families["ds01_container_gpu_device"].add_metric([*key, device_uuid], 1)
-    families["ds01_container_start_time_seconds"].add_metric(key, c.first_start)
-    families["ds01_container_busy"].add_metric(key, _bool(c.busy))
-    families["ds01_container_last_busy_timestamp_seconds"].add_metric(key, c.last_busy)
-    families["ds01_container_idle_deadline_timestamp_seconds"].add_metric(key, c.idle_deadline)
-    families["ds01_container_runtime_deadline_timestamp_seconds"].add_metric(
-        key, c.runtime_deadline
-    )
-    families["ds01_container_keep_alive"].add_metric(key, _bool(c.keep_alive))
+        out["ds01_container_gpu_device"].append(((*key, device_uuid), 1.0))
+    out["ds01_container_start_time_seconds"].append((key, c.first_start))
+    out["ds01_container_busy"].append((key, _bool(c.busy)))
+    out["ds01_container_last_busy_timestamp_seconds"].append((key, c.last_busy))
+    out["ds01_container_idle_deadline_timestamp_seconds"].append((key, c.idle_deadline))
+    out["ds01_container_runtime_deadline_timestamp_seconds"].append((key, c.runtime_deadline))
+    out["ds01_container_keep_alive"].append((key, _bool(c.keep_alive)))

@@ -30,7 +30,8 @@ def make_app(
     @app.get("/metrics")
     def metrics() -> Response:
         body = metrics_body(request.headers.get("Accept"), request.headers.get("Accept-Encoding"))
-        response = Response(body.data, content_type=body.content_type)
+        response = Response(body.parts, content_type=body.content_type)
+        response.headers["Content-Length"] = str(body.length)
         if body.gzipped:
             response.headers["Content-Encoding"] = "gzip"
         response.headers["Vary"] = "Accept, Accept-Encoding"

@@ -4,7 +4,7 @@ import pytest
 
 from allocator.lifecycle import released
 from allocator.model import BOUND, RESERVED, Allocation
-from allocator.store import SqliteAllocationStore, StoreConflict
+from allocator.store import SqliteAllocationStore, SqliteTx, StoreConflict
 
 
 def _alloc(alloc_id, devices, user="alice", state=RESERVED):
@@ -50,3 +50,77 @@ def test_state_survives_reopening_and_uses_wal(tmp_path):
     with again.transaction() as tx:
         assert tx.get("a1").state == BOUND
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _released(alloc_id, device, *, at):
+    return released(_alloc(alloc_id, [device]), at=at, reason="released")
+
+
+def test_prune_forgets_only_allocations_released_before_the_cutoff(tmp_path):
+    store = SqliteAllocationStore(tmp_path / "a.sqlite")
+    with store.transaction() as tx:
+        tx.insert(_released("old", "MIG-1", at=100.0))
+        tx.insert(_released("recent", "MIG-1", at=300.0))
+        tx.insert(_alloc("live", ["MIG-1"], state=BOUND))
+        assert tx.prune(200.0) == 1
+    with store.transaction() as tx:
+        assert {a.id for a in tx.history()} == {"recent", "live"}
+        assert tx.get("old") is None
+    devices = sqlite3.connect(tmp_path / "a.sqlite").execute(
+        "SELECT allocation_id FROM allocation_devices ORDER BY allocation_id"
+    )
+    assert [row[0] for row in devices] == ["live", "recent"]  # device rows went with it
+
+
+def _live_steps(path) -> tuple[list, int]:
+    """live() on its own connection, counting SQLite VM steps (deterministic, not timed)."""
+    conn = sqlite3.connect(path)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    found = SqliteTx(conn).live()
+    conn.close()
+    return found, steps[0]
+
+
+def test_live_costs_the_same_whatever_the_history(tmp_path):
+    """live() reads through the state index: 5,000 released rows add no work to it."""
+    paths = []
+    for name, history in (("empty", 0), ("full", 5000)):
+        path = tmp_path / f"{name}.sqlite"
+        store = SqliteAllocationStore(path)
+        with store.transaction() as tx:
+            for n in range(history):
+                tx.insert(_released(f"old{n}", f"MIG-{n % 7}", at=float(n)))
+            tx.insert(_alloc("live1", ["MIG-1"], state=BOUND))
+            tx.insert(_alloc("live2", ["MIG-2"]))
+        store.close()
+        paths.append(path)
+    (empty, empty_steps), (full, full_steps) = (_live_steps(p) for p in paths)
+    assert [a.id for a in empty] == [a.id for a in full] == ["live1", "live2"]
+    assert full_steps < 2 * empty_steps, (empty_steps, full_steps)
+
+
+def test_a_rolled_back_transaction_leaves_live_as_it_was(tmp_path):
+    """live() answers from memory: it must follow commits only, exactly as the table does."""
+    path = tmp_path / "a.sqlite"
+    store = SqliteAllocationStore(path)
+    with store.transaction() as tx:
+        tx.insert(_alloc("a1", ["MIG-1"]))
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.insert(_alloc("a2", ["MIG-2"]))
+        tx.update(released(tx.get("a1"), at=2.0, reason="released"))
+        raise RuntimeError("a decision that failed half-way")
+    with store.transaction() as tx:
+        assert [a.id for a in tx.live()] == ["a1"]
+        assert tx.get("a2") is None
+        tx.update(released(tx.get("a1"), at=3.0, reason="released"))
+        tx.insert(_alloc("a3", ["MIG-1"], state=BOUND))
+        cached = tx.live()
+    store.close()
+    with SqliteAllocationStore(path).transaction() as tx:
+        assert tx.live() == cached == [_alloc("a3", ["MIG-1"], state=BOUND)]

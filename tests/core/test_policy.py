@@ -26,6 +26,7 @@ def test_example_file_loads_with_design_defaults():
     policy = load_policy(EXAMPLE)
     assert policy.idle_timeout == 1800
     assert policy.gpu_wait == 180
+    assert policy.allocation_history == 30 * 86400
     assert policy.groups["faculty"].idle_timeout == 3600
     assert policy.groups["admin"].max_gpus is None
     assert policy.container_types == {
@@ -92,6 +93,7 @@ def test_protected_names():
         ("groups:\n  student: {max_gpus: -1}\n", "groups.student.max_gpus", ">= 0"),
         ("stop_grace: -5s\n", "stop_grace", "expected a duration"),
         ("busy_threshold: 1.5\n", "busy_threshold", "between 0 and 1"),
+        ("allocation_history: forever\n", "allocation_history", "expected a duration"),
         ("idle_timeout: 30m: 1h\n", "line 1", "YAML syntax error"),
         ("colour: blue\n", "colour", "unknown key"),
         ("exemptions:\n  - {user: c, from: [sleep], reason: x}\n", "exemptions[0].from", "list of"),

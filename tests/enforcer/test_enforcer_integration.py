@@ -573,3 +573,42 @@ def test_an_alert_on_the_wrong_endpoint_is_ignored(enforcer_factory, containers,
     box.reload()
     assert box.status == "running"
     assert enforcer.audit() == []
+
+
+def test_a_burst_of_concurrent_webhooks_loses_nothing_and_decides_each_alert_once(
+    enforcer_factory, containers, deadlines
+):
+    """Many webhooks at once, with repeats across them, while the workers already act."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    enforcer = enforcer_factory(threads=4)
+    boxes = [containers(gpus=[GPU]) for _ in range(3)]
+    for box in boxes:
+        deadlines.past_idle(box)
+    starts_at = time.time()  # after the containers started
+    alerts = [
+        alert_for(boxes[n % 3], fingerprint=f"burst{n:011d}", starts_at=starts_at)
+        for n in range(60)
+    ]
+    posts = [[alerts[(j * 7 + k) % 60] for k in range(5)] for j in range(40)]
+    posts.append(alerts)  # and every alert once more, in one big webhook
+
+    with ThreadPoolExecutor(max_workers=len(posts)) as pool:
+        replies = list(pool.map(lambda batch: enforcer.post("alerts", webhook(*batch)), posts))
+
+    assert [r.status_code for r in replies] == [200] * len(posts)
+    assert sum(r.json()["accepted"] for r in replies) == len(alerts)  # each journaled once
+
+    def decisions() -> list[dict]:  # a stop deferred for its warning is not a decision
+        return [r for r in enforcer.audit() if not r["decision"].startswith("deferred:")]
+
+    eventually(lambda: len(decisions()) >= len(alerts), WAIT, "every alert decided")
+    enforcer.service.worker.wake()
+    eventually(lambda: enforcer.metric("ds01_enforcer_queue_depth") == 0, WAIT, "an empty queue")
+    records = decisions()
+    decided = Counter(r["fingerprint"] for r in records)
+    assert set(decided) == {a["fingerprint"] for a in alerts}  # nothing lost
+    assert max(decided.values()) == 1  # nothing decided twice
+    stops = Counter(r["container_id"] for r in records if r["decision"] == "stopped")
+    assert stops == Counter({box.id: 1 for box in boxes})  # each stopped exactly once

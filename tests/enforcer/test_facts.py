@@ -49,6 +49,44 @@ def test_health_caches_and_forgets_on_failure(tmp_path):
     assert len(calls) == 3
 
 
+def test_while_one_caller_rechecks_the_others_use_the_last_answer():
+    """A slow ping during a webhook burst holds up one ack, not all of them."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    class SlowProbe(DockerSource):
+        def ping(self, timeout: float = 2.0) -> bool:
+            calls.append(timeout)
+            if len(calls) == 2:  # the re-check after the cache went stale
+                entered.set()
+                release.wait(60)
+            return True
+
+    clock = [0.0]
+    health = Health(
+        SlowProbe(None), PrometheusSource("http://127.0.0.1:1"), ttl=5.0,
+        monotonic=lambda: clock[0],
+    )  # fmt: skip
+    assert health.ok("docker")
+    clock[0] = 10.0
+    checker = threading.Thread(target=health.ok, args=("docker",))
+    checker.start()
+    assert entered.wait(30)
+    answers: list[bool] = []
+    other = threading.Thread(target=lambda: answers.append(health.ok("docker")))
+    other.start()
+    try:
+        other.join(30)  # bounds a hang: before the fix it waited for the slow ping
+        assert answers == [True]  # answered from the last check while the ping was stuck
+        assert len(calls) == 2
+    finally:
+        release.set()
+        checker.join(30)
+        other.join(30)
+
+
 @pytest.mark.integration
 def test_gone_container_is_none_and_running_one_is_classified(dockerd, containers):
     source = DockerSource(dockerd.url)

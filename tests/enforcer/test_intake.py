@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from enforcer.intake import Intake
 
@@ -39,3 +40,20 @@ def test_a_busy_intake_holds_workers_only_until_the_timeout():
     intake = Intake()
     with intake.receiving():  # returns although a webhook is still in flight
         assert _returns(lambda: intake.wait_quiet(timeout=0.05))
+
+
+def test_workers_wait_for_the_intake_to_settle_after_a_webhook():
+    """A burst arrives with gaps between posts: workers resume only after `settle` of quiet."""
+    intake = Intake(settle=0.3)
+    with intake.receiving():
+        pass
+    began = time.monotonic()
+    intake.wait_quiet(timeout=60)
+    assert time.monotonic() - began >= 0.25  # held for the rest of the settle period
+
+
+def test_a_settled_intake_does_not_hold_workers():
+    intake = Intake(settle=0.0)
+    with intake.receiving():
+        pass
+    assert _returns(lambda: intake.wait_quiet(timeout=60))  # the webhook ended: nothing waits

@@ -75,3 +75,79 @@ def test_prune_forgets_old_decisions_only(tmp_path):
 
     assert journal.prune(finished_before=10.0) == 1
     assert [r["fingerprint"] for r in journal.decisions()] == ["new", "pending"]
+
+
+_BURST_CHILD = """
+import sys, threading
+from types import MappingProxyType
+sys.path.insert(0, {repo!r})
+from enforcer.journal import Journal
+from enforcer.payload import Alert
+
+journal = Journal({path!r})
+out = threading.Lock()
+
+def post(thread):
+    for n in range(100000):
+        fp = f"t{{thread}}-{{n}}"
+        labels = {{"container_id": "c" * 64, "reason": "idle", "action": "stop"}}
+        alert = Alert("firing", fp, 1.0, "c" * 64, "idle", "stop", MappingProxyType(labels), {{}})
+        journal.enqueue("stop", [alert], now=1.0)
+        with out:  # the acknowledgement: only after enqueue returned
+            sys.stdout.write(fp + "\\n")
+            sys.stdout.flush()
+
+for t in range(8):
+    threading.Thread(target=post, args=(t,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_every_acknowledged_alert_survives_sigkill_in_a_concurrent_burst(tmp_path):
+    """Group commit under 8 concurrent posters: whatever was acknowledged is in the journal
+    after a SIGKILL at an arbitrary moment (nothing is acknowledged before its commit)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    path = str(tmp_path / "j.db")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BURST_CHILD.format(repo=repo, path=path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked = []
+    try:
+        while len(acked) < 400:
+            line = child.stdout.readline()
+            assert line, f"the child ended early (code {child.poll()})"
+            acked.append(line.strip())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    acked += [line.strip() for line in child.stdout.read().splitlines() if line.strip()]
+
+    pending = {job.alert.fingerprint for job in Journal(path).due(now=2.0, limit=10**6)}
+    assert set(acked) <= pending
+
+
+def test_a_failing_write_is_answered_alone_and_the_journal_goes_on(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert("a"), alert("b")], now=1.0)
+    job_a, job_b = journal.due(now=1.0)
+
+    with pytest.raises(sqlite3.Error):
+        journal.finish(job_a.id, decision="stopped", detail=object(), now=2.0)  # not storable
+
+    journal.finish(job_b.id, decision="stopped", detail="", now=2.0)
+    assert journal.enqueue("stop", [alert("c")], now=3.0) == [True]
+    assert [r["state"] for r in journal.decisions()] == ["pending", "done", "pending"]
+    journal.close()
+    with pytest.raises(sqlite3.Error):
+        journal.enqueue("stop", [alert("d")], now=4.0)  # closed: the webhook answers 503

@@ -93,6 +93,7 @@ def test_missing_fingerprint_gets_a_stable_one():
         ),
         (body(alert(labels={"container_id": 5})), "labels: must be an object of strings"),
         (body(alert(startsAt="yesterday")), "startsAt: not an RFC 3339 time"),
+        (body(alert(startsAt="2025-13-45T03:04:05Z")), "startsAt: not an RFC 3339 time"),
         (body(alert(startsAt=None)), "startsAt: must be an RFC 3339 time string"),
         (body(alert(startsAt="0001-01-01T00:00:00Z")), "startsAt: must be set"),
         (body(alert(fingerprint="")), "fingerprint: must be a non-empty string"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -88,7 +89,16 @@ def inventory(docker_state, sim_inventory) -> Inventory:
 
 @pytest.fixture
 def make_collector(inventory, sim_backend, clock, tmp_path, fake_proc):
-    def make(*, backend=None, docker_ok=lambda: True, policy=POLICY, store=True, errors=None, **kw):
+    def make(
+        *,
+        backend=None,
+        docker_ok=lambda: True,
+        policy=POLICY,
+        store=True,
+        errors=None,
+        on_publish=None,
+        **kw,
+    ):
         errors = errors or ErrorCounters()
         clock_store = ClockStore(tmp_path / "state") if store else None
         return Collector(
@@ -105,6 +115,7 @@ def make_collector(inventory, sim_backend, clock, tmp_path, fake_proc):
             clock=clock,
             interval=1.0,
             pid_owner=functools.partial(container_id_of_pid, proc_root=fake_proc.root),
+            on_publish=on_publish,
         )
 
     return make
@@ -319,3 +330,19 @@ def test_removed_containers_lose_their_clocks(
     collector.collect_once()
     saved = ClockStore(tmp_path / "state").load()
     assert managed["Id"] not in saved.containers
+
+
+def test_the_published_duration_covers_the_whole_cycle_rendering_included(
+    make_collector, clock, start
+):
+    clock.current = start + 10
+    rendered = []
+
+    def slow_render(snapshot):
+        time.sleep(0.2)  # stands for pre-rendering /metrics, which is part of the cycle
+        rendered.append(snapshot)
+
+    collector = make_collector(on_publish=slow_render)
+    assert collector.collect_once()
+    assert collector.snapshot.duration >= 0.2
+    assert rendered[0].containers is collector.snapshot.containers  # the same series

@@ -17,7 +17,7 @@ from ds01.containers import ContainerFacts
 from ds01.dockerio import DockerLink, connect
 from exporter.health import ErrorCounters
 from exporter.inventory import KnownContainer, Mount, known_container
-from exporter.keepalive import KeepAliveChecker, docker_archive_stat, host_path
+from exporter.keepalive import KeepAliveChecker, docker_archive_stat, host_path, next_check
 from tests.exporter.helpers import UnixProxy
 from tests.harness.components import require_binary, require_root
 
@@ -89,15 +89,43 @@ def test_a_mount_not_visible_here_falls_back_to_the_archive_api(tmp_path):
     assert stub.calls == 1
 
 
-def test_archive_reads_happen_at_most_once_per_interval():
+def test_archive_reads_happen_about_once_per_interval():
     stub = ArchiveStub(mtime=42.0)
     ka = checker(stub)
     c = container()
-    assert [ka.mtime(c, now=t) for t in (0.0, 30.0, 59.9)] == [42.0, 42.0, 42.0]
-    assert stub.calls == 1
+    assert [ka.mtime(c, now=t) for t in (0.0, 29.9)] == [42.0, 42.0]
+    assert stub.calls == 1  # never twice within half an interval
     stub.mtime = None
-    assert ka.mtime(c, now=60.0) is None
+    assert ka.mtime(c, now=90.0) is None  # always again within one and a half
     assert stub.calls == 2
+    due = next_check(c.facts.container_id, checked_at=90.0, interval=60.0)
+    assert ka.mtime(c, now=due - 0.1) is None and stub.calls == 2
+    assert ka.mtime(c, now=due) is None and stub.calls == 3
+
+
+@pytest.mark.parametrize("checked_at", [0.0, 17.5, 59.0, 1000.0])
+def test_next_check_keeps_each_container_on_its_own_phase(checked_at):
+    for cid in ("a" * 64, "b" * 64, "c" * 64):
+        due = next_check(cid, checked_at=checked_at, interval=60.0)
+        assert checked_at + 30.0 <= due < checked_at + 90.0
+        # read on time, the next read comes exactly one interval later
+        assert next_check(cid, checked_at=due, interval=60.0) == pytest.approx(due + 60.0)
+
+
+def test_containers_first_read_together_are_reread_spread_over_the_interval():
+    """250 containers first read in one cycle: later reads spread over 5-second cycles."""
+    stub = ArchiveStub(mtime=42.0)
+    ka = checker(stub)
+    boxes = [container(f"{n:064x}") for n in range(250)]
+    calls = []
+    for cycle in range(40):
+        before = stub.calls
+        for box in boxes:
+            ka.mtime(box, now=cycle * 5.0)
+        calls.append(stub.calls - before)
+    assert calls[0] == 250  # each read at once when first seen
+    assert max(calls[1:]) <= 2.5 * 250 / 12  # then ~21 a cycle, never all in one
+    assert sum(calls[18:30]) == 250  # and each once per interval (12 cycles)
 
 
 def test_archive_failures_are_counted_and_keep_the_last_answer():

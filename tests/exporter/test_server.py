@@ -58,6 +58,17 @@ def test_metrics_endpoint_serves_prometheus_text(server):
     )
 
 
+def test_plain_metrics_body_has_the_length_it_says(server):
+    url, _ = server
+    response = requests.get(
+        f"{url}/metrics", headers={"Accept-Encoding": "identity"}, timeout=5, stream=True
+    )
+    raw = response.raw.read()
+    assert "Content-Encoding" not in response.headers
+    assert int(response.headers["Content-Length"]) == len(raw)
+    assert raw.endswith(b'ds01_exporter_collect_errors_total{source="state"} 0.0\n')
+
+
 def test_metrics_endpoint_speaks_openmetrics_when_asked(server):
     url, _ = server
     accept = "application/openmetrics-text; version=1.0.0"
@@ -71,7 +82,9 @@ def test_metrics_endpoint_compresses_when_asked(server):
     headers = {"Accept-Encoding": "gzip"}
     response = requests.get(f"{url}/metrics", headers=headers, timeout=5, stream=True)
     assert response.headers["Content-Encoding"] == "gzip"
-    text = gzip.decompress(response.raw.read()).decode()
+    raw = response.raw.read()
+    assert int(response.headers["Content-Length"]) == len(raw)  # the parts, counted right
+    text = gzip.decompress(raw).decode()
     assert value(parse(text), "ds01_container_busy") == 0
     assert 'ds01_exporter_collect_errors_total{source="docker"} 0.0' in text
 
