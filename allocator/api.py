@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ds01.policy import CONTAINER_TYPES
 
+from .api_errors import json_body, register_error_handlers
 from .history_api import register_history
 from .model import Allocation, AllocationRequest, AllocatorError, Denial
 from .queue import Waiter
@@ -119,6 +120,7 @@ def create_app(
 ) -> Flask:
     app = Flask("allocator")
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    register_error_handlers(app)  # first: the specific handlers below take precedence
 
     def caller(body: Any = None) -> Caller:
         acting_for = (body or {}).get("user") if isinstance(body, dict) else None
@@ -174,9 +176,7 @@ def create_app(
 
     @app.post("/v1/allocations")
     def allocate():
-        body = request.get_json(silent=True)
-        if body is None:
-            raise BadRequest("the body must be JSON (Content-Type: application/json)")
+        body = json_body(required=True)
         who = caller(body)
         req, may_queue, wait = parse_request(body, who.user)
         outcome = allocator.submit(req, wait=may_queue)
@@ -233,7 +233,7 @@ def create_app(
 
     @app.delete("/v1/allocations/<allocation_id>")
     def release(allocation_id: str):
-        body = request.get_json(silent=True)
+        body = json_body(required=False)
         who = caller(body)
         alloc = allocator.release(allocation_id, user=who.user, admin=who.admin)
         return jsonify({"allocation": alloc.to_json()})

@@ -17,8 +17,10 @@ from ds01.gpu import open_backend
 from ds01.logs import setup_logging
 from ds01.policy import Policy
 from ds01.policy_reload import PolicyReloader
+from ds01.tokenfile import TokenFileError, load_token
 
 from .runtime import build_runtime
+from .server import SocketInUse, refuse_live_socket
 from .service import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,11 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--listen needs --token-file: TCP callers are admins with a token")
     if args.token_file:
         try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            parser.error(f"--token-file: cannot read {args.token_file}: {exc.strerror}")
-        if not token:
-            parser.error(f"--token-file: {args.token_file} is empty")
+            token = load_token(args.token_file)
+        except TokenFileError as exc:
+            parser.error(f"--token-file: refusing to start: {exc}")
     state_dir = Path(args.state_dir or policy.services.state_dir)
     socket_path = (
         args.socket or os.environ.get("DS01_ALLOCATOR_SOCKET") or (policy.services.allocator_socket)
@@ -129,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OSError, ValueError) as exc:
         parser.error(f"--gpu-backend {kind}: {exc}")
+    try:
+        refuse_live_socket(Path(socket_path))
+    except SocketInUse as exc:
+        parser.error(f"--socket: refusing to start: {exc}")
     # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
     docker_client = DockerLink(lambda: connect(args.docker_host))
     runtime = build_runtime(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -63,6 +64,28 @@ class PeerCredUnixServer(UnixWSGIServer):
     channel_class = PeerCredChannel
 
 
+class SocketInUse(RuntimeError):
+    """Another server answers on the socket path: taking it over would cut that one off."""
+
+
+def refuse_live_socket(path: Path) -> None:
+    """Raise SocketInUse when something accepts connections at `path`; a stale file is fine
+    (waitress replaces it)."""
+    if not path.exists():
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; remove it or choose another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return  # nobody listens: a leftover of a crash
+        except OSError as exc:
+            raise SocketInUse(f"{path}: cannot tell whether it is in use ({exc})") from None
+    raise SocketInUse(f"another server is listening on {path}; stop it first")
+
+
 class AllocatorServer:
     """The Unix-socket server (and an optional TCP one) on one waitress loop."""
 
@@ -76,6 +99,7 @@ class AllocatorServer:
     ) -> None:
         self.socket_path = Path(socket_path)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_live_socket(self.socket_path)
         common = {
             "threads": threads,
             "channel_request_lookahead": 1,  # lets a long poll notice a client that left
@@ -97,6 +121,7 @@ class AllocatorServer:
             self.tcp_address = (tcp.effective_host, tcp.effective_port)
         self._thread: threading.Thread | None = None
         self._adj = unix_adj
+        self._socket_inode = self.socket_path.stat().st_ino  # ours: unlink only this one
 
     def run(self) -> None:
         """Serve until close(); returns then."""
@@ -132,6 +157,7 @@ class AllocatorServer:
         if self._map:
             wasyncore.close_all(self._map)
         try:
-            self.socket_path.unlink()
+            if self.socket_path.stat().st_ino == self._socket_inode:
+                self.socket_path.unlink()
         except FileNotFoundError:
             pass

@@ -13,8 +13,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Protocol
+
+from ds01.statefiles import private_database
 
 from .model import LIVE_STATES, RELEASED, Allocation
 
@@ -232,8 +233,7 @@ class SqliteAllocationStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_database(path)  # 0600: every user's allocations
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0

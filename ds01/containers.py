@@ -37,6 +37,9 @@ class ContainerFacts:
     running: bool
     started_at: float | None  # Unix seconds of the last start
     created_at: float | None
+    # The ds01.user label as found: the gateway's stamp (users reach dockerd only through it),
+    # None when the container has none (made on dockerd's root-only socket, by root).
+    stamped_user: str | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -115,7 +118,32 @@ def gpu_device_specs(
             if match:
                 specs.append(match.group(1))
                 break
+    specs.extend(raw_device_specs(host, inspect.get("Mounts") or ()))
     return tuple(specs)
+
+
+_NVIDIA_MAJOR = 195  # /dev/nvidia0…N and /dev/nvidiactl
+_ANY_CHAR_RULE = re.compile(rf"^(a|c (\*|{_NVIDIA_MAJOR}):)")
+
+
+def raw_device_specs(host: Mapping[str, Any], mounts: Iterable[Mapping[str, Any]]) -> list[str]:
+    """GPU access around the runtime: /dev/nvidia* bind mounts, --privileged (every device
+    node), and a device cgroup rule for NVIDIA's major number (a process may mknod the node)."""
+    specs: list[str] = []
+    for mount in mounts:
+        for path in (str(mount.get("Source", "")), str(mount.get("Destination", ""))):
+            match = re.fullmatch(r"/dev/nvidia(\d+)", path)
+            if match:
+                specs.append(match.group(1))
+                break
+            if path in ("/dev", "/dev/"):  # the whole /dev: every device node
+                specs.append("all")
+                break
+    if host.get("Privileged"):
+        specs.append("all")
+    if any(_ANY_CHAR_RULE.match(str(rule)) for rule in host.get("DeviceCgroupRules") or ()):
+        specs.append("all")
+    return specs
 
 
 def _split_env(env: Iterable[str]) -> Iterable[tuple[str, str]]:
@@ -176,4 +204,5 @@ def classify(
         running=bool(state.get("Running")),
         started_at=parse_docker_time(state.get("StartedAt")),
         created_at=parse_docker_time(inspect.get("Created")),
+        stamped_user=str(labels[LABEL_USER]) if LABEL_USER in labels else None,
     )

@@ -81,6 +81,8 @@ class Services:
     notice_path: str = "/workspace/.ds01-alerts"
     # The enforcer writes it, the allocator reads it ("": <state_dir>/enforcer-audit.jsonl).
     audit_log: str = ""
+    # Prometheus' password for Alertmanager's basic auth (user `prometheus`; ds01.webauth).
+    alertmanager_password_file: str = "/etc/ds01/alertmanager/prometheus.password"
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,6 @@ class Policy:
             unmanaged_exempt=exempt("unmanaged"),
             exemptions=in_force,
         )
-
-    def is_protected(self, *, name: str, user: str) -> bool:
-        return name.lstrip("/") in self.protected_names or user in self.protected_users
 
 
 DEFAULT_GROUPS = {

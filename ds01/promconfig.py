@@ -136,6 +136,9 @@ class PrometheusSettings:
     evaluation_interval: float = 15.0
     rule_files: tuple[str, ...] = tuple(f"rules/{name}" for name in RULE_FILES)
     node: str = ""  # when set, every target gets a `node` label (one Prometheus, many hosts)
+    # Alertmanager sits behind basic auth (ds01.webauth): Prometheus signs in as `prometheus`.
+    alertmanager_password_file: str = "/etc/ds01/alertmanager/prometheus.password"
+    alertmanager_username: str = "prometheus"
 
     def __post_init__(self) -> None:
         for name in ("scrape_interval", "evaluation_interval"):
@@ -154,6 +157,7 @@ class PrometheusSettings:
             enforcer_targets=(host_port(services.enforcer_listen),),
             alertmanager_targets=(host_port(services.alertmanager_url),),
             node=services.node,
+            alertmanager_password_file=services.alertmanager_password_file,
         )
         return replace(base, **overrides)
 
@@ -175,7 +179,15 @@ def prometheus_config(s: PrometheusSettings) -> dict[str, Any]:
         },
         "rule_files": list(s.rule_files),
         "alerting": {
-            "alertmanagers": [{"static_configs": [{"targets": list(s.alertmanager_targets)}]}]
+            "alertmanagers": [
+                {
+                    "basic_auth": {
+                        "username": s.alertmanager_username,
+                        "password_file": s.alertmanager_password_file,
+                    },
+                    "static_configs": [{"targets": list(s.alertmanager_targets)}],
+                }
+            ]
         },
         "scrape_configs": [
             job(EXPORTER_JOB, s.exporter_targets),

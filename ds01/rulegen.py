@@ -53,6 +53,7 @@ class RuleSettings:
     allocator_wait: float = 60.0
     double_hold_for: float = 60.0
     stop_failures_window: float = 900.0
+    enforcer_backlog_after: float = 180.0  # oldest undecided job older than this: stuck
 
     def __post_init__(self) -> None:
         if self.unmanaged_action not in ("stop", "notify", "ignore"):
@@ -336,6 +337,16 @@ def operations_rules(s: RuleSettings) -> dict[str, Any]:
             summary="The ds01 enforcer at {{ $labels.instance }} had "
             f"{{{{ $value | humanize }}}} failed stops in the last {window}: those containers "
             "keep running; see its audit log.",
+        ),
+        _rule(
+            alert="DS01EnforcerBacklog",
+            expr="ds01_enforcer_oldest_pending_age_seconds > "
+            f"{prom_number(s.enforcer_backlog_after)}",
+            for_seconds=60.0,
+            labels={"severity": "critical", "component": "enforcer"},
+            summary="The ds01 enforcer at {{ $labels.instance }} has left an alert undecided "
+            "for {{ $value | humanizeDuration }}: its workers are stuck or failing (Docker, "
+            "Prometheus, a full disk); warnings and stops wait until it recovers. See its log.",
         ),
         _rule(
             alert="DS01DeviceHeldTwice",

@@ -21,6 +21,16 @@ from typing import TypeVar
 
 import requests
 
+from .webauth import (
+    ADMIN,
+    SENDER,
+    BasicAuth,
+    http_client_config,
+    new_password,
+    web_config,
+    write_private,
+)
+
 logger = logging.getLogger(__name__)
 
 HOOK_NAME = "nvidia-container-runtime-hook"
@@ -134,8 +144,8 @@ class ChildProcess:
         logger.info("stopped %s", self.name)
 
 
-def _http_ok(url: str) -> bool:
-    return requests.get(url, timeout=1).status_code == 200
+def _http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
+    return requests.get(url, timeout=1, auth=auth).status_code == 200
 
 
 # --- dockerd ---------------------------------------------------------------------------------
@@ -269,12 +279,26 @@ class _HttpServer:
 
 @dataclass
 class Prometheus(_HttpServer):
-    """A Prometheus server started by `start_prometheus`."""
+    """A Prometheus server started by `start_prometheus` (lifecycle and admin APIs off)."""
+
+    def reload(self) -> None:
+        """Re-read the config and rules: SIGHUP, as systemd's ExecReload does."""
+        self.child.signal(signal.SIGHUP)
 
 
 @dataclass
 class Alertmanager(_HttpServer):
-    """An Alertmanager started by `start_alertmanager`."""
+    """An Alertmanager started by `start_alertmanager`, behind basic auth."""
+
+    admin: BasicAuth | None = None  # people and amtool
+    sender: BasicAuth | None = None  # Prometheus
+    sender_password_file: Path | None = None  # for prometheus.yml's basic_auth.password_file
+    admin_http_config: Path | None = None  # for amtool --http.config.file
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """The admin's credentials, as `requests` takes them."""
+        return self.admin.as_tuple() if self.admin else None
 
 
 _Server = TypeVar("_Server", bound=_HttpServer)
@@ -290,6 +314,7 @@ def _start_http_server(
     port: int | None,
     timeout: float,
     flags: Callable[[Path, int], list[str]],
+    auth: tuple[str, str] | None = None,
 ) -> _Server:
     """Write `<name>.yml` and the extra files into `workdir`, then start `binary` on a free port
     with `flags(workdir, port)` and wait for `/-/ready`; a child that never gets ready is stopped.
@@ -305,7 +330,7 @@ def _start_http_server(
     child = ChildProcess(name, argv, base / f"{name}.log", cwd=base).start()
     server = server_type(child, port, base)
     try:
-        child.wait_until(lambda: _http_ok(f"{server.url}/-/ready"), timeout, "ready")
+        child.wait_until(lambda: _http_ok(f"{server.url}/-/ready", auth), timeout, "ready")
     except StackError:
         child.stop()
         raise
@@ -320,7 +345,8 @@ def start_prometheus(
     extra_files: Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Prometheus:
-    """Prometheus on a free port with its own TSDB folder; lifecycle API on for reloads."""
+    """Prometheus on a free port with its own TSDB folder; no lifecycle or admin API (any local
+    user could POST /-/quit): reload it with `reload()` (SIGHUP)."""
     binary = find_binary("prometheus")
     if binary is None:
         raise StackError("prometheus not found (install the prometheus package)")
@@ -337,7 +363,6 @@ def start_prometheus(
             f"--config.file={base / 'prometheus.yml'}",
             f"--storage.tsdb.path={base / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ],
     )
@@ -352,12 +377,19 @@ def start_alertmanager(
     timeout: float = 60.0,
     log_level: str = "info",
 ) -> Alertmanager:
-    """Alertmanager on a free port, clustering off, its own storage folder (`log_level`
-    debug logs every flush of an aggregation group: tests wait on those)."""
+    """Alertmanager on a free port, clustering off, its own storage folder, behind basic auth
+    (fresh passwords for `admin` and `prometheus`, in 0600 files in `workdir`); `log_level`
+    debug logs every flush of an aggregation group: tests wait on those."""
     binary = find_binary("prometheus-alertmanager", "alertmanager")
     if binary is None:
         raise StackError("alertmanager not found (install the prometheus-alertmanager package)")
-    return _start_http_server(
+    base = Path(workdir)
+    admin, sender = BasicAuth(ADMIN, new_password()), BasicAuth(SENDER, new_password())
+    sender_file = write_private(base / "prometheus.password", sender.password + "\n")
+    admin_file = write_private(base / "admin.password", admin.password + "\n")
+    write_private(base / "web.yml", web_config({ADMIN: admin.password, SENDER: sender.password}))
+    http_config = write_private(base / "amtool-http.yml", http_client_config(ADMIN, admin_file))
+    server = _start_http_server(
         Alertmanager,
         "alertmanager",
         binary,
@@ -370,7 +402,12 @@ def start_alertmanager(
             f"--config.file={base / 'alertmanager.yml'}",
             f"--storage.path={base / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.config.file={base / 'web.yml'}",
             "--cluster.listen-address=",
             f"--log.level={log_level}",
         ],
+        auth=admin.as_tuple(),
     )
+    server.admin, server.sender = admin, sender
+    server.sender_password_file, server.admin_http_config = sender_file, http_config
+    return server

@@ -86,6 +86,7 @@ class Endpoints:
     gateway_note: str = ""
     prometheus: str = ""
     alertmanager: str = ""
+    alertmanager_http_config: str = ""  # amtool --http.config.file (the admin's basic auth)
     token_file: str = ""
     sim_state: str = ""
     audit_log: str = ""
@@ -241,21 +242,14 @@ class StackSupervisor:
                 ep.prometheus,
                 "--audit-log",
                 ep.audit_log,
+                "--watch-interval",
+                _duration(t.evaluation_interval),
             ),
             _http_ready(f"{ep.enforcer}/healthz"),
         )
         ep.backend = self._exporter_backend()
 
         rules = RuleSettings.from_policy(self.policy, exporter_stale_after=t.exporter_stale_after)
-        prom = PrometheusSettings.from_policy(
-            self.policy,
-            exporter_targets=(f"127.0.0.1:{exporter_port}",),
-            allocator_targets=(f"127.0.0.1:{allocator_port}",),
-            enforcer_targets=(f"127.0.0.1:{enforcer_port}",),
-            alertmanager_targets=(f"127.0.0.1:{alertmanager_port}",),
-            scrape_interval=t.scrape_interval,
-            evaluation_interval=t.evaluation_interval,
-        )
         alerts = AlertmanagerSettings.from_policy(
             self.policy,
             enforcer_url=ep.enforcer,
@@ -268,6 +262,18 @@ class StackSupervisor:
             state / "alertmanager", render_alertmanager_config(alerts), port=alertmanager_port
         )
         self.children.append(self._alertmanager.child)
+        assert self._alertmanager.sender_password_file is not None
+        ep.alertmanager_http_config = str(self._alertmanager.admin_http_config)
+        prom = PrometheusSettings.from_policy(
+            self.policy,
+            exporter_targets=(f"127.0.0.1:{exporter_port}",),
+            allocator_targets=(f"127.0.0.1:{allocator_port}",),
+            enforcer_targets=(f"127.0.0.1:{enforcer_port}",),
+            alertmanager_targets=(f"127.0.0.1:{alertmanager_port}",),
+            alertmanager_password_file=str(self._alertmanager.sender_password_file),
+            scrape_interval=t.scrape_interval,
+            evaluation_interval=t.evaluation_interval,
+        )
         rule_files = {f"rules/{name}": text for name, text in render_rule_files(rules).items()}
         self._prometheus = start_prometheus(
             state / "prometheus",
@@ -387,6 +393,11 @@ class StackSupervisor:
         return True
 
     # -- run and stop --------------------------------------------------------------------------
+
+    @property
+    def alertmanager_auth(self) -> tuple[str, str] | None:
+        """The Alertmanager admin's basic-auth credentials (None before it started)."""
+        return self._alertmanager.auth if self._alertmanager else None
 
     def failed_children(self) -> list[ChildProcess]:
         return [child for child in self.children if not child.running()]

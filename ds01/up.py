@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .keeper import Keeper
 from .logs import setup_logging
 from .policy import PolicyError, load_policy, parse_policy, policy_path
 from .stack import StackError, ensure_busybox_image
@@ -128,7 +129,11 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool, env_file: Path | None =
         ("gateway", gateway_row(ep)),
         ("enforcer", f"{ep.enforcer}/metrics   audit log {ep.audit_log}"),
         ("Prometheus", f"{ep.prometheus}/alerts"),
-        ("Alertmanager", ep.alertmanager),
+        (
+            "Alertmanager",
+            f"{ep.alertmanager}   (basic auth: amtool --http.config.file="
+            f"{ep.alertmanager_http_config} --alertmanager.url={ep.alertmanager} …)",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["", "DS01 GPU lifecycle stack is up.", ""]
@@ -336,15 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(banner(endpoints, policy_file, args.demo, env_file), flush=True)
         if args.demo:
             start_demo_containers(endpoints, state_dir / "logs" / "demo.log")
+        keeper = Keeper(supervisor.children)  # a part that exits is restarted, never fatal
         while not stop.wait(1.0):
             if reload.is_set():
                 reload.clear()
                 supervisor.reload_policy()
-            failed = supervisor.failed_children()
-            if failed:
-                names = ", ".join(f"{c.name} (log {c.log_path})" for c in failed)
-                print(f"ds01 up: stopped because a part exited: {names}", file=sys.stderr)
-                return 1
+            keeper.check()
         print("\nstopping…", flush=True)
         return 0
     except (StackError, subprocess.CalledProcessError) as exc:

@@ -24,6 +24,7 @@ from .intake import Intake
 from .journal import Journal
 from .metrics import ALERT_STATUSES, EnforcerMetrics
 from .payload import PayloadError, parse_body
+from .worker import WorkerHealth
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def create_app(
     intake: Intake | None = None,
     clock: Clock = SYSTEM_CLOCK,
     max_body: int = DEFAULT_MAX_BODY,
+    worker_health: Callable[[], WorkerHealth] | None = None,
 ) -> Flask:
     app = Flask("enforcer")
     intake = intake or Intake()
@@ -131,7 +133,14 @@ def create_app(
         except sqlite3.Error:
             logger.exception("journal unreadable")
             return jsonify({"status": "journal unreadable"}), 503
-        return jsonify({"status": "ok", "queue_depth": stats.depth}), 200
+        body = {"status": "ok", "queue_depth": stats.depth}
+        workers = worker_health() if worker_health is not None else None
+        if workers is not None:
+            body["workers"] = workers.detail
+            if not workers.ok:
+                body["status"] = "workers unhealthy"
+                return jsonify(body), 503
+        return jsonify(body), 200
 
     @app.get("/metrics")
     def metrics_page() -> Response:

@@ -1,41 +1,12 @@
-"""Bearer-token auth: a secret from a private file, compared in constant time."""
+"""Bearer-token auth: a secret from a private file (ds01.tokenfile), compared in constant time."""
 
 from __future__ import annotations
 
 import hmac
-import os
-import stat
-from pathlib import Path
 
+from ds01.tokenfile import TokenFileError, load_token
 
-class TokenFileError(ValueError):
-    """The token file cannot be used; the message says what to fix."""
-
-
-def load_token(path: str | os.PathLike[str]) -> str:
-    """Read the token; refuse a file that group or others may read (or write)."""
-    where = Path(path)
-    try:
-        info = where.stat()
-    except FileNotFoundError:
-        raise TokenFileError(f"token file {where} does not exist") from None
-    except OSError as exc:
-        raise TokenFileError(f"token file {where}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise TokenFileError(f"token file {where} is not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise TokenFileError(
-            f"token file {where} is accessible by group or others (mode {mode:04o}); "
-            f"run: chmod 600 {where}"
-        )
-    try:
-        token = where.read_text().strip()
-    except OSError as exc:
-        raise TokenFileError(f"token file {where}: {exc.strerror}") from None
-    if not token:
-        raise TokenFileError(f"token file {where} is empty")
-    return token
+__all__ = ["TokenFileError", "authorized", "load_token"]  # load_token: ds01.tokenfile's checks
 
 
 def authorized(header: str | None, token: str) -> bool:

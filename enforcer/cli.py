@@ -120,7 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--journal-retention",
         type=duration_arg,
         default=7 * 86400.0,
-        help="how long decided alerts are remembered for de-duplication (default 7d)",
+        help="how long decided alerts are kept in the journal (default 7d)",
+    )
+    parser.add_argument(
+        "--watch-interval",
+        type=duration_arg,
+        default=15.0,
+        help="how often a stopped container is looked at again while the exporter still "
+        "reports it, so a quick restart is stopped again; use the rule evaluation interval "
+        "(default 15s)",
+    )
+    parser.add_argument(
+        "--stuck-after",
+        type=duration_arg,
+        default=600.0,
+        help="a job in flight longer than this makes /healthz answer 503 (default 10m)",
     )
     return parser
 
@@ -166,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_max=args.retry_max,
             poll_interval=args.poll_interval,
             retention=args.journal_retention,
+            watch_interval=args.watch_interval,
+            stuck_after=args.stuck_after,
         ),
     )
     enforcer = Enforcer(config, policy=policy, token=token)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 IDLE_SERIES = "ds01_container_idle_deadline_timestamp_seconds"
 RUNTIME_SERIES = "ds01_container_runtime_deadline_timestamp_seconds"
 DEVICE_SERIES = "ds01_container_gpu_device"
+COLLECT_SERIES = "ds01_exporter_last_collect_timestamp_seconds"
 UNMANAGED_JOIN = (
     '{device} unless on(container_id, device_uuid) ds01_allocation_device{{state="bound"}}'
 )
@@ -130,14 +131,29 @@ class PrometheusSource:
             return False
 
     def _value(self, metric: str, container_id: str) -> float | None:
-        series = self.query(f'{metric}{{container_id="{container_id}"}}')
+        return self._max(self.query(f'{metric}{{container_id="{container_id}"}}'))
+
+    @staticmethod
+    def _max(series: list[dict[str, Any]]) -> float | None:
         values = [float(s["value"][1]) for s in series]
         return max(values) if values else None  # several sources: the later deadline wins
+
+    def _idle_measured_at(self, container_id: str) -> float | None:
+        """When the exporter last collected the facts behind this container's idle deadline:
+        its last-collect time, else (no such series) the sample's scrape time."""
+        selector = f'{IDLE_SERIES}{{container_id="{container_id}"}}'
+        collected = self._max(self.query(f"{COLLECT_SERIES} and on(instance) {selector}"))
+        if collected is not None:
+            return collected
+        return self._max(self.query(f"timestamp({selector})"))
 
     def deadlines(self, container_id: str, *, reason: str) -> Deadlines:
         """The deadline the alert's reason depends on (the join for unmanaged)."""
         if reason == "idle":
-            return Deadlines(idle=self._value(IDLE_SERIES, container_id))
+            idle = self._value(IDLE_SERIES, container_id)
+            if idle is None:
+                return Deadlines()
+            return Deadlines(idle=idle, idle_measured_at=self._idle_measured_at(container_id))
         if reason == "max_runtime":
             return Deadlines(runtime=self._value(RUNTIME_SERIES, container_id))
         device = f'{DEVICE_SERIES}{{container_id="{container_id}"}}'

@@ -1,9 +1,13 @@
 """The durable queue: every accepted alert is a SQLite row before the webhook is acknowledged.
 
-One row per (fingerprint, startsAt, kind) however often Alertmanager repeats an alert; `kind`
-is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follow-up
-(`remove`). Rows stay `pending` until the worker records a decision, so a crash between the
-acknowledgement and the action only delays the action.
+`kind` is the endpoint's action (`stop` from /alerts, `notify` from /notify) or a follow-up
+(`remove`). A repeat of an alert is a duplicate only while a row for the same (kind,
+fingerprint, container, reason) is still open — `pending`, or `watching` (a stopped container
+watched for a quick restart) — or, for a warning, once it was delivered for that startsAt. A
+skip or a failure is never final: the next repeat is verified afresh, and no startsAt a
+sender chose can make a later alert a duplicate. Rows stay open until the worker records a
+decision, so a crash between the acknowledgement and the action only delays the action. The
+file and its -wal/-shm are 0600 (every user's alerts).
 
 One writer thread owns the writing connection. Webhooks and workers hand it their writes and
 wait; it commits everything that arrived meanwhile in one transaction (group commit: one fsync
@@ -26,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ds01.statefiles import private_database
+
 from .payload import Alert
 
 KINDS = ("stop", "notify", "remove")
 
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT NOT NULL,
     starts_at REAL NOT NULL,
     container_id TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
     alert TEXT NOT NULL,
     received_at REAL NOT NULL,
     due_at REAL NOT NULL,
@@ -46,10 +54,32 @@ CREATE TABLE IF NOT EXISTS jobs (
     decision TEXT,
     detail TEXT,
     finished_at REAL,
-    UNIQUE (fingerprint, starts_at, kind)
+    watch_started REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, due_at);
 CREATE INDEX IF NOT EXISTS jobs_received ON jobs (state, received_at);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (fingerprint, kind, container_id, reason, state);
+"""
+# Version 1 kept one row per (fingerprint, startsAt, kind) forever: copy its rows over.
+_MIGRATE_V1 = """
+ALTER TABLE jobs RENAME TO jobs_v1;
+DROP INDEX IF EXISTS jobs_pending;
+DROP INDEX IF EXISTS jobs_received;
+"""
+_COPY_V1 = """
+INSERT INTO jobs (id, kind, fingerprint, starts_at, container_id, reason, alert, received_at,
+    due_at, state, attempts, last_error, decision, detail, finished_at)
+SELECT id, kind, fingerprint, starts_at, container_id, json_extract(alert, '$.labels.reason'),
+    alert, received_at, due_at, state, attempts, last_error, decision, detail, finished_at
+FROM jobs_v1;
+DROP TABLE jobs_v1;
+"""
+# A repeat is a duplicate while a row with the same key is open; a warning also once delivered.
+_DUPLICATE = """
+SELECT 1 FROM jobs WHERE fingerprint = ? AND kind = ? AND container_id = ? AND reason = ?
+AND (state IN ('pending', 'watching')
+     OR (kind = 'notify' AND state = 'done' AND decision = 'notified' AND starts_at = ?))
+LIMIT 1
 """
 
 
@@ -63,6 +93,8 @@ class Job:
     received_at: float
     due_at: float
     attempts: int
+    state: str = "pending"  # or "watching": stopped, watched for a quick restart
+    watch_started: float | None = None
 
 
 @dataclass
@@ -94,14 +126,12 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 _INSERT = (
-    "INSERT OR IGNORE INTO jobs (kind, fingerprint, starts_at, container_id, alert, "
-    "received_at, due_at) VALUES "
+    "INSERT INTO jobs (kind, fingerprint, starts_at, container_id, reason, alert, "
+    "received_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
-_RETURNING = " RETURNING kind, fingerprint, starts_at"
-_ROWS_PER_INSERT = 1000  # 7,000 parameters, well under SQLite's limit
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per row
-_JOB_COLUMNS = "id, kind, alert, received_at, due_at, attempts"
+_JOB_COLUMNS = "id, kind, alert, received_at, due_at, attempts, state, watch_started"
+_OPEN = "state IN ('pending', 'watching')"
 
 
 def _job(row: Sequence[Any]) -> Job:
@@ -112,23 +142,23 @@ def _job(row: Sequence[Any]) -> Job:
         received_at=row[3],
         due_at=row[4],
         attempts=row[5],
+        state=row[6],
+        watch_started=row[7],
     )
 
 
 def _insert(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> list[bool]:
-    """Multi-row INSERT OR IGNORE ... RETURNING: the keys it returns are the new rows (a repeat,
-    also one within `rows` or already written in this transaction, is not)."""
-    inserted: set[tuple[Any, ...]] = set()
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        sql = _INSERT + ",".join([_ROW_MARKS] * len(chunk)) + _RETURNING
-        cur.execute(sql, [value for row in chunk for value in row])
-        inserted.update(cur.fetchall())
+    """Insert each row unless an open row (or a delivered warning) already answers for it; a
+    repeat within `rows`, or already written in this transaction, is found the same way."""
     flags = []
     for row in rows:
-        key = (row[0], row[1], row[2])
-        flags.append(key in inserted)
-        inserted.discard(key)  # a second copy of the same alert is a repeat
+        kind, fingerprint, starts_at, container_id, reason = row[:5]
+        key = (fingerprint, kind, container_id, reason, starts_at)
+        if cur.execute(_DUPLICATE, key).fetchone() is not None:
+            flags.append(False)
+            continue
+        cur.execute(_INSERT, row)
+        flags.append(True)
     return flags
 
 
@@ -136,11 +166,10 @@ class Journal:
     """SQLite journal shared by the web threads (intake) and the workers (see the module doc)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_database(path)  # 0600: every user's alerts
         self._db = _connect(self.path, "FULL")  # used by the writer thread only
         self._sync = "FULL"
-        self._db.executescript(_SCHEMA)
+        self._migrate()
         self._reader = _connect(self.path, "NORMAL")
         self._read_lock = threading.Lock()
         self._checkpointer = _connect(self.path, "NORMAL")
@@ -150,6 +179,18 @@ class Journal:
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring a version-1 journal (unique startsAt key) up to date."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        old = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).fetchone()
+        if old is not None and version < SCHEMA_VERSION and "UNIQUE" in old[0]:
+            self._db.executescript(f"BEGIN; {_MIGRATE_V1} {_SCHEMA} {_COPY_V1} COMMIT;")
+        else:
+            self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._pending_cond:
@@ -249,19 +290,22 @@ class Journal:
             return []
         due = now if due_at is None else due_at
         rows = [
-            (kind, a.fingerprint, a.starts_at, a.container_id, _compact(a.to_json()), now, due)
+            (
+                kind, a.fingerprint, a.starts_at, a.container_id, a.reason,
+                _compact(a.to_json()), now, due,
+            )
             for a in alerts
-        ]
+        ]  # fmt: skip
         return self._submit(lambda cur: _insert(cur, rows), durable=True)
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
-        """Pending jobs whose time has come, oldest first."""
+        """Open jobs (pending or watching) whose time has come, oldest first."""
         skip = tuple(exclude)
         marks = ",".join("?" * len(skip))
         where = f"AND id NOT IN ({marks})" if skip else ""
         sql = (
             f"SELECT {_JOB_COLUMNS} FROM jobs "
-            f"WHERE state = 'pending' AND due_at <= ? {where} ORDER BY due_at, id LIMIT ?"
+            f"WHERE {_OPEN} AND due_at <= ? {where} ORDER BY due_at, id LIMIT ?"
         )
         return [_job(r) for r in self._read(sql, (now, *skip, limit))]
 
@@ -276,7 +320,7 @@ class Journal:
         if containers:
             where += f" AND container_id NOT IN ({','.join('?' * len(containers))})"
         sql = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'pending' AND due_at <= ?"
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_OPEN} AND due_at <= ?"
             f"{where} ORDER BY due_at, id LIMIT 1"
         )
         rows = self._read(sql, (now, *jobs, *containers))
@@ -287,6 +331,25 @@ class Journal:
             "UPDATE jobs SET state = 'done', decision = ?, detail = ?, finished_at = ? "
             "WHERE id = ?",
             (decision, detail, now, job_id),
+        )
+
+    def watch(self, job_id: int, *, decision: str, detail: str, now: float, due_at: float) -> None:
+        """The action is done (recorded as `decision`); look again at `due_at` for a restart."""
+        self._write(
+            "UPDATE jobs SET state = 'watching', decision = ?, detail = ?, finished_at = ?, "
+            "due_at = ?, watch_started = ? WHERE id = ?",
+            (decision, detail, now, due_at, now, job_id),
+        )
+
+    def reschedule(self, job_id: int, *, due_at: float) -> None:
+        """Look at an open row again at `due_at` (no attempt counted: nothing failed)."""
+        self._write("UPDATE jobs SET due_at = ? WHERE id = ?", (due_at, job_id))
+
+    def end_watch(self, job_id: int, *, note: str, now: float) -> None:
+        """Nothing more to watch: close the row, keeping the decision it was watched for."""
+        self._write(
+            "UPDATE jobs SET state = 'done', last_error = ?, finished_at = ? WHERE id = ?",
+            (note, now, job_id),
         )
 
     def retry_later(self, job_id: int, *, error: str, due_at: float) -> None:
@@ -302,11 +365,11 @@ class Journal:
         return QueueStats(depth=depth, oldest_received_at=oldest)
 
     def next_due_at(self) -> float | None:
-        [(due,)] = self._read("SELECT MIN(due_at) FROM jobs WHERE state = 'pending'")
+        [(due,)] = self._read(f"SELECT MIN(due_at) FROM jobs WHERE {_OPEN}")
         return due
 
     def prune(self, *, finished_before: float) -> int:
-        """Forget decisions older than the retention (repeats after that are re-verified)."""
+        """Forget decisions older than the retention."""
         return self._write(
             "DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (finished_before,)
         )

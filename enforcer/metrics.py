@@ -24,6 +24,7 @@ ACTION_RESULTS = {
 DEPENDENCIES = ("docker", "prometheus", "journal")
 CHANNELS = ("container_file", "terminal")
 DELIVERY_RESULTS = ("delivered", "refused", "failed")
+JOB_ERROR_STAGES = ("decide", "record", "journal", "loop")
 
 
 class _QueueCollector(Collector):
@@ -109,6 +110,13 @@ class EnforcerMetrics:
             ["channel", "result"],
             registry=r,
         )
+        self.job_errors = Counter(
+            "ds01_enforcer_job_errors",
+            "Errors while deciding, recording or journaling a job (retried with backoff), "
+            "by stage, in errors.",
+            ["stage"],
+            registry=r,
+        )
         self.queue = _QueueCollector(clock)
         r.register(self.queue)
         for endpoint in ENDPOINTS:  # every series exists from the start, at 0
@@ -124,3 +132,5 @@ class EnforcerMetrics:
                 self.notifications.labels(channel, result)
         for dependency in DEPENDENCIES:
             self.dependency_errors.labels(dependency)
+        for stage in JOB_ERROR_STAGES:
+            self.job_errors.labels(stage)

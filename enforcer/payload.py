@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ds01.containers import parse_docker_time
+from ds01.jsonbody import JsonBodyError, parse_json
 
 REQUIRED_LABELS = ("container_id", "reason", "action")
 REASONS = ("idle", "max_runtime", "unmanaged")
@@ -96,11 +97,12 @@ class Webhook:
 
 
 def parse_body(body: bytes) -> Webhook:
-    """Bytes of a POST body -> Webhook, or PayloadError naming what is wrong."""
+    """Bytes of a POST body -> Webhook, or PayloadError naming what is wrong (depth bounded:
+    a deeply nested body is a 400, not a RecursionError)."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from None
+        data = parse_json(body, max_bytes=len(body))  # the app bounds the size (413)
+    except JsonBodyError as exc:
+        raise PayloadError(str(exc)) from None
     return parse_webhook(data)
 
 

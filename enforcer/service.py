@@ -92,6 +92,7 @@ class Enforcer:
             intake=intake,
             clock=clock,
             max_body=config.max_body,
+            worker_health=self.worker.liveness,
         )
 
     def use_policy(self, policy: Policy) -> None:

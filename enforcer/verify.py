@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from ds01.containers import ContainerFacts
 from ds01.durations import format_duration
 from ds01.policy import Policy
+from ds01.protection import protection
 
 from .payload import Alert
 
@@ -35,6 +36,7 @@ class Deadlines:
     idle: float | None = None
     runtime: float | None = None
     unmanaged: bool | None = None  # None: the container has no GPU device series
+    idle_measured_at: float | None = None  # when the exporter collected the idle facts
 
 
 def act(why: str) -> Decision:
@@ -48,17 +50,17 @@ def skip(why: str) -> Decision:
 def check_container(
     *, alert: Alert, container: ContainerFacts | None, policy: Policy, now: float
 ) -> Decision:
-    """Still there, running, not restarted since the alert began, GPU, not protected/exempt."""
+    """Still there, running, GPU, not protected or exempt — by live facts, never the alert's
+    startsAt (a sender chooses it; a restart does not undo a runtime or unmanaged overrun)."""
     if container is None:
         return skip("gone")
     if not container.running:
         return skip("not running")
-    if container.started_at is not None and container.started_at > alert.starts_at:
-        return skip("restarted after the alert began")
-    if not container.has_gpu:
-        return skip("no GPU access")
-    if policy.is_protected(name=container.name, user=container.user):
-        return skip("protected by policy")
+    if not container.has_gpu and alert.reason != "unmanaged":
+        return skip("no GPU access")  # unmanaged: the exporter saw a process (Prometheus decides)
+    guard = protection(name=container.name, stamped_user=container.stamped_user, policy=policy)
+    if guard.protected:
+        return skip(f"protected by policy ({guard.why})")
     at = datetime.fromtimestamp(now, tz=UTC)
     limits = policy.limits_for(container.user, container.type, at)
     kind = alert.reason  # the reasons are the exemption kinds: idle, max_runtime, unmanaged
@@ -73,7 +75,14 @@ def check_container(
     return act("container checks passed")
 
 
-def check_deadline(*, alert: Alert, deadlines: Deadlines, policy: Policy, now: float) -> Decision:
+def check_deadline(
+    *,
+    alert: Alert,
+    deadlines: Deadlines,
+    policy: Policy,
+    now: float,
+    container: ContainerFacts | None = None,
+) -> Decision:
     """Still past its deadline by current data (the unmanaged join for reason=unmanaged)."""
     if alert.reason == "unmanaged":
         if policy.unmanaged_gpu.action != "stop":
@@ -91,7 +100,34 @@ def check_deadline(*, alert: Alert, deadlines: Deadlines, policy: Policy, now: f
         return skip(f"{name} deadline is not set (keep-alive or exemption)")
     if now < deadline:
         return skip(f"not past its {name} deadline (due in {format_duration(deadline - now)})")
+    if alert.reason == "idle" and _restarted_since(container, deadlines.idle_measured_at):
+        return skip("restarted since its idle clock was last measured (a start is busy time)")
     return act(f"past its {name} deadline by {format_duration(now - deadline)}")
+
+
+def _restarted_since(container: ContainerFacts | None, measured_at: float | None) -> bool:
+    """A restart grants the start-up grace; Prometheus learns it only after the exporter's next
+    collect and scrape."""
+    if container is None or container.started_at is None or measured_at is None:
+        return False
+    return container.started_at > measured_at
+
+
+def decide_stop(
+    *,
+    alert: Alert,
+    container: ContainerFacts | None,
+    deadlines: Deadlines,
+    policy: Policy,
+    now: float,
+) -> Decision:
+    """Both checks, in order; the first failing one names the skip."""
+    first = check_container(alert=alert, container=container, policy=policy, now=now)
+    if not first.act:
+        return first
+    return check_deadline(
+        alert=alert, deadlines=deadlines, policy=policy, now=now, container=container
+    )
 
 
 @dataclass(frozen=True)
@@ -145,8 +181,42 @@ def decide_remove(
         return skip("restarted since the stop")
     if container.type != "ds01":
         return skip(f"not a ds01-native container (type {container.type})")
-    if policy.is_protected(name=container.name, user=container.user):
-        return skip("protected by policy")
+    guard = protection(name=container.name, stamped_user=container.stamped_user, policy=policy)
+    if guard.protected:
+        return skip(f"protected by policy ({guard.why})")
     if policy.container_hold_after_stop is None:
         return skip("policy container_hold_after_stop is null (keep stopped containers)")
     return act("stopped ds01 container past container_hold_after_stop")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What to do with a stopped container under watch: keep watching, end, or verify anew."""
+
+    verdict: str  # "verify" (running again) | "keep" | "end"
+    why: str
+
+
+def decide_watch(
+    *,
+    reason: str,
+    container: ContainerFacts | None,
+    still_reported: bool,
+    watched_for: float,
+    limit: float,
+) -> Watch:
+    """A stopped container that runs again (a quick `docker start`) past its runtime or still
+    unmanaged is verified like a new alert; after an idle stop a start is busy time, so the
+    watch ends. It also ends once the exporter no longer reports the container (the alert
+    resolves) or at `limit`."""
+    if container is None:
+        return Watch("end", "container gone")
+    if container.running and reason == "idle":
+        return Watch("end", "running again: a start is busy time; a new idle alert decides")
+    if container.running:
+        return Watch("verify", "running again after the stop")
+    if not still_reported:
+        return Watch("end", "stopped and no longer reported (the alert resolves)")
+    if watched_for >= limit:
+        return Watch("end", f"watched for {format_duration(watched_for)}; later repeats verify")
+    return Watch("keep", "stopped; still reported")

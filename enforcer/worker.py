@@ -1,9 +1,12 @@
 """The worker: takes due jobs from the journal, re-verifies, acts, records — and survives.
 
 Several threads may run, but never two jobs for the same container at once (a repeat for the
-same container then sees the first one's effect and skips). An unreachable Docker or
-Prometheus puts the job back with exponential backoff; any other failure is recorded as
-`failed` and the next job goes on.
+same container then sees the first one's effect and skips). Any error in one job — Docker or
+Prometheus unreachable, a full disk under the audit log or the journal, a bug — puts that job
+back with exponential backoff and is counted; the threads never die of it. A stopped
+container is watched (every `watch_interval`) while the exporter still reports it, so a quick
+`docker start` past its runtime or still unmanaged is stopped again within one evaluation plus
+the grace (a start after an idle stop is busy time: that watch just ends).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .verify import (
     check_warned,
     decide_notify,
     decide_remove,
+    decide_watch,
 )
 from .warned import WarningBook
 
@@ -57,6 +61,15 @@ class WorkerSettings:
     poll_interval: float = 1.0
     retention: float = 7 * 86400.0
     intake_hold: float = 0.5  # longest a job waits for a webhook burst to be acknowledged
+    watch_interval: float = 15.0  # look at a stopped container again (one rule evaluation)
+    watch_limit: float = 3600.0  # stop watching after this long (Alertmanager repeats remain)
+    stuck_after: float = 600.0  # a job in flight longer than this makes /healthz unhealthy
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    ok: bool
+    detail: str
 
 
 class Worker:
@@ -90,6 +103,10 @@ class Worker:
         self._last_prune = 0.0
         self._last_stats = float("-inf")
         self._last_checkpoint = time.monotonic()
+        self._in_flight: dict[str, tuple[int, float]] = {}  # thread -> (job id, monotonic start)
+        self._decided: dict[int, tuple[ContainerFacts | None, Outcome]] = {}
+        self._audited: set[int] = set()
+        self._not_before: dict[int, tuple[int, float]] = {}  # job id -> (failures, due time)
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -114,17 +131,25 @@ class Worker:
             thread.join(timeout)
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 self._pass()
+                failures = 0
             except sqlite3.Error as exc:  # the journal failed (disk full, locked): keep going
+                failures += 1
                 self.metrics.dependency_errors.labels("journal").inc()
-                logger.error(
-                    "journal failed: %s; jobs stay pending, retry in %.1fs",
-                    exc,
-                    self.settings.poll_interval,
-                )
-                self._stopping.wait(self.settings.poll_interval)
+                delay = self._backoff(failures - 1)
+                logger.error("journal failed: %s; jobs stay pending, retry in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+            except Exception:  # anything else: the thread must not die of it either
+                failures += 1
+                self.metrics.job_errors.labels("loop").inc()
+                logger.exception("worker loop error (%d in a row); backing off", failures)
+                self._stopping.wait(self._backoff(failures - 1))
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.settings.retry_max, self.settings.retry_initial * 2 ** min(failures, 30))
 
     def _pass(self) -> None:
         """Claim one due job and process it, or checkpoint and wait for work."""
@@ -138,33 +163,55 @@ class Worker:
                 if self._wakes == seen and not self._stopping.is_set():
                     self._cond.wait(self._idle_wait())
             return
+        name = threading.current_thread().name
+        self._in_flight[name] = (job.id, time.monotonic())
         try:
             if self.settings.action_delay and self._stopping.wait(self.settings.action_delay):
                 return  # stopping: the job stays pending in the journal
             self.process(job)
         finally:
+            self._in_flight.pop(name, None)
             self._release(job)
         self._maybe_checkpoint()
         self._maybe_prune()
 
     def _idle_wait(self) -> float:
+        """Until the next due job or held-back retry (a busy container's release wakes us)."""
+        now = self._clock.time()
+        waits = [self.settings.poll_interval]
         due = self.journal.next_due_at()
-        if due is None:
-            return self.settings.poll_interval
-        return min(self.settings.poll_interval, max(0.01, due - self._clock.time()))
+        if due is not None and due > now:
+            waits.append(due - now)
+        waits.extend(t - now for _, t in list(self._not_before.values()) if t > now)
+        return max(0.01, min(waits))
 
     def _claim(self) -> Job | None:
         """One due job, reserved for this thread: one row read and parsed, not a page of them."""
         with self._cond:
+            now = self._clock.time()
+            held = {i for i, (_, due) in self._not_before.items() if due > now}  # backing off
             job = self.journal.next_job(
-                self._clock.time(),
-                busy_jobs=self._busy_jobs,
+                now,
+                busy_jobs=self._busy_jobs | held,
                 busy_containers=self._busy_containers,
             )
             if job is not None:
                 self._busy_jobs.add(job.id)
                 self._busy_containers.add(job.alert.container_id)
             return job
+
+    def liveness(self) -> WorkerHealth:
+        """Unhealthy when a worker thread died or one job has been in flight too long."""
+        if not self._threads:
+            return WorkerHealth(False, "workers not started")
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self._stopping.is_set():
+            return WorkerHealth(False, f"worker threads dead: {', '.join(dead)}")
+        now = time.monotonic()
+        for name, (job_id, since) in list(self._in_flight.items()):
+            if now - since > self.settings.stuck_after:
+                return WorkerHealth(False, f"{name} stuck on job {job_id} for {now - since:.0f}s")
+        return WorkerHealth(True, f"{len(self._threads)} workers")
 
     def _release(self, job: Job) -> None:
         with self._cond:
@@ -204,34 +251,94 @@ class Worker:
     # --- one job ----------------------------------------------------------------------------
 
     def process(self, job: Job) -> None:
-        now = self._clock.time()
-        container: ContainerFacts | None = None
-        try:
-            container, outcome = self._decide_and_act(job)
-        except Unavailable as exc:
-            self._retry(job, exc)
-            return
-        except _Deferred as deferred:
-            self._defer(job, deferred)
-            return
-        except Exception as exc:  # one bad job must not stop the others
-            logger.exception("job %d (%s) failed", job.id, job.kind)
-            outcome = Outcome("failed", "failed: internal error", repr(exc))
-        self._record(job, container, outcome, started=now)
+        """Decide, act and record one job; any error puts it back with backoff, counted.
 
-    def _retry(self, job: Job, exc: Unavailable) -> None:
-        self.metrics.dependency_errors.labels(exc.dependency).inc()
-        if self.health is not None:
-            self.health.mark_down(exc.dependency)
-        delay = min(
-            self.settings.retry_max, self.settings.retry_initial * 2 ** min(job.attempts, 30)
-        )
-        self.journal.retry_later(job.id, error=str(exc), due_at=self._clock.time() + delay)
-        self.publish_stats()
+        What is done stays done on a retry: an action taken is not taken again when only its
+        audit record or its journal update failed (full disk), and a record is written once.
+        """
+        now = self._clock.time()
+        stage = "decide"
+        try:
+            if job.id not in self._decided:
+                if job.state == "watching" and self._watch(job):
+                    self._forget(job.id)
+                    return
+                self._decided[job.id] = self._decide_and_act(job)
+            container, outcome = self._decided[job.id]
+            if job.id not in self._audited:
+                stage = "record"
+                self._audit(job, container, outcome, started=now)
+                self._audited.add(job.id)
+            stage = "journal"
+            self._close(job, container, outcome)
+            self._forget(job.id)
+        except _Deferred as deferred:
+            try:
+                self._defer(job, deferred)
+                self._forget(job.id)
+            except Exception as exc:  # a full disk under the audit log: try again later
+                logger.exception("job %d (%s): deferral not recorded", job.id, job.kind)
+                self._retry(job, exc, stage="record")
+        except Unavailable as exc:
+            self.metrics.dependency_errors.labels(exc.dependency).inc()
+            if self.health is not None:
+                self.health.mark_down(exc.dependency)
+            self._retry(job, exc, stage="dependency")
+        except Exception as exc:  # one bad job must not stop the others
+            logger.exception("job %d (%s) failed at %s", job.id, job.kind, stage)
+            self._retry(job, exc, stage=stage)
+
+    def _forget(self, job_id: int) -> None:
+        self._decided.pop(job_id, None)
+        self._audited.discard(job_id)
+        self._not_before.pop(job_id, None)
+
+    def _retry(self, job: Job, exc: Exception, *, stage: str) -> None:
+        """Back off this job; the in-memory hold works even when the journal cannot be written."""
+        if stage != "dependency":
+            self.metrics.job_errors.labels(stage).inc()
+        if isinstance(exc, sqlite3.Error):  # locked or full: the journal is a dependency too
+            self.metrics.dependency_errors.labels("journal").inc()
+        failures = max(job.attempts, self._not_before.get(job.id, (0, 0.0))[0]) + 1
+        delay = self._backoff(failures - 1)
+        due = self._clock.time() + delay
+        self._not_before[job.id] = (failures, due)
+        try:
+            self.journal.retry_later(job.id, error=f"{stage}: {exc}", due_at=due)
+            self.publish_stats()
+        except Exception:  # the in-memory hold above still backs it off; counted, logged
+            self.metrics.job_errors.labels("journal").inc()
+            logger.warning("job %d: could not journal the retry (%s)", job.id, stage, exc_info=True)
         logger.warning(
             "job %d %s container_id=%s: %s; retry in %.1fs (attempt %d)",
-            job.id, job.kind, job.alert.container_id[:12], exc, delay, job.attempts + 1,
+            job.id, job.kind, job.alert.container_id[:12], exc, delay, failures,
         )  # fmt: skip
+
+    def _watch(self, job: Job) -> bool:
+        """A watched stop: True when handled here (keep or end); False: verify it as new."""
+        container = self.docker.container(job.alert.container_id)
+        reported = True
+        if container is not None and not container.running:
+            deadlines = self.prometheus.deadlines(job.alert.container_id, reason=job.alert.reason)
+            reported = any(v is not None for v in (deadlines.idle, deadlines.runtime))
+            reported = reported or deadlines.unmanaged is not None
+        now = self._clock.time()
+        watch = decide_watch(
+            reason=job.alert.reason,
+            container=container,
+            still_reported=reported,
+            watched_for=now - (job.watch_started or now),
+            limit=self.settings.watch_limit,
+        )
+        if watch.verdict == "keep":
+            self.journal.reschedule(job.id, due_at=now + self.settings.watch_interval)
+            return True
+        if watch.verdict == "end":
+            logger.debug("watch ended container_id=%s: %s", job.alert.container_id, watch.why)
+            self.journal.end_watch(job.id, note=watch.why, now=now)
+            return True
+        logger.info("container_id=%s %s; verifying again", job.alert.container_id, watch.why)
+        return False
 
     def _give_way(self) -> None:
         """Before each call out (Docker, Prometheus): let a webhook burst be acknowledged first."""
@@ -262,7 +369,11 @@ class Worker:
             self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
-                alert=alert, deadlines=deadlines, policy=self.policy, now=self._clock.time()
+                alert=alert,
+                deadlines=deadlines,
+                policy=self.policy,
+                now=self._clock.time(),
+                container=container,
             )
             deadline = {"idle": deadlines.idle, "max_runtime": deadlines.runtime}.get(alert.reason)
             if decision.act and alert.reason == "idle" and container is not None:
@@ -322,7 +433,7 @@ class Worker:
     def _with_why(why: str, outcome: Outcome) -> Outcome:
         return replace(outcome, detail=f"{why}; {outcome.detail}")
 
-    def _record(
+    def _audit(
         self, job: Job, container: ContainerFacts | None, outcome: Outcome, *, started: float
     ) -> None:
         alert = job.alert
@@ -349,11 +460,19 @@ class Worker:
             job.kind, name, user, alert.reason, outcome.decision, outcome.detail,
             self._clock.time() - started,
         )  # fmt: skip
+
+    def _close(self, job: Job, container: ContainerFacts | None, outcome: Outcome) -> None:
+        """Journal the decision; a stop is then watched for a quick restart."""
+        now = self._clock.time()
         if outcome.result == "stopped" and container is not None:
             self._schedule_removal(job, container)
-        self.journal.finish(
-            job.id, decision=outcome.decision, detail=outcome.detail, now=self._clock.time()
-        )
+        if outcome.result == "stopped" and job.kind == "stop":
+            due = now + self.settings.watch_interval
+            self.journal.watch(
+                job.id, decision=outcome.decision, detail=outcome.detail, now=now, due_at=due
+            )
+        else:
+            self.journal.finish(job.id, decision=outcome.decision, detail=outcome.detail, now=now)
         self.publish_stats(at_most_every=STATS_INTERVAL)
 
     def _schedule_removal(self, job: Job, container: ContainerFacts) -> None:

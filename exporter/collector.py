@@ -29,6 +29,7 @@ from .deadlines import container_busy, idle_deadline, keep_alive_fresh, runtime_
 from .health import Episode, ErrorCounters
 from .inventory import Inventory, KnownContainer
 from .keepalive import KeepAliveChecker
+from .process_gpu import devices_by_process, with_seen_devices
 from .snapshot import ContainerState, DeviceState, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,13 @@ class Collector:
             for d in self._devices
         )
         entries = self._inventory.entries()
-        running = [e for e in entries if e.facts.running and e.facts.has_gpu]
+        seen = devices_by_process(samples, self._pid_owner)
+        running = [
+            replace(e, facts=with_seen_devices(e.facts, seen.get(e.facts.container_id, ())))
+            for e in entries
+            if e.facts.running
+        ]
+        running = [e for e in running if e.facts.has_gpu]
         containers = self._container_states(running, samples, device_busy, now)
         if self._inventory.ready:
             ids = [e.facts.container_id for e in entries]

@@ -27,12 +27,16 @@ def test_listen_without_token_file_is_refused(capsys, tmp_path):
     [
         (["--threads", "0"], "--threads: must be at least 1"),
         (["--listen", "nowhere"], "--listen:"),
-        (["--token-file", "{tmp}/absent"], "--token-file: cannot read"),
+        (["--token-file", "{tmp}/absent"], "--token-file: refusing to start: token file"),
         (["--token-file", "{tmp}/empty"], "is empty"),
+        (["--token-file", "{tmp}/shared"], "accessible by group or others (mode 0644)"),
     ],
 )
 def test_bad_flags_are_refused_naming_the_flag(capsys, tmp_path, extra, message):
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
+    (tmp_path / "shared").write_text("secret\n")
+    (tmp_path / "shared").chmod(0o644)
     argv = ["--state-dir", str(tmp_path), *(a.format(tmp=tmp_path) for a in extra)]
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)
@@ -103,3 +107,48 @@ def test_history_and_list_flags_and_bad_values(capsys, tmp_path):
     assert "--limit: must be from 1 to 1000" in capsys.readouterr().err
     assert container_cli.main(["--socket", socket, "history"]) == 1  # no allocator: one line
     assert capsys.readouterr().err.startswith("container history: ")
+
+
+def test_a_world_readable_token_file_is_refused(capsys, tmp_path):
+    token = tmp_path / "allocator.token"
+    token.write_text("admin-secret\n")
+    token.chmod(0o644)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(
+            ["--listen", "127.0.0.1:0", "--token-file", str(token), "--state-dir", str(tmp_path)]
+        )
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "accessible by group or others (mode 0644)" in err and "admin-secret" not in err
+
+
+@pytest.mark.integration
+def test_a_second_allocator_refuses_a_live_socket_and_the_first_keeps_it(capsys, tmp_path):
+    import subprocess
+    import sys
+
+    from allocator.client import AllocatorClient
+    from tests.harness.waiting import eventually
+
+    sock = tmp_path / "a.sock"
+    argv = ["--socket", str(sock), "--state-dir", str(tmp_path), "--gpu-backend", "sim",
+            "--docker-host", f"unix://{tmp_path}/no-docker.sock"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ds01.cli", "allocator", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = AllocatorClient(str(sock))
+        eventually(lambda: sock.exists() and client.call("GET", "/healthz")[0] == 200, 30, "up")
+
+        with pytest.raises(SystemExit) as stop:
+            cli.main([*argv, "--db", str(tmp_path / "second.sqlite")])
+
+        assert stop.value.code == 2
+        assert f"another server is listening on {sock}" in capsys.readouterr().err
+        assert client.call("GET", "/healthz")[0] == 200  # the first one still serves its socket
+    finally:
+        first.terminate()
+        first.wait(10)
+    assert not sock.exists()  # the first removed its own socket on the way out

@@ -52,6 +52,18 @@ def test_state_survives_reopening_and_uses_wal(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_the_database_and_its_wal_are_private(tmp_path):
+    path = tmp_path / "a.sqlite"
+    path.touch()
+    path.chmod(0o644)  # an older database, made under a 022 umask
+    store = SqliteAllocationStore(path)
+    with store.transaction() as tx:
+        tx.insert(_alloc("a1", ["MIG-1"]))
+
+    for file in (path, tmp_path / "a.sqlite-wal", tmp_path / "a.sqlite-shm"):
+        assert file.stat().st_mode & 0o777 == 0o600, file
+
+
 def _released(alloc_id, device, *, at):
     return released(_alloc(alloc_id, [device]), at=at, reason="released")
 

@@ -130,3 +130,45 @@ def test_unknown_device_name_is_kept_so_gpu_access_stays_visible(sim_inventory):
 def test_docker_time(text, expected):
     result = parse_docker_time(text)
     assert result == pytest.approx(expected) if expected else result is None
+
+
+def _without_gpu_with(**host: object) -> dict:
+    data = inspect("no_gpu")
+    data["HostConfig"] = {**(data.get("HostConfig") or {}), **host}
+    return data
+
+
+def test_a_dev_nvidia_bind_mount_is_gpu_access(sim_inventory):
+    data = inspect("no_gpu")
+    data["Mounts"] = [
+        *(data.get("Mounts") or []),
+        {"Type": "bind", "Source": "/dev/nvidia1", "Destination": "/dev/nvidia1", "RW": True},
+    ]
+    facts = classify(data, sim_inventory)
+    assert facts.gpu_devices == tuple(d.device_uuid for d in sim_inventory if d.gpu_index == 1)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"Privileged": True},
+        {"DeviceCgroupRules": ["c 195:* rmw"]},
+        {"DeviceCgroupRules": ["a *:* rwm"]},
+        {"DeviceCgroupRules": ["c *:* rwm"]},
+    ],
+    ids=["privileged", "nvidia-major-rule", "all-devices-rule", "all-char-rule"],
+)
+def test_privileged_or_a_device_rule_for_nvidia_is_access_to_every_device(host, sim_inventory):
+    facts = classify(_without_gpu_with(**host), sim_inventory)
+    assert set(facts.gpu_devices) == {d.device_uuid for d in sim_inventory}
+
+
+def test_a_device_rule_for_another_major_is_no_gpu_access(sim_inventory):
+    facts = classify(_without_gpu_with(DeviceCgroupRules=["c 10:200 rwm"]), sim_inventory)
+    assert not facts.has_gpu
+
+
+def test_the_stamped_user_is_the_label_as_found():
+    data = inspect("gpus_mig")
+    assert classify(data, ()).stamped_user == "alice"
+    assert classify(inspect("compose_env"), ()).stamped_user is None  # owner from a path only

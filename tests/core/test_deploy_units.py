@@ -190,6 +190,20 @@ def test_login_shells_keep_a_users_own_choice(env, expected):
     assert profile_docker_host(env) == expected
 
 
+def test_alertmanager_is_behind_basic_auth_without_a_cluster_port():
+    argv = exec_start(UNITS / "ds01-alertmanager.service")
+    assert "--web.config.file=/etc/ds01/alertmanager/web.yml" in argv
+    assert "--cluster.listen-address=" in argv
+
+
+def test_prometheus_has_no_lifecycle_or_admin_api_and_reloads_by_sighup():
+    unit = UNITS / "ds01-prometheus.service"
+    argv = exec_start(unit)
+    assert not [a for a in argv if a.startswith(("--web.enable-lifecycle", "--web.enable-admin"))]
+    assert setting(unit, "Service", "ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    assert Services().alertmanager_password_file.startswith("/etc/ds01/alertmanager/")
+
+
 def test_the_example_policy_shows_the_gateway_defaults_the_units_use():
     example = load_policy(DEPLOY.parent / "config" / "ds01.example.yaml")
     assert example.gateway == GatewayPolicy()

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from ds01.stack import ChildProcess, StackError, free_port
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,36 @@ def test_prometheus_scrapes_itself_and_stops(prometheus_factory):
         requests.get(f"{server.url}/-/ready", timeout=2)
 
 
-def test_alertmanager_answers(alertmanager_factory):
+def test_alertmanager_answers_only_with_a_password(alertmanager_factory):
     server = alertmanager_factory(ALERTMANAGER_MINIMAL)
-    status = requests.get(f"{server.url}/api/v2/status", timeout=5).json()
-    assert status["cluster"]["status"] in ("disabled", "ready")
+    status = requests.get(f"{server.url}/api/v2/status", timeout=5, auth=server.auth).json()
+    assert status["cluster"]["status"] == "disabled"  # no cluster port
+    assert requests.get(f"{server.url}/api/v2/status", timeout=5).status_code == 401
+    wrong = (server.admin.username, "guess") if server.admin else None
+    assert requests.get(f"{server.url}/api/v2/status", timeout=5, auth=wrong).status_code == 401
+    web = (server.workdir / "web.yml").read_text()
+    assert server.admin is not None and server.admin.password not in web  # hashes only
+    for name in ("web.yml", "prometheus.password", "admin.password"):
+        assert (server.workdir / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_prometheus_reloads_on_sighup_without_the_lifecycle_api(prometheus_factory):
+    port = free_port()
+    server = prometheus_factory(PROMETHEUS_SELF % port, port=port)
+    assert requests.post(f"{server.url}/-/reload", timeout=5).status_code == 403
+    rule = "groups: [{name: t, rules: [{record: ds01_test_two, expr: '1+1'}]}]\n"
+    (server.workdir / "extra.rules.yml").write_text(rule)
+    config = server.workdir / "prometheus.yml"
+    config.write_text(config.read_text() + "rule_files: [extra.rules.yml]\n")
+
+    server.reload()
+
+    def recorded() -> bool:
+        query = {"query": "ds01_test_two"}
+        reply = requests.get(f"{server.url}/api/v1/query", params=query, timeout=5).json()
+        return bool(reply["data"]["result"])
+
+    eventually(recorded, 30, "the rule added by a SIGHUP reload")
 
 
 def test_bad_config_fails_with_log_tail(prometheus_factory):

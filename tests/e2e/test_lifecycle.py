@@ -113,7 +113,11 @@ def test_idle_container_is_warned_stopped_and_its_device_goes_to_the_waiter(
     assert not firing(stack.endpoints.prometheus, "GPUContainerIdle", "e2e-busy")
 
     # Alertmanager saw the idle stop alert for that container, and no other stop.
-    alerts = requests.get(f"{stack.endpoints.alertmanager}/api/v2/alerts", timeout=5).json()
+    alerts = requests.get(
+        f"{stack.endpoints.alertmanager}/api/v2/alerts",
+        timeout=5,
+        auth=stack.supervisor.alertmanager_auth,
+    ).json()
     stop_alerts = {a["labels"]["container"] for a in alerts if a["labels"].get("action") == "stop"}
     assert stop_alerts <= {"e2e-idle"}
 

@@ -22,6 +22,7 @@ from ds01.supervisor import Endpoints, unreachable_folder
 from ds01.up import banner, demo_policy
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
 from tests.harness.components import require_binary
+from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -151,7 +152,9 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
         urls = dict(re.findall(r"^  (exporter|Prometheus|Alertmanager)\s+(http://\S+)", text, re.M))
         assert requests.get(urls["exporter"], timeout=5).status_code == 200
         assert requests.get(urls["Prometheus"].replace("/alerts", "/-/ready"), timeout=5).ok
-        assert requests.get(f"{urls['Alertmanager']}/-/ready", timeout=5).ok
+        admin = ("admin", (state / "state" / "alertmanager" / "admin.password").read_text().strip())
+        assert requests.get(f"{urls['Alertmanager']}/-/ready", timeout=5).status_code == 401
+        assert requests.get(f"{urls['Alertmanager']}/-/ready", timeout=5, auth=admin).ok
 
         gateway = re.search(r"^  gateway\s+(unix://\S+)\s+export DOCKER_HOST=(\S+)$", text, re.M)
         assert gateway, text
@@ -169,6 +172,23 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
             assert status == 200 and answer["allocation"]["user"] == owner, answer
             assert answer["allocation"]["devices"] == labels["ds01.gpu.devices"].split(",")
 
+        # A part that dies is restarted; nothing else stops (before: ds01 up ended, dockerd too).
+        [prometheus_pid] = processes_mentioning(str(state / "state" / "prometheus" / "data"))
+        os.kill(prometheus_pid, signal.SIGKILL)
+        ready = urls["Prometheus"].replace("/alerts", "/-/ready")
+
+        def restarted() -> bool:
+            pids = processes_mentioning(str(state / "state" / "prometheus" / "data"))
+            try:
+                answers = requests.get(ready, timeout=2).ok
+            except requests.ConnectionError:
+                return False
+            return answers and bool(pids) and prometheus_pid not in pids
+
+        eventually(restarted, 60, "Prometheus restarted by ds01 up")
+        assert proc.poll() is None
+        assert "prometheus exited (code -9)" in log.read_text()
+        assert requests.get(urls["exporter"], timeout=5).status_code == 200  # others untouched
         # SIGHUP: a bad file is refused (and not passed on); a good one reaches every part and
         # the alert rules.
         policy.write_text(example + "\nidle_warning: soon\n")

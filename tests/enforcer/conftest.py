@@ -28,6 +28,7 @@ from enforcer.service import Enforcer, EnforcerConfig
 from enforcer.worker import WorkerSettings
 from tests.enforcer.series import ContainerSeries, SeriesServer, prometheus_config, prometheus_has
 from tests.harness.components import require_binary
+from tests.harness.disk import SmallDisk, small_disk_at
 from tests.harness.waiting import eventually
 
 TOKEN = "s3cret-test-token"
@@ -187,7 +188,7 @@ class RunningEnforcer:
         return eventually(
             lambda: (
                 (rows := self.journaled(container_id))
-                and all(r["state"] == "done" for r in rows)
+                and all(r["state"] in ("done", "watching") for r in rows)  # watching: decided
                 and rows
             ),
             WAIT,
@@ -229,13 +230,14 @@ def enforcer_factory(
         max_body: int = 4 * 1024 * 1024,
         prometheus_url: str | None = None,
         notice_path: str = "/workspace/.ds01-alerts",
+        audit_dir: Path | None = None,
         **worker: Any,
     ) -> RunningEnforcer:
         n = len(started)
         settings = {"retry_initial": 0.1, "retry_max": 0.5, "poll_interval": 0.2, **worker}
         config = EnforcerConfig(
             journal_path=tmp_path / f"enforcer-{n}.db",
-            audit_path=tmp_path / f"audit-{n}.jsonl",
+            audit_path=(audit_dir or tmp_path) / f"audit-{n}.jsonl",
             prometheus_url=prometheus_url or enforcer_prometheus.url,
             docker_host=docker_host or dockerd.url,
             notice_path=notice_path,
@@ -311,6 +313,13 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
 def _tail(tmp_path: Path) -> str:
     logs = sorted(tmp_path.glob("enforcer-*.log"))
     return logs[-1].read_text()[-2000:] if logs else ""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 1 MiB tmpfs (root: `mount -t tmpfs`), unmounted at teardown."""
+    with small_disk_at(tmp_path / "small-disk") as disk:
+        yield disk
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ class ContainerSeries:
     runtime: float | None = None
     devices: tuple[str, ...] = ()
     bound: tuple[str, ...] = ()  # devices a bound allocation gives the container
+    measured_at: float | None = None  # an explicit sample time: an exporter that lags behind
 
 
 def _num(value: float) -> str:
@@ -83,8 +84,9 @@ class SeriesServer:
                 f'container_id="{s.container_id}",container="{s.name}",user="{s.user}",'
                 f'group="{s.group}",type="{s.type}"'
             )
+            stamp = f" {int(s.measured_at * 1000)}" if s.measured_at is not None else ""
             if s.idle is not None:
-                families[IDLE].append(f"{IDLE}{{{base}}} {_num(s.idle)}")
+                families[IDLE].append(f"{IDLE}{{{base}}} {_num(s.idle)}{stamp}")
             if s.runtime is not None:
                 families[RUNTIME].append(f"{RUNTIME}{{{base}}} {_num(s.runtime)}")
             for device in s.devices:

@@ -41,7 +41,7 @@ def test_every_flag_has_help():
         assert action.help, action.dest
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+@pytest.mark.parametrize("mode", [0o644, 0o660, 0o604])
 def test_refuses_to_start_with_a_token_file_others_can_read(tmp_path, capsys, mode):
     token = tmp_path / "token"
     token.write_text("secret\n")
@@ -152,5 +152,5 @@ def test_sighup_reloads_the_policy_and_refuses_a_bad_one(
     deadlines.past_idle(box)
     running.post("alerts", webhook(alert_for(box)))
     [record] = running.wait_records(box.id)
-    assert record["decision"] == "skipped: protected by policy"
+    assert record["decision"] == f"skipped: protected by policy (name {box.name}, made by root)"
     assert process.poll() is None

@@ -1,4 +1,4 @@
-"""The SQLite journal: one row per (fingerprint, startsAt, kind), kept until decided."""
+"""The SQLite journal: a repeat is a duplicate only while its row is open; a skip is never final."""
 
 from __future__ import annotations
 
@@ -8,24 +8,76 @@ from enforcer.journal import Journal
 from enforcer.payload import Alert
 
 
-def alert(fingerprint: str = "fp", starts_at: float = 100.0, cid: str = "c" * 64) -> Alert:
-    labels = {"container_id": cid, "reason": "idle", "action": "stop"}
+def alert(
+    fingerprint: str = "fp",
+    starts_at: float = 100.0,
+    cid: str = "c" * 64,
+    reason: str = "idle",
+    action: str = "stop",
+) -> Alert:
+    labels = {"container_id": cid, "reason": reason, "action": action}
     return Alert(
-        "firing", fingerprint, starts_at, cid, "idle", "stop", MappingProxyType(labels), {}
+        "firing", fingerprint, starts_at, cid, reason, action, MappingProxyType(labels), {}
     )
 
 
-def test_repeats_are_journaled_once(tmp_path):
+def test_repeats_of_a_pending_alert_are_journaled_once(tmp_path):
     journal = Journal(tmp_path / "j.db")
 
     assert journal.enqueue("stop", [alert(), alert()], now=1.0) == [True, False]
     assert journal.enqueue("stop", [alert()], now=2.0) == [False]
-    assert journal.enqueue("stop", [alert(starts_at=200.0)], now=2.0) == [True]  # fired again
-    assert journal.enqueue("notify", [alert()], now=2.0) == [True]  # another endpoint
-    assert journal.stats().depth == 3
+    # Whatever startsAt a sender claims, the open row answers for it: nothing new to decide.
+    assert journal.enqueue("stop", [alert(starts_at=0.0)], now=2.0) == [False]
+    assert journal.enqueue("notify", [alert(action="notify")], now=2.0) == [True]
+    assert journal.stats().depth == 2
 
 
-def test_pending_jobs_survive_a_restart_and_decided_ones_stay_deduplicated(tmp_path):
+def test_an_inconsistent_alert_never_blocks_the_real_one(tmp_path):
+    """Same fingerprint but other facts (container, reason): a job of its own."""
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert(reason="idle")], now=1.0)
+
+    assert journal.enqueue("stop", [alert(reason="max_runtime")], now=2.0) == [True]
+    assert journal.enqueue("stop", [alert(cid="d" * 64)], now=2.0) == [True]
+
+
+def test_a_skip_is_never_final(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert(starts_at=0.0)], now=1.0)  # e.g. injected, too early
+    [job] = journal.due(now=1.0)
+    journal.finish(job.id, decision="skipped: not past its idle deadline", detail="", now=2.0)
+
+    assert journal.enqueue("stop", [alert(starts_at=0.0)], now=3.0) == [True]
+
+
+def test_a_stop_is_watched_and_repeats_wait_for_the_watch(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    journal.enqueue("stop", [alert()], now=1.0)
+    [job] = journal.due(now=1.0)
+    journal.watch(job.id, decision="stopped", detail="", now=2.0, due_at=17.0)
+
+    assert journal.stats().depth == 0  # a watch is not a pending action
+    assert journal.enqueue("stop", [alert()], now=3.0) == [False]
+    assert journal.due(now=16.0) == []
+    [watched] = journal.due(now=17.0)
+    assert (watched.state, watched.watch_started) == ("watching", 2.0)
+    journal.end_watch(job.id, note="stopped and no longer reported", now=18.0)
+    assert journal.decisions()[0]["decision"] == "stopped"
+    assert journal.enqueue("stop", [alert()], now=19.0) == [True]
+
+
+def test_a_warning_is_delivered_once_per_firing(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    warning = alert(action="notify")
+    journal.enqueue("notify", [warning], now=1.0)
+    [job] = journal.due(now=1.0)
+    journal.finish(job.id, decision="notified", detail="", now=2.0)
+
+    assert journal.enqueue("notify", [warning], now=3.0) == [False]
+    assert journal.enqueue("notify", [alert(action="notify", starts_at=500.0)], now=3.0) == [True]
+
+
+def test_pending_jobs_survive_a_restart(tmp_path):
     first = Journal(tmp_path / "j.db")
     first.enqueue("stop", [alert("a"), alert("b")], now=10.0)
     [job_a, _] = first.due(now=10.0)
@@ -37,9 +89,40 @@ def test_pending_jobs_survive_a_restart_and_decided_ones_stay_deduplicated(tmp_p
     [pending] = again.due(now=20.0)
     assert pending.alert.fingerprint == "b"
     assert pending.alert == alert("b")
-    assert again.enqueue("stop", [alert("a")], now=21.0) == [False]
+    assert again.enqueue("stop", [alert("b")], now=21.0) == [False]
     assert again.stats().depth == 1
     assert again.stats().oldest_received_at == 10.0
+
+
+def test_a_version_1_journal_is_migrated_with_its_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "j.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+        "fingerprint TEXT NOT NULL, starts_at REAL NOT NULL, container_id TEXT NOT NULL, "
+        "alert TEXT NOT NULL, received_at REAL NOT NULL, due_at REAL NOT NULL, "
+        "state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, "
+        "last_error TEXT, decision TEXT, detail TEXT, finished_at REAL, "
+        "UNIQUE (fingerprint, starts_at, kind));"
+    )
+    import json
+
+    old.execute(
+        "INSERT INTO jobs (kind, fingerprint, starts_at, container_id, alert, received_at, "
+        "due_at) VALUES ('stop', 'fp', 100.0, ?, ?, 1.0, 1.0)",
+        ("c" * 64, json.dumps(alert().to_json())),
+    )
+    old.commit()
+    old.close()
+
+    journal = Journal(path)
+
+    [job] = journal.due(now=2.0)
+    assert job.alert == alert()
+    journal.finish(job.id, decision="skipped: gone", detail="", now=3.0)
+    assert journal.enqueue("stop", [alert()], now=4.0) == [True]  # the unique key is gone
 
 
 def test_retry_later_postpones_and_counts_attempts(tmp_path):
@@ -75,6 +158,17 @@ def test_prune_forgets_old_decisions_only(tmp_path):
 
     assert journal.prune(finished_before=10.0) == 1
     assert [r["fingerprint"] for r in journal.decisions()] == ["new", "pending"]
+
+
+def test_the_journal_and_its_wal_are_private(tmp_path):
+    path = tmp_path / "j.db"
+    path.touch(mode=0o644)  # an older journal, made under a 022 umask
+    path.chmod(0o644)
+    journal = Journal(path)
+    journal.enqueue("stop", [alert()], now=1.0)
+
+    for file in (path, tmp_path / "j.db-wal", tmp_path / "j.db-shm"):
+        assert file.stat().st_mode & 0o777 == 0o600, file
 
 
 _BURST_CHILD = """

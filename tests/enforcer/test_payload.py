@@ -104,3 +104,9 @@ def test_malformed_webhooks_are_refused_with_a_reason(raw, message):
         parse_body(raw)
 
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_deeply_nested_json_is_a_payload_error_not_a_crash(opening):
+    with pytest.raises(PayloadError, match="nested deeper than 64 levels"):
+        parse_body(opening * 50_000)

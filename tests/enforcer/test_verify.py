@@ -10,11 +10,11 @@ from ds01.containers import ContainerFacts
 from enforcer.payload import Alert
 from enforcer.verify import (
     Deadlines,
-    check_container,
-    check_deadline,
     check_warned,
     decide_notify,
     decide_remove,
+    decide_stop,
+    decide_watch,
 )
 from tests.enforcer.conftest import make_policy
 
@@ -52,14 +52,7 @@ def stop(**kw):
     """The worker's order: the container checks, then (only if they pass) the deadline."""
     args = dict(alert=alert(), container=container(), deadlines=PAST, policy=make_policy(), now=NOW)
     args.update(kw)
-    first = check_container(
-        alert=args["alert"], container=args["container"], policy=args["policy"], now=args["now"]
-    )
-    if not first.act:
-        return first
-    return check_deadline(
-        alert=args["alert"], deadlines=args["deadlines"], policy=args["policy"], now=args["now"]
-    )
+    return decide_stop(**args)
 
 
 def test_acts_when_every_check_passes():
@@ -74,7 +67,13 @@ def test_acts_when_every_check_passes():
     [
         ({"container": None}, "gone"),
         ({"container": container(running=False)}, "not running"),
-        ({"container": container(started_at=NOW - 10)}, "restarted after the alert began"),
+        (
+            {
+                "deadlines": Deadlines(idle=NOW - 60, idle_measured_at=NOW - 20),
+                "container": container(started_at=NOW - 10),
+            },
+            "restarted since its idle clock was last measured (a start is busy time)",
+        ),  # fmt: skip
         ({"container": container(gpu_devices=())}, "no GPU access"),
         ({"deadlines": Deadlines()}, "no current idle deadline series in Prometheus"),
         ({"deadlines": Deadlines(idle=NOW + 90)}, "not past its idle deadline (due in 1m 30s)"),
@@ -99,10 +98,73 @@ def test_protection_comes_from_the_policy_by_name_or_user():
     policy = make_policy(protected={"names": ["ds01-grafana"], "users": ["svc"]})
 
     assert stop(policy=policy, container=container(name="ds01-grafana")).why == (
-        "protected by policy"
+        "protected by policy (name ds01-grafana, made by root)"
     )
-    assert stop(policy=policy, container=container(user="svc")).why == "protected by policy"
+    assert stop(policy=policy, container=container(stamped_user="svc")).why == (
+        "protected by policy (user svc)"
+    )
     assert stop(policy=policy).act
+
+
+def test_a_users_container_named_like_a_protected_one_is_stopped():
+    policy = make_policy(protected={"names": ["ds01-grafana"], "users": ["svc"]})
+    mine = container(name="ds01-grafana", user="alice", stamped_user="alice")
+
+    assert stop(policy=policy, container=mine).act
+
+
+def test_protected_user_only_by_the_stamp_never_by_a_home_path():
+    policy = make_policy(protected={"users": ["svc"]})
+    # No stamp: made by root; the owner "svc" came from a /home/svc mount, which protects nothing.
+    by_mount = container(user="svc", stamped_user=None)
+
+    assert stop(policy=policy, container=by_mount).act
+
+
+@pytest.mark.parametrize("restart_at", [NOW - 3600, NOW - 10])
+def test_a_restart_never_undoes_a_runtime_overrun(restart_at):
+    """Whatever the alert's startsAt (a sender chooses it), live facts decide."""
+    decision = stop(
+        alert=alert("max_runtime", starts_at=NOW - 7200),
+        container=container(started_at=restart_at),
+    )
+
+    assert decision.act
+
+
+def test_an_early_injected_starts_at_changes_nothing():
+    early = alert(starts_at=0.0)
+
+    assert stop(alert=early).act
+    assert stop(alert=early, deadlines=Deadlines(idle=NOW + 90)).why == (
+        "not past its idle deadline (due in 1m 30s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("facts", "verdict"),
+    [
+        ({"container": None}, "end"),
+        ({"container": container()}, "verify"),  # running again: a quick docker start
+        ({"container": container(running=False)}, "keep"),
+        ({"container": container(running=False), "still_reported": False}, "end"),
+        ({"container": container(running=False), "watched_for": 3600.0}, "end"),
+    ],
+)
+def test_a_stopped_container_is_watched_until_the_exporter_drops_it(facts, verdict):
+    args = {"still_reported": True, "watched_for": 10.0, "limit": 3600.0, **facts}
+
+    assert decide_watch(reason="max_runtime", **args).verdict == verdict
+
+
+def test_after_an_idle_stop_a_restart_ends_the_watch():
+    watch = decide_watch(
+        reason="idle", container=container(), still_reported=True, watched_for=1.0, limit=60.0
+    )
+    assert (watch.verdict, watch.why) == (
+        "end",
+        "running again: a start is busy time; a new idle alert decides",
+    )
 
 
 def test_exemption_applies_only_to_its_kinds_and_dates():

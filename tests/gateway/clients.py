@@ -21,6 +21,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import tarfile
@@ -225,6 +226,14 @@ class TerminalSession:
         """As a terminal window does: the kernel sends SIGWINCH to the client, which tells
         dockerd the new size (a resize request beside the hijacked stream)."""
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.size = (rows, cols)
+
+    def nudge(self) -> None:
+        """SIGWINCH again at the same size, as a window manager does on every drag: a client
+        that missed the first signal (it arrived while its handler was being set up) sends
+        the size now."""
+        if self.process.poll() is None:
+            os.killpg(os.getpgid(self.process.pid), signal.SIGWINCH)
 
     def expect(self, text: str, timeout: float = 30) -> str:
         """Read until `text` has appeared since the last expect; the output up to it."""
@@ -245,6 +254,7 @@ class TerminalSession:
         """Type `command` until its output shows `wanted` (a size set by a resize request
         arrives a moment after the shell's prompt); the output that showed it."""
         deadline = time.monotonic() + timeout
+        tries = 0
         while True:
             self.send(command + "\n")
             shown = self.expect(prompt, max(0.1, deadline - time.monotonic()))
@@ -252,6 +262,9 @@ class TerminalSession:
                 return shown
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{command!r} never showed {wanted!r}; last: {shown!r}")
+            tries += 1
+            if tries % 10 == 0:  # a second after the resize: signal the window size again
+                self.nudge()
             time.sleep(0.1)
 
     def _read(self) -> bytes:

@@ -75,8 +75,8 @@ def _number(value: float) -> str:
     return "+Inf" if value == float("inf") else f"{value:.3f}"
 
 
-def _am_alerts(url: str) -> list[dict[str, Any]]:
-    return requests.get(f"{url}/api/v2/alerts", timeout=5).json()
+def _am_alerts(am) -> list[dict[str, Any]]:
+    return requests.get(f"{am.url}/api/v2/alerts", timeout=5, auth=am.auth).json()
 
 
 def _flushes_since(log: Path, offset: int, alertname: str) -> int:
@@ -88,12 +88,12 @@ def _flushes_since(log: Path, offset: int, alertname: str) -> int:
     return sum(1 for line in text.splitlines() if "msg=flushing" in line and group in line)
 
 
-def _suppressed(url: str, alertname: str) -> bool:
+def _suppressed(am, alertname: str) -> bool:
     return any(
         a["labels"]["alertname"] == alertname
         and a["status"]["state"] == "suppressed"
         and a["status"]["inhibitedBy"]
-        for a in _am_alerts(url)
+        for a in _am_alerts(am)
     )
 
 
@@ -133,6 +133,7 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
                 allocator_targets=(unreachable,),
                 enforcer_targets=(unreachable,),
                 alertmanager_targets=(am.url.removeprefix("http://"),),
+                alertmanager_password_file=str(am.sender_password_file),
                 scrape_interval=1,
                 evaluation_interval=1,
             )
@@ -165,13 +166,13 @@ def test_deadline_crossing_sends_one_stop_with_token_and_inhibits_warnings(
 
     # 3. The warning of the container being stopped is inhibited, and so is a new one.
     eventually(
-        lambda: _suppressed(am.url, "GPUContainerIdleWarning"),
+        lambda: _suppressed(am, "GPUContainerIdleWarning"),
         WAIT,
         "the idle warning to be inhibited",
     )
     exporter.set(runtime_deadline=time.time() + 1800)
     eventually(
-        lambda: _suppressed(am.url, "GPUContainerRuntimeWarning"),
+        lambda: _suppressed(am, "GPUContainerRuntimeWarning"),
         WAIT,
         "the runtime warning to be inhibited",
     )
