@@ -34,8 +34,12 @@ def readme_commands() -> list[str]:
     return commands
 
 
+SHELL_SETUP = {"head", "chown", "chmod"}  # an admin's token files: run, or syntax-checked
+
+
 def test_the_readme_shows_only_commands_this_test_knows():
-    known = FIRST_TEN_MINUTES | {"make", "/opt/ds01/.venv/bin/python", ".venv/bin/ds01", "ds01"}
+    known = FIRST_TEN_MINUTES | SHELL_SETUP
+    known |= {"make", "/opt/ds01/.venv/bin/python", ".venv/bin/ds01", "ds01"}
     unknown = [c for c in readme_commands() if c.split()[0] not in known]
     assert unknown == [], "a README command nobody checks"
 
@@ -86,3 +90,19 @@ def test_sim_gpu_commands_are_accepted(command, tmp_path):
     assert args is not None
     if "--container" not in argv:  # needs a container by that name: parsed only
         assert sim_cli.main(["--state-file", str(tmp_path / "s.json"), *argv]) == 0
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.split()[0] in SHELL_SETUP])
+def test_token_setup_lines_run_in_a_folder_of_our_own(command, tmp_path):
+    """`head … > /etc/ds01/x.token && chmod …` run for real on a stand-in /etc/ds01; a chown
+    to service accounts this machine may lack is syntax-checked only."""
+    (tmp_path / "etc").mkdir()
+    script = command.replace("/etc/ds01", str(tmp_path / "etc"))
+    syntax = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    if command.startswith("chown"):
+        return
+    done = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    [token] = list((tmp_path / "etc").iterdir())
+    assert len(token.read_text().strip()) >= 40  # 32 random bytes, base64

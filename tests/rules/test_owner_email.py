@@ -68,7 +68,9 @@ def test_warnings_and_stops_are_mailed_to_their_owner_and_still_reach_the_enforc
         alert("ds01bob", "bob-job", action="stop", severity="critical"),
         alert("", "nobodys-job"),  # no owner: no mail, but the enforcer still hears of it
     ]
-    requests.post(f"{am.url}/api/v2/alerts", json=posted, timeout=5).raise_for_status()
+    requests.post(
+        f"{am.url}/api/v2/alerts", json=posted, timeout=5, auth=am.auth
+    ).raise_for_status()
 
     [alice] = eventually(
         lambda: smtp_sink.mails("ds01alice@example.org"), 30, "alice's mail (template address)"
