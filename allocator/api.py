@@ -22,6 +22,7 @@ from ds01.policy import CONTAINER_TYPES
 from .api_errors import json_body, register_error_handlers
 from .extension_api import ExtensionBodyError, grant_answer, listing, parse_extension
 from .extension_desk import ExtensionDesk
+from .history_api import register_history
 from .model import Allocation, AllocationRequest, AllocatorError, Denial
 from .queue import Waiter
 from .server import PEER_ENVIRON_KEY
@@ -119,6 +120,7 @@ def create_app(
     token: str | None = None,
     max_poll: float = 30.0,
     desk: ExtensionDesk | None = None,
+    audit_log: str | None = None,
 ) -> Flask:
     app = Flask("allocator")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -271,6 +273,16 @@ def create_app(
         who = caller()
         everyone = who.admin and request.args.get("all") in ("1", "true", "yes")
         return jsonify(listing(desk, None if everyone else who.user))
+
+    register_history(
+        app,
+        caller=caller,
+        sources=lambda: [audit_log, allocator.history.path],
+        forbidden=Forbidden,
+        bad_request=BadRequest,
+        log=allocator.history,
+        now=allocator.clock.time,
+    )
 
     @app.get("/metrics")
     def metrics():

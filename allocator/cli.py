@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sim activity file (default <state-dir>/sim-gpu-state.json)",
     )
+    parser.add_argument(
+        "--audit-log",
+        default=None,
+        help="the enforcer's audit log, read for `container history` (default: the policy's "
+        "services.audit_log, else <state-dir>/enforcer-audit.jsonl)",
+    )
+    parser.add_argument(
+        "--history-log",
+        default=None,
+        help="where grants and waits are recorded (default <state-dir>/allocator-history.jsonl)",
+    )
     parser.add_argument("--threads", type=int, default=64, help="HTTP worker threads (default 64)")
     parser.add_argument(
         "--tick",
@@ -135,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         tick=args.tick,
         settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
+        audit_log=args.audit_log or policy.services.audit_log or state_dir / "enforcer-audit.jsonl",
+        history_log=args.history_log or state_dir / "allocator-history.jsonl",
     )
 
     def use_policy(fresh: Policy) -> None:
@@ -173,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if runtime.watcher is not None:
             runtime.watcher.stop()
         runtime.store.close()
+        runtime.allocator.history.close()
         backend.close()
     logger.info("allocator stopped")
     return 0

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from ds01.durations import format_duration
 
@@ -195,3 +195,27 @@ class AllocatorClient:
 
     def extensions(self, *, everyone: bool = False) -> list[dict[str, Any]]:
         return self._checked("GET", "/v1/extensions" + ("?all=1" if everyone else ""))["extensions"]
+
+    def history(
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        container_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The caller's warnings, stops, grants and waits, oldest first (admins: `user`'s)."""
+        query = {"limit": str(limit)}
+        if user:
+            query["user"] = user
+        if since is not None:
+            query["since"] = f"{since:.3f}"
+        if container_id:
+            query["container_id"] = container_id
+        return self._checked("GET", "/v1/history?" + urlencode(query))["history"]
+
+    def note_admin_stop(self, *, container_id: str, container: str, user: str, detail: str) -> None:
+        """Record that an admin stopped `user`'s container, so its owner reads why (admins)."""
+        body = {"container_id": container_id, "container": container, "owner": user,
+                "detail": detail}  # fmt: skip
+        self._checked("POST", "/v1/history", body)

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
 import pwd
 import re
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from ds01.cliflags import add_docker_host_flag
+from ds01.cliflags import add_docker_host_flag, duration_arg
 from ds01.containers import LABEL_ALLOCATION, LABEL_DEVICES, LABEL_MANAGED, LABEL_TYPE, LABEL_USER
-from ds01.durations import format_duration, format_stop
+from ds01.durations import format_duration
 from ds01.gpu_status.query import PrometheusError
-from ds01.policy import PolicyError, load_policy_or_default
 
 from .client import AllocatorClient, AllocatorUnavailable, Refused
+from .container_listing import (
+    ListingContext,
+    describe,
+    device_text,
+    render_history,
+    render_listing,
+)
 from .docker_endpoint import gateway_host
-from .extend_cli import add_extend_parser, extend, mark_extended
-from .usage_cli import add_usage_parser, usage
+from .extend_cli import add_extend_parser, extend
+from .usage_cli import add_usage_history_flags, add_usage_parser, usage
 from .wrapper import Progress
 
 DEFAULT_IMAGE = os.environ.get("DS01_DEFAULT_IMAGE", "ubuntu:24.04")
@@ -75,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = sub.add_parser(name, help=text)
         action.add_argument("name", help="container name")
-    add_extend_parser(sub)
-    add_usage_parser(sub)
+        action.add_argument(
+            "--reason",
+            default="",
+            help="admins acting on someone else's container: why (shown in its owner's "
+            "container ls and history)",
+        )
     for name in ("list", "ls"):
-        listing = sub.add_parser(name, help="your containers: GPU, state, idle for, stops at")
+        listing = sub.add_parser(
+            name, help="your containers: GPU, state, idle for, next stop, why one stopped"
+        )
         listing.add_argument("--all", action="store_true", help="everyone's (root only)")
         listing.add_argument(
             "--exporter-url",
@@ -86,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
             help="exporter for idle and deadline data (env DS01_EXPORTER_URL; default: the "
             "policy's services.exporter_url)",
         )
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+        listing.add_argument("-v", "--verbose", action="store_true", help="show device UUIDs too")
+    history = sub.add_parser(
+        "history", help="your stops, warnings, grants and waits (from the audit log)"
+    )
+    history.add_argument("--user", default=None, help="another user's (admins only)")
+    history.add_argument(
+        "--since",
+        type=duration_arg,
+        default=None,
+        help="only this far back, e.g. 2h or 7d (default: everything kept)",
+    )
+    history.add_argument(
+        "--limit", type=int, default=50, help="at most this many, newest (default 50)"
+    )
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    add_usage_history_flags(history)
+    add_extend_parser(sub)
+    add_usage_parser(sub)
     return parser
 
 
@@ -185,7 +215,19 @@ def deploy(args: argparse.Namespace, client: AllocatorClient) -> int:
     except (OSError, docker.errors.DockerException) as exc:
         client.release(alloc["id"])
         raise CliError(f"could not start {args.name}: {exc}") from exc
-    print(f"deployed {args.name} ({container.short_id}) on {', '.join(alloc['devices'])}")
+    try:
+        known = {d["device_uuid"]: d for d in client.devices()}
+    except (AllocatorUnavailable, Refused):
+        known = {}
+    shown = [
+        {
+            "index": (known.get(u) or {}).get("index"),
+            "profile": (known.get(u) or {}).get("profile"),
+            "uuid": u,
+        }
+        for u in alloc["devices"]
+    ]
+    print(f"deployed {args.name} ({container.short_id}) on {device_text(shown)}")
     return 0
 
 
@@ -196,8 +238,27 @@ def _own_container(args: argparse.Namespace, client: AllocatorClient) -> Any:
     return container
 
 
+def _note_admin_stop(args: argparse.Namespace, client: AllocatorClient, container: Any) -> None:
+    """Root stopping someone else's container: tell its owner why, through their history."""
+    owner = (container.labels or {}).get(LABEL_USER, "")
+    if not owner or owner == _me(client):
+        return
+    try:
+        client.note_admin_stop(
+            container_id=container.id,
+            container=container.name,
+            user=owner,
+            detail=f"{args.reason} (container {args.action} by {_me(client)})"
+            if args.reason
+            else f"container {args.action} by {_me(client)}",
+        )
+    except (AllocatorUnavailable, Refused) as exc:
+        print(f"container {args.action}: not recorded for {owner}: {exc}", file=sys.stderr)
+
+
 def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
     container = _own_container(args, client)
+    _note_admin_stop(args, client, container)
     allocation = (container.labels or {}).get(LABEL_ALLOCATION, "")
     if container.status == "running":
         container.stop(timeout=10)
@@ -215,6 +276,7 @@ def retire(args: argparse.Namespace, client: AllocatorClient) -> int:
 def stop(args: argparse.Namespace, client: AllocatorClient) -> int:
     container = _own_container(args, client)
     container.stop(timeout=10)
+    _note_admin_stop(args, client, container)
     try:
         hold = format_duration(float(client.usage()["gpu_hold_after_stop"]))
     except (AllocatorUnavailable, Refused, KeyError):
@@ -226,107 +288,51 @@ def stop(args: argparse.Namespace, client: AllocatorClient) -> int:
     return 0
 
 
-def exporter_state(url: str | None) -> Mapping[str, Any] | None:
-    """The exporter's /api/state, or None when it cannot be read (the list shows "-")."""
-    if not url:
-        return None
-    try:
-        response = requests.get(url.rstrip("/") + "/api/state", timeout=2)
-        response.raise_for_status()
-        data = response.json()
-    except (requests.RequestException, ValueError):
-        return None
-    return data if isinstance(data, Mapping) else None
-
-
-def _first_number(entry: Mapping[str, Any], *keys: str) -> float | None:
-    for key in keys:
-        value = entry.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def container_timing(
-    state: Mapping[str, Any] | None, container_id: str, now: float
-) -> tuple[str, str]:
-    """("idle for", "stops at") for one container from the exporter's state; "-" if unknown."""
-    if not state:
-        return "-", "-"
-    entries = state.get("containers") or []
-    if isinstance(entries, Mapping):
-        entries = [dict(v, container_id=k) for k, v in entries.items()]
-    entry = next(
-        (e for e in entries if isinstance(e, Mapping) and e.get("container_id") == container_id),
-        None,
-    )
-    if entry is None:
-        return "-", "-"
-    idle = "-"
-    if entry.get("busy") is True:
-        idle = "busy"
-    else:
-        last_busy = _first_number(entry, "last_busy", "last_busy_timestamp", "last_busy_at")
-        if last_busy is not None:
-            idle = format_duration(max(0.0, now - last_busy))
-    deadlines = [
-        (d, reason)
-        for d, reason in (
-            (_first_number(entry, "idle_deadline", "idle_deadline_timestamp"), "idle"),
-            (_first_number(entry, "runtime_deadline", "runtime_deadline_timestamp"), "runtime"),
-        )
-        if d is not None and not math.isinf(d)
-    ]
-    if not deadlines:
-        return idle, "never"  # keep-alive fresh or exempt: the exporter sends null for +Inf
-    stop_at, reason = min(deadlines)
-    return idle, mark_extended(entry, reason, format_stop(stop_at, now, reason))
-
-
 def listing(args: argparse.Namespace, client: AllocatorClient) -> int:
-    import time
-
     docker_client = _docker(args.docker_host)
     me = _me(client)
     if args.all and os.getuid() != 0:
         raise CliError("--all is for root")
     label = f"{LABEL_MANAGED}=true" if args.all else f"{LABEL_USER}={me}"
     containers = docker_client.containers.list(all=True, filters={"label": label})
-    try:
-        devices = {d["device_uuid"]: d for d in client.devices()}
-    except (AllocatorUnavailable, Refused):
-        devices = {}
-    url = args.exporter_url
-    if url is None:
-        try:
-            url = load_policy_or_default(args.policy).services.exporter_url
-        except PolicyError:
-            url = None
-    state = exporter_state(url)
-    rows = [("NAME", "GPU", "STATE", "IDLE FOR", "STOPS AT")]
+    ctx = ListingContext(args, client)
     now = time.time()
-    for container in sorted(containers, key=lambda c: c.name):
-        uuids = [u for u in (container.labels or {}).get(LABEL_DEVICES, "").split(",") if u]
-        gpus = ",".join(_device_name(devices.get(u), u) for u in uuids) or "-"
-        idle, stops = container_timing(state, container.id, now)
-        rows.append((container.name, gpus, container.status, idle, stops))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    items = [describe(c, ctx, me=me, now=now) for c in sorted(containers, key=lambda c: c.name)]
+    if args.json:
+        print(json.dumps({"user": me, "now": now, "containers": items}, indent=2))
+        return 0
+    print(render_listing(items, now=now, verbose=args.verbose))
     return 0
 
 
-def _device_name(device: Mapping[str, Any] | None, uuid: str) -> str:
-    if device is None:
-        return uuid[:12]
-    return f"{device['index']}({device['profile'] or 'gpu'})"
+def history(args: argparse.Namespace, client: AllocatorClient) -> int:
+    if args.usage:
+        return usage(args, client, _me(client))
+    if not 1 <= args.limit <= 1000:
+        raise CliError("--limit: must be from 1 to 1000")
+    now = time.time()
+    since = now - args.since if args.since is not None else None
+    items = client.history(user=args.user, since=since, limit=args.limit)
+    if args.json:
+        print(json.dumps({"user": args.user or _me(client), "history": items}, indent=2))
+        return 0
+    if not items:
+        print("nothing recorded yet: no stops, warnings, grants or waits")
+        return 0
+    print(render_history(items, now=now))
+    return 0
 
 
-ACTIONS = {"deploy": deploy, "retire": retire, "stop": stop, "list": listing, "ls": listing}
-ACTIONS["extend"] = extend
-ACTIONS["usage"] = lambda args, client: usage(args, client, _me(client))
+ACTIONS = {
+    "deploy": deploy,
+    "retire": retire,
+    "stop": stop,
+    "list": listing,
+    "ls": listing,
+    "history": history,
+    "extend": extend,
+    "usage": lambda args, client: usage(args, client, _me(client)),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

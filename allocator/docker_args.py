@@ -69,6 +69,13 @@ class GpuRequest:
     count: int
     container_type: str
     name: str
+    asked_all: bool = False  # `--gpus all` / NVIDIA_VISIBLE_DEVICES=all: given one device
+
+
+def asks_all(value: str) -> bool:
+    """Whether a `--gpus` value asks for every GPU (`all`, `count=all`)."""
+    fields = next(csv.reader([value.strip().strip("'")]), [])
+    return any(f.strip().strip('"') in ("all", "count=all") for f in fields)
 
 
 def parse_run(argv: Sequence[str]) -> RunCommand | None:
@@ -182,8 +189,10 @@ def gpu_request(cmd: RunCommand, environ: Mapping[str, str]) -> GpuRequest | Non
     visible: str | None = None
     labels: dict[str, str] = {}
     name = ""
+    everything = False
     for opt in cmd.options:
         if opt.name == "gpus" and opt.value is not None:
+            everything = everything or asks_all(opt.value)
             try:
                 count = max(count, gpus_count(opt.value))
             except ValueError:
@@ -200,6 +209,7 @@ def gpu_request(cmd: RunCommand, environ: Mapping[str, str]) -> GpuRequest | Non
     if visible is not None and visible.strip().lower() not in NO_GPU:
         wanted = [v for v in visible.split(",") if v.strip()]
         count = max(count, 1 if wanted == ["all"] else len(wanted))
+        everything = everything or wanted == ["all"]
     elif runtime_nvidia and visible is None:
         count = max(count, 1)
     if count <= 0:
@@ -210,7 +220,7 @@ def gpu_request(cmd: RunCommand, environ: Mapping[str, str]) -> GpuRequest | Non
         ctype = "compose"
     else:
         ctype = "docker"
-    return GpuRequest(count, ctype, name)
+    return GpuRequest(count, ctype, name, asked_all=everything and count == 1)
 
 
 def rewrite(

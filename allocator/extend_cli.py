@@ -4,7 +4,6 @@ deadline within the group's bounds (kept apart from container_cli.py so each sta
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import Any
 
 from ds01.durations import format_duration
@@ -38,11 +37,3 @@ def extend(args: argparse.Namespace, client: AllocatorClient) -> int:
         f"extension {answer['extensions_used']} of this container)"
     )
     return 0
-
-
-def mark_extended(entry: Mapping[str, Any], kind: str, text: str) -> str:
-    """`18:15 (in 29m, max runtime, extended)` when the exporter says the deadline carries an
-    extension granted by `container extend`."""
-    if entry.get(f"{kind}_deadline_reason") != "extended" or not text.endswith(")"):
-        return text
-    return text[:-1] + ", extended)"

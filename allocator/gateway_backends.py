@@ -222,6 +222,24 @@ class AllocatorGrants:
             return None
         return GpuGrant(str(alloc["id"]), devices)
 
+    def note_admin_stop(self, probe: DockerProbe, ref: str, *, admin: str) -> None:
+        """An admin stops someone's container: its owner reads why in `container ls`/history.
+        Best effort: a failure is logged, the stop goes ahead."""
+        try:
+            status, data = probe.get(f"/containers/{quote(ref, safe='')}/json")
+            labels = (data.get("Config") or {}).get("Labels") or {} if status == 200 else {}
+            owner = labels.get(LABEL_USER, "")
+            if not owner or owner == admin or not (data.get("State") or {}).get("Running"):
+                return
+            self.client.note_admin_stop(
+                container_id=str(data["Id"]),
+                container=str(data.get("Name", "")).lstrip("/"),
+                user=owner,
+                detail=f"docker stop by {admin}",
+            )
+        except (AllocatorUnavailable, Refused, DockerUnavailable, KeyError, AttributeError) as exc:
+            logger.warning("admin stop of %s not recorded for its owner: %s", ref, exc)
+
     def state_of(self, allocation: str) -> str | None:
         """An allocation's state, None when the allocator does not know it or cannot say."""
         try:

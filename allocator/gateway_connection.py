@@ -128,6 +128,10 @@ class Connection:
         if route.kind == routes.CONTAINER and method == "POST" and _is_start(target):
             self._check_start(route.target)
         if caller.admin:
+            if route.kind == routes.CONTAINER and method == "POST" and _is_stop(target):
+                self.gateway.grants.note_admin_stop(
+                    self.gateway.probe, route.target, admin=caller.user
+                )
             return self._forward(head)
         if route.kind == routes.ADMIN and method not in routes.READ_ONLY:
             raise Refusal(403, f"ds01: {method} {urlsplit(target).path} is for admins only")
@@ -319,3 +323,7 @@ def _is_exec_create(target: str) -> bool:
 
 def _is_start(target: str) -> bool:
     return urlsplit(target).path.rstrip("/").endswith("/start")
+
+
+def _is_stop(target: str) -> bool:
+    return urlsplit(target).path.rstrip("/").endswith(("/stop", "/kill"))

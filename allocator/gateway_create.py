@@ -62,17 +62,6 @@ class CreateRefused(ValueError):
     """The body asks for something the caller may not have; the message names the field."""
 
 
-def client_type(labels: Mapping[str, str]) -> str:
-    """The client that made it (DESIGN.md order); only `ds01.type=ds01` is taken from a label."""
-    if "devcontainer.local_folder" in labels or "devcontainer.config_file" in labels:
-        return "devcontainer"
-    if "com.docker.compose.project" in labels:
-        return "compose"
-    if labels.get(LABEL_TYPE) == "ds01":
-        return "ds01"
-    return "docker"
-
-
 def _mapping(value: Any, field: str) -> dict[str, Any]:
     if value is None:
         return {}

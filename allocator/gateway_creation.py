@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
-from ds01.containers import LABEL_ALLOCATION
+from ds01.containers import LABEL_ALLOCATION, container_type
 
 from .client import AllocatorUnavailable, Refused
 from .gateway_backends import ClientGone, GpuGrant
@@ -20,7 +20,6 @@ from .gateway_create import (
     GpuAsk,
     bind_refusal,
     bind_sources,
-    client_type,
     create_refusal,
     gpu_ask,
     named_volumes,
@@ -67,7 +66,7 @@ class CreateFlow:
         except CreateRefused as exc:
             raise Refusal(400, f"ds01: {exc}") from None
         name = dict(parse_qsl(urlsplit(target).query)).get("name", "")
-        ctype = client_type(body.get("Labels") or {})
+        ctype = container_type(body.get("Labels") or {})  # the same rule the exporter uses
         if name and not caller.admin:
             self._check_name_free(name, ctype)
         pinned = None if caller.admin else self._pin_binds(body)

@@ -18,11 +18,19 @@ def check_quota(
     if max_gpus is None or holding + waiting + count <= max_gpus:
         return QuotaDecision(True)
     unit = "GPU" if max_gpus == 1 else "GPUs"
+    if holding:
+        advice = (
+            "Release one first: `container retire <name>` frees it at once "
+            "(`container stop <name>` keeps it for the hold period)."
+        )
+    elif waiting:
+        advice = "Wait for your queued request to be served, or cancel it (Ctrl-C)."
+    else:
+        advice = f"Ask for at most {max_gpus} {unit} (your group's limit)."
     message = (
         f"GPU quota exceeded: {user} (group {group}) holds {holding} of {max_gpus} {unit}"
         + (f" and waits for {waiting} more" if waiting else "")
         + f"; this request asks for {count} more.\n"
-        "Release one first: container retire <name> (or container stop <name>, which frees "
-        "it after the hold period)."
+        + advice
     )
     return QuotaDecision(False, message)

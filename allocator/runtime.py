@@ -21,6 +21,7 @@ from ds01.policy import Policy
 
 from .api import create_app
 from .extension_desk import ExtensionDesk
+from .history import HistoryLog
 from .lifecycle import DockerWatcher
 from .metrics import AllocatorCollector, AllocatorMetrics
 from .server import AllocatorServer
@@ -131,6 +132,8 @@ def build_runtime(
     clock: Clock = SYSTEM_CLOCK,
     max_poll: float = 30.0,
     extensions_path: str | os.PathLike[str] | None = None,
+    audit_log: str | os.PathLike[str] | None = None,
+    history_log: str | os.PathLike[str] | None = None,
 ) -> AllocatorRuntime:
     """Everything wired and reconciled, not yet serving (call .server.run() or start_in_thread)."""
     registry = CollectorRegistry()
@@ -142,6 +145,7 @@ def build_runtime(
         clock=clock,
         metrics=AllocatorMetrics(registry),
         settings=settings,
+        history=HistoryLog(history_log),
     )
     registry.register(AllocatorCollector(allocator.snapshot))
     watcher = None
@@ -157,7 +161,14 @@ def build_runtime(
     # The totals file the exporter adds to its deadlines, rewritten from the database now.
     desk = ExtensionDesk(allocator, extensions_path or Path(db_path).parent / "extensions.json")
     desk.publish()
-    app = create_app(allocator, registry=registry, token=token, max_poll=max_poll, desk=desk)
+    app = create_app(
+        allocator,
+        registry=registry,
+        token=token,
+        max_poll=max_poll,
+        audit_log=str(audit_log) if audit_log else None,
+        desk=desk,
+    )
     server = AllocatorServer(app, socket_path, listen=listen, threads=threads)
     ticker = Ticker(allocator, tick, prune_interval=prune_interval, desk=desk)
     return AllocatorRuntime(allocator, store, server, ticker, watcher, registry, desk)

@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.durations import format_duration
 from ds01.gpu import GpuBackend, GpuReading
 from ds01.policy import Policy
 
 from .adoption import adopted_allocation, decide_adoption, first_come, foreign_containers
+from .advice import device_names, wait_failed_message
+from .history import HistoryLog
 from .inventory import CachedInventory, RunningContainers, process_owner
 from .lifecycle import ContainerEvent, ContainerView, reconcile, released, transition
 from .metrics import AllocatorMetrics, AllocatorSnapshot
@@ -47,22 +50,6 @@ class Forbidden(PermissionError):
     """The caller does not own it."""
 
 
-def wait_failed_message(gpu_wait: float) -> str:
-    """The message of DESIGN.md, with the configured wait."""
-    if gpu_wait >= 60 and gpu_wait % 60 == 0:
-        minutes = int(gpu_wait // 60)
-        span = f"{minutes} minute" + ("s" if minutes != 1 else "")
-    else:
-        span = f"{gpu_wait:g} second" + ("s" if gpu_wait != 1 else "")
-    return (
-        f"GPU allocation failed after {span}.\n\n"
-        "Suggestions:\n"
-        "  1. Stop an idle container: container stop <name>\n"
-        "  2. Wait for system cleanup\n"
-        "  3. Check GPU status: gpu-status"
-    )
-
-
 @dataclass(frozen=True)
 class Settings:
     """Tunables that are not policy: ticket grace and inventory refresh, in seconds."""
@@ -82,6 +69,7 @@ class Allocator:
         metrics: AllocatorMetrics | None = None,
         settings: Settings = Settings(),
         owner_of_pid: Callable[[int], str | None] = process_owner,
+        history: HistoryLog | None = None,
     ) -> None:
         self.store, self.policy, self.clock = store, policy, clock
         self.metrics = metrics or AllocatorMetrics(None)
@@ -92,6 +80,7 @@ class Allocator:
         self.owner_of_pid = owner_of_pid
         self.queue = WaitQueue()
         self.running = RunningContainers()  # guarded by _lock
+        self.history = history or HistoryLog(None)  # grants and waits, for `container history`
         self._lock = threading.RLock()
 
     @property
@@ -156,13 +145,23 @@ class Allocator:
             return waiter.outcome
         if not wait:
             self._deny("no_capacity", "no free device matches the request right now")
+        position = self.queue.position(waiter.ticket)
         logger.info(
             "queued ticket=%s user=%s count=%d profile=%s position=%d",
             waiter.ticket,
             request.user,
             request.count,
             request.profile or "-",
-            self.queue.position(waiter.ticket),
+            position,
+        )
+        self.history.write(
+            at=waiter.enqueued_at,
+            event="wait",
+            user=request.user,
+            container=request.container_name,
+            decision="queued",
+            detail=f"no free device for {request.count} ({request.profile or 'any profile'}); "
+            f"position {position}, waits up to {format_duration(self.policy.gpu_wait)}",
         )
         return waiter
 
@@ -429,11 +428,16 @@ class Allocator:
                         )
                 woken = []
                 for waiter in self.queue.overdue(now):
-                    message = wait_failed_message(self.policy.gpu_wait)
+                    message = wait_failed_message(
+                        self.policy.gpu_wait,
+                        holding=sum(len(a.devices) for a in live if a.user == waiter.request.user),
+                        hold_after_stop=self.policy.gpu_hold_after_stop,
+                    )
                     self.queue.resolve(waiter.ticket, Denial("timeout", message), now)
                     self.metrics.denied("timeout", now - waiter.enqueued_at)
                     woken.append(waiter)
                     logger.info("timed out ticket=%s user=%s", waiter.ticket, waiter.request.user)
+                    self._wait_ended(waiter, "timed out", message.splitlines()[0], now)
                 for waiter in self.queue.abandoned(now, self.settings.ticket_grace):
                     self._drop(waiter, "not polled for too long")
                 self.queue.forget_old(now)
@@ -476,6 +480,18 @@ class Allocator:
                 logger.info(
                     "left queue ticket=%s user=%s: %s", waiter.ticket, waiter.request.user, why
                 )
+                self._wait_ended(waiter, "left the queue", why, self.clock.time())
+
+    def _wait_ended(self, waiter: Waiter, decision: str, why: str, now: float) -> None:
+        waited = format_duration(now - waiter.enqueued_at)
+        self.history.write(
+            at=now,
+            event="wait",
+            user=waiter.request.user,
+            container=waiter.request.container_name,
+            decision=decision,
+            detail=f"{why} (waited {waited})",
+        )
 
     @staticmethod
     def _wake(waiters: list[Waiter]) -> None:
@@ -545,6 +561,16 @@ class Allocator:
                 req.user,
                 ",".join(devices),
                 now - waiter.enqueued_at,
+            )
+            waited = now - waiter.enqueued_at
+            self.history.write(
+                at=now,
+                event="grant",
+                user=req.user,
+                container=req.container_name,
+                decision="granted",
+                detail=device_names(reading, devices)
+                + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
             )
         return woken
 

@@ -22,13 +22,27 @@ def add_usage_parser(sub: Any) -> None:
 
 
 def add_usage_flags(parser: argparse.ArgumentParser) -> None:
+    _prometheus_flag(parser)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_usage_history_flags(history: argparse.ArgumentParser) -> None:
+    """`container history --usage` (its --json is history's own)."""
+    history.add_argument(
+        "--usage",
+        action="store_true",
+        help="your GPU-hours held, busy and idle over the last 7 and 30 days instead",
+    )
+    _prometheus_flag(history)
+
+
+def _prometheus_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prometheus-url",
         default=os.environ.get("DS01_PROMETHEUS_URL"),
         help="Prometheus base URL (env DS01_PROMETHEUS_URL; default: the policy's "
         "services.prometheus_url)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def usage(args: argparse.Namespace, client: AllocatorClient, me: str) -> int:

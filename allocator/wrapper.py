@@ -126,6 +126,13 @@ def prepare(
         ) from exc
     finally:
         progress.done()
+    if request.asked_all:
+        shown = described_devices(client, alloc["devices"])
+        progress.stream.write(
+            f"ds01: --gpus all gives one device here: {shown} "
+            "(ask for more with --gpus N, within your quota)\n"
+        )
+        progress.stream.flush()
     labels = {
         LABEL_MANAGED: "true",
         LABEL_USER: alloc["user"],
@@ -182,6 +189,19 @@ def release_if_unused(client: AllocatorClient, real: str, prepared: Prepared) ->
         return False
     print(f"ds01: docker failed; released GPU allocation {prepared.allocation}", file=sys.stderr)
     return True
+
+
+def described_devices(client: AllocatorClient, uuids: Sequence[str]) -> str:
+    """`0:2 (1g.18gb)`: what users type and the profile; the UUID only when it is unknown."""
+    try:
+        known = {d["device_uuid"]: d for d in client.devices()}
+    except (AllocatorUnavailable, Refused):
+        known = {}
+    names = []
+    for uuid in uuids:
+        device = known.get(uuid)
+        names.append(f"{device['index']} ({device['profile'] or 'full GPU'})" if device else uuid)
+    return ", ".join(names)
 
 
 def run(

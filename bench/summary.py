@@ -26,6 +26,7 @@ BENCHMARKS = (
     "exporter_scrape",
     "e2e_latency",
     "gateway_overhead",
+    "history_query",
 )
 
 

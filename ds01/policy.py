@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
+from .notify_policy import NotificationsError, notification_channels, parse_notifications
 from .policy_model import (  # re-exported: callers import records from here
     CONTAINER_TYPES,
     DEFAULT_CONTAINER_TYPES,
@@ -132,6 +133,7 @@ _TOP_KEYS = (
     "gpu",
     "services",
     "gateway",
+    "notifications",
 )
 _GATEWAY_KEYS = (
     "socket",
@@ -228,6 +230,10 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
             services_values[name] = r.text(value, f"services.{name}")
 
     hold = top.get("container_hold_after_stop", "30m")
+    try:
+        notifications = parse_notifications(top.get("notifications"))
+    except NotificationsError as exc:
+        raise r.fail(exc.key, exc.reason) from None
     return Policy(
         source=source,
         default_group=default_group,
@@ -256,6 +262,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         gpu=GpuSettings(backend, topology),
         services=Services(**services_values),
         gateway=_gateway(r, top.get("gateway"), groups),
+        notifications=notifications,
     )
 
 
@@ -412,6 +419,7 @@ def summary(policy: Policy) -> str:
         f"  {len(policy.users)} users mapped (default group {policy.default_group}), "
         f"{len(policy.exemptions)} exemptions, {len(policy.protected_names)} protected names"
     )
+    lines.append("  owners are told by: " + notification_channels(policy.notifications))
     return "\n".join(lines)
 
 

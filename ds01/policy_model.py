@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .notify_policy import Notifications
+
 CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
 EXEMPTION_KINDS = ("idle", "max_runtime", "unmanaged")
 INF = math.inf
@@ -93,6 +95,8 @@ class Services:
     exporter_url: str = "http://127.0.0.1:9101"
     token_file: str = "/etc/ds01/enforcer.token"
     notice_path: str = "/workspace/.ds01-alerts"
+    # The enforcer writes it, the allocator reads it ("": <state_dir>/enforcer-audit.jsonl).
+    audit_log: str = ""
     # Prometheus' password for Alertmanager's basic auth (user `prometheus`; ds01.webauth).
     alertmanager_password_file: str = "/etc/ds01/alertmanager/prometheus.password"
 
@@ -153,6 +157,7 @@ class Policy:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     services: Services = field(default_factory=Services)
     gateway: GatewayPolicy = field(default_factory=GatewayPolicy)
+    notifications: Notifications = field(default_factory=Notifications)
 
     def group_of(self, user: str) -> GroupPolicy:
         return self.groups[self.users.get(user, self.default_group)]

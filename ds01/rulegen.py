@@ -159,7 +159,8 @@ def _fresh(s: RuleSettings) -> str:
 
 _C = "{{ $labels.container }}"
 _U = "{{ $labels.user }}"
-_T = "{{ $value | humanizeTimestamp }}"
+# A time people read (`Thu 1 Jan 00:30 UTC`), not Go's `1970-01-01 00:30:00 +0000 UTC`.
+_T = '{{ ($value | toTime).Format "Mon 2 Jan 15:04 MST" }}'
 
 
 def _deadline_expr(metric: str, lead: float, s: RuleSettings) -> str:

@@ -223,6 +223,8 @@ class StackSupervisor:
                 f"127.0.0.1:{allocator_port}",
                 "--token-file",
                 token,
+                "--audit-log",
+                ep.audit_log,
             ),
             _http_ready(f"{ep.allocator_http}/healthz"),
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pwd
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +41,10 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "unmanaged_gpu": {"action": "stop", "grace": "1m"},
 }
 DEMO_RUNTIME = "10m"
+DEMO_USER = "ds01demo"  # owns the demo containers, so root's own quota stays free to try things
+# Put on users' PATH by env.sh (`docker` is the ds01 wrapper, which finds the real one itself).
+USER_COMMANDS = {"docker": "ds01-docker", "gpu-status": "gpu-status", "container": "container",
+                 "ds01": "ds01", "ds01-docker": "ds01-docker"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +115,7 @@ def gateway_row(ep: Endpoints) -> str:
     return row + (f"   ({ep.gateway_note})" if ep.gateway_note else "")
 
 
-def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
+def banner(ep: Endpoints, policy_file: Path, demo: bool, env_file: Path | None = None) -> str:
     docker = ep.docker_host + (" (private dockerd started by ds01 up)" if ep.docker_private else "")
     backend = {"sim": "sim (no NVIDIA driver: simulated H200 MIG + whole GPU)"}.get(
         ep.backend, ep.backend
@@ -132,20 +138,20 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
     width = max(len(k) for k, _ in rows)
     lines = ["", "DS01 GPU lifecycle stack is up.", ""]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    env = (
-        f"DS01_PROMETHEUS_URL={ep.prometheus} DS01_EXPORTER_URL={ep.exporter} "
-        f"DS01_ALLOCATOR_SOCKET={ep.allocator_socket} "
-        f"DOCKER_HOST={ep.gateway_host} DS01_SIM_STATE={ep.sim_state}"
-    )
     deploy_extra = (
         f" --image {ep.local_image} --network none --command 'sleep 3600'" if ep.local_image else ""
     )
+    if env_file is not None:
+        setup = f"  . {env_file}   # PATH: gpu-status, container, docker (wrapper); DOCKER_HOST"
+    else:
+        setup = "  export " + " ".join(f"{k}={v}" for k, v in user_environment(ep).items())
     lines += [
         "",
         "Try next (in another shell):",
-        f"  export {env}",
+        setup,
         "  gpu-status                       # every GPU / MIG instance, holder, idle for, stops at",
-        f"  container deploy demo --gpus 1{deploy_extra}   # through the allocator",
+        f"  container deploy mine --gpus 1{deploy_extra}   # through the allocator",
+        "  container ls                     # yours: GPU, next stop; for stopped ones why",
         "  ds01 sim-gpu set 0:2 --busy      # make a simulated device busy",
         f"  Grafana: add a Prometheus datasource at {ep.prometheus}, import grafana/dashboards/",
         "",
@@ -154,21 +160,102 @@ def banner(ep: Endpoints, policy_file: Path, demo: bool) -> str:
     return "\n".join(lines)
 
 
-def start_demo_containers(ep: Endpoints) -> None:
-    """Two containers through the wrapper and the gateway: `demo-busy` (kept busy), `demo-idle`."""
+def user_environment(ep: Endpoints) -> dict[str, str]:
+    """What a user's shell needs to use this stack (env.sh exports it; PATH separately)."""
+    return {
+        "DOCKER_HOST": ep.gateway_host,
+        "DS01_ALLOCATOR_SOCKET": ep.allocator_socket,
+        "DS01_PROMETHEUS_URL": ep.prometheus,
+        "DS01_EXPORTER_URL": ep.exporter,
+        "DS01_SIM_STATE": ep.sim_state,
+    }
+
+
+def write_user_env(ep: Endpoints, state_dir: Path, bin_dir: Path | None = None) -> Path:
+    """`<state>/bin` with our commands (docker = the wrapper) and `<state>/env.sh` that puts
+    it first on PATH and exports DOCKER_HOST and the service addresses; returns env.sh."""
+    source = bin_dir or Path(sys.executable).parent
+    commands = state_dir / "bin"
+    commands.mkdir(parents=True, exist_ok=True)
+    for name, target in USER_COMMANDS.items():
+        link = commands / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source / target)
+    lines = [f"# Written by ds01 up: . {state_dir / 'env.sh'}", f"export PATH={commands}:$PATH"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in user_environment(ep).items() if v]
+    env_file = state_dir / "env.sh"
+    env_file.write_text("\n".join(lines) + "\n")
+    env_file.chmod(0o644)
+    return env_file
+
+
+def demo_account() -> pwd.struct_passwd | None:
+    """The demo user (created when we are root and it is missing); None: run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(DEMO_USER)
+    except KeyError:
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", DEMO_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            logger.warning("cannot create %s (%s): demo runs as root", DEMO_USER, made.stderr)
+            return None
+        return pwd.getpwnam(DEMO_USER)
+
+
+def run_wrapper_as(account: pwd.struct_passwd | None, argv: list[str], env: dict[str, str],
+                   log_path: Path) -> int:  # fmt: skip
+    """`ds01-docker argv` in a forked child that became `account` (the venv's interpreter may
+    be unreadable to it; the fork already has it loaded); output goes to `log_path`."""
+    from allocator import wrapper
+
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pid = os.fork()
+    if pid == 0:  # the child execs docker, or exits with the wrapper's code
+        code = 125
+        try:
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            if account is not None:
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+            os.environ.clear()
+            os.environ.update(env)
+            code = wrapper.main(argv)
+        finally:
+            os._exit(code)
+    os.close(log)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def start_demo_containers(ep: Endpoints, log_path: Path) -> None:
+    """Two containers of the demo user, through the wrapper and the gateway: `demo-busy` (kept
+    busy) and `demo-idle`; root stays free to deploy its own at once."""
     import docker
 
     client = docker.DockerClient(base_url=ep.docker_host)
     image = ensure_busybox_image(client)
-    env = dict(os.environ, DOCKER_HOST=ep.gateway_host, DS01_ALLOCATOR_SOCKET=ep.allocator_socket)
-    wrapper = [sys.executable, "-m", "allocator.wrapper"]
+    account = demo_account()
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": account.pw_dir if account else os.environ.get("HOME", "/"),
+        "DOCKER_HOST": ep.gateway_host,
+        "DS01_ALLOCATOR_SOCKET": ep.allocator_socket,
+    }
     for name in ("demo-busy", "demo-idle"):
         try:
             client.containers.get(name).remove(force=True)
         except docker.errors.NotFound:
             logger.debug("no old %s to remove", name)
         cmd = [
-            *wrapper,
             "run",
             "-d",
             "--name",
@@ -181,7 +268,9 @@ def start_demo_containers(ep: Endpoints) -> None:
             "sleep",
             "86400",
         ]
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        code = run_wrapper_as(account, cmd, env, log_path)
+        if code != 0:
+            raise StackError(f"demo container {name} not started (exit {code}); see {log_path}")
     busy = client.containers.get("demo-busy")
     device = busy.labels.get("ds01.gpu.devices", "").split(",")[0]
     subprocess.run(
@@ -201,9 +290,10 @@ def start_demo_containers(ep: Endpoints) -> None:
         check=True,
         capture_output=True,
     )
+    owner = account.pw_name if account else "you"
     print(
-        f"demo: demo-busy holds {device} (kept busy); demo-idle will be warned at 1 m, "
-        "stopped at 2 m, and its device freed.",
+        f"demo: {owner}'s demo-busy holds {device} (kept busy); demo-idle will be warned at "
+        "1 m, stopped at 2 m, and its device freed.",
         flush=True,
     )
 
@@ -247,9 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())  # acted on within a second
     try:
         endpoints = supervisor.start()
-        print(banner(endpoints, policy_file, args.demo), flush=True)
+        env_file = write_user_env(endpoints, state_dir)
+        print(banner(endpoints, policy_file, args.demo, env_file), flush=True)
         if args.demo:
-            start_demo_containers(endpoints)
+            start_demo_containers(endpoints, state_dir / "logs" / "demo.log")
         keeper = Keeper(supervisor.children)  # a part that exits is restarted, never fatal
         while not stop.wait(1.0):
             if reload.is_set():

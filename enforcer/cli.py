@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenFileError as exc:
         parser.error(f"refusing to start: {exc}")
     prometheus_url = args.prometheus_url or services.prometheus_url
-    audit_path = Path(args.audit_log or state_dir / "enforcer-audit.jsonl")
+    audit_path = Path(args.audit_log or services.audit_log or state_dir / "enforcer-audit.jsonl")
     journal_path = Path(args.journal or state_dir / "enforcer.db")
     notice_path = args.notice_path or services.notice_path
     if not notice_path.startswith("/"):

@@ -22,6 +22,8 @@ ACTION_RESULTS = {
     "remove": ("removed", "skipped", "failed", "dry_run"),
 }
 DEPENDENCIES = ("docker", "prometheus", "journal")
+CHANNELS = ("container_file", "terminal")
+DELIVERY_RESULTS = ("delivered", "refused", "failed")
 JOB_ERROR_STAGES = ("decide", "record", "journal", "loop")
 
 
@@ -101,6 +103,13 @@ class EnforcerMetrics:
             ["dependency"],
             registry=r,
         )
+        self.notifications = Counter(
+            "ds01_enforcer_notifications",
+            "Owner notifications by channel and result (refused: mesg n or not the owner's "
+            "terminal), in deliveries.",
+            ["channel", "result"],
+            registry=r,
+        )
         self.job_errors = Counter(
             "ds01_enforcer_job_errors",
             "Errors while deciding, recording or journaling a job (retried with backoff), "
@@ -118,6 +127,9 @@ class EnforcerMetrics:
         for action, results in ACTION_RESULTS.items():
             for result in results:
                 self.actions.labels(action, result)
+        for channel in CHANNELS:
+            for result in DELIVERY_RESULTS:
+                self.notifications.labels(channel, result)
         for dependency in DEPENDENCIES:
             self.dependency_errors.labels(dependency)
         for stage in JOB_ERROR_STAGES:

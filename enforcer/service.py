@@ -65,6 +65,9 @@ class Enforcer:
             notice_path=config.notice_path,
             dry_run=config.dry_run,
             clock=clock,
+            on_delivery=lambda channel, result: self.metrics.notifications.labels(
+                channel, result
+            ).inc(),
         )
         self.worker = Worker(
             journal=self.journal,

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.containers import ContainerFacts
@@ -364,6 +364,7 @@ class Worker:
                 self.warnings.record(alert.container_id, "idle", self._clock.time())
             return container, outcome
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
+        deadline = None
         if decision.act:
             self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
@@ -374,13 +375,15 @@ class Worker:
                 now=self._clock.time(),
                 container=container,
             )
+            deadline = {"idle": deadlines.idle, "max_runtime": deadlines.runtime}.get(alert.reason)
             if decision.act and alert.reason == "idle" and container is not None:
                 assert deadlines.idle is not None  # check_deadline acted on it
                 decision = self._warned_first(container, job, deadlines.idle, decision)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
         self._give_way()
-        return container, self._with_why(decision.why, self.executor.stop(container, alert))
+        stopped = self.executor.stop(container, alert, deadline=deadline)
+        return container, self._with_why(decision.why, stopped)
 
     def _warned_first(
         self, container: ContainerFacts, job: Job, deadline: float, passed: Decision
@@ -428,7 +431,7 @@ class Worker:
 
     @staticmethod
     def _with_why(why: str, outcome: Outcome) -> Outcome:
-        return Outcome(outcome.result, outcome.decision, f"{why}; {outcome.detail}")
+        return replace(outcome, detail=f"{why}; {outcome.detail}")
 
     def _audit(
         self, job: Job, container: ContainerFacts | None, outcome: Outcome, *, started: float
@@ -446,6 +449,7 @@ class Worker:
             decision=outcome.decision,
             detail=outcome.detail,
             starts_at=alert.starts_at,
+            **outcome.extra,
         )
         self.metrics.actions.labels(job.kind, outcome.result).inc()
         if job.kind != "remove":

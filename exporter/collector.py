@@ -270,9 +270,8 @@ class Collector:
             )
             limits = self._policy.limits_for(facts.user, facts.type, at)
             extension = granted.get(facts.container_id, NO_EXTENSION)
-            fresh = keep_alive_fresh(
-                mtime=self._keepalive.mtime(entry, now), now=now, max_age=max_age
-            )
+            mtime = self._keepalive.mtime(entry, now)
+            fresh = keep_alive_fresh(mtime=mtime, now=now, max_age=max_age)
             idle = idle_deadline(
                 last_busy=clock.last_busy,
                 idle_timeout=limits.idle_timeout,
@@ -298,6 +297,7 @@ class Collector:
                     idle_deadline_reason=idle.reason,
                     runtime_deadline=runtime.at,
                     runtime_deadline_reason=runtime.reason,
+                    keep_alive_until=mtime + max_age if fresh and mtime is not None else None,
                 )
             )
         return tuple(states)

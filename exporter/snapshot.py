@@ -32,6 +32,7 @@ class ContainerState:
     idle_deadline_reason: str
     runtime_deadline: float  # +Inf under a runtime exemption
     runtime_deadline_reason: str
+    keep_alive_until: float | None = None  # when a fresh keep-alive file goes stale
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def snapshot_json(snapshot: Snapshot | None) -> dict[str, Any]:
                 "start_time": c.first_start,
                 "last_busy": c.last_busy,
                 "keep_alive": c.keep_alive,
+                "keep_alive_until": c.keep_alive_until,
                 "idle_deadline": _time(c.idle_deadline),
                 "idle_deadline_reason": c.idle_deadline_reason,
                 "runtime_deadline": _time(c.runtime_deadline),

@@ -27,6 +27,9 @@ from ds01.stack import (
     start_prometheus,
 )
 from tests.harness.components import require_binary, require_root
+from tests.harness.smtp import smtp_sink
+
+__all__ = ["smtp_sink"]  # a real SMTP server for Alertmanager's email receiver
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

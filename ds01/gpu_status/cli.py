@@ -9,15 +9,16 @@ import pwd
 import sys
 import time
 from collections.abc import Sequence
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import IO
 
 from ..cliflags import duration_arg
 from ..clock import SYSTEM_CLOCK, Clock
-from ..policy import DEFAULT_POLICY_PATH, PolicyError, load_policy_or_default
+from ..policy import DEFAULT_POLICY_PATH, Exemption, PolicyError, load_policy_or_default
+from .in_force import in_force, in_force_lines, keep_alive_ends
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
-from .view import DEFAULT_STALE_AFTER, build_view, view_to_json
+from .view import DEFAULT_STALE_AFTER, StatusView, build_view, view_to_json
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 EXIT_UNAVAILABLE = 2
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STALE_AFTER,
         help="warn when the exporter's last collection is older than this (default 1m)",
     )
+    parser.add_argument(
+        "--exporter-url",
+        default=os.environ.get("DS01_EXPORTER_URL"),
+        help="exporter, for keep-alive ends with --mine/--user (env DS01_EXPORTER_URL; "
+        "default: the policy's services.exporter_url)",
+    )
     parser.add_argument("--watch-count", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -111,10 +118,32 @@ def render_once(
     now = clock.time()
     raw = client.fetch_status(at=now)
     view = build_view(raw, now=now, user=user, stale_after=args.stale_after)
+    forced = _in_force(view, args) if user is not None else None
     if args.json:
         document = view_to_json(view, prometheus_url=client.url)
+        if forced is not None:
+            document["in_force"] = forced
         return json.dumps(document, indent=None if args.watch else 2) + "\n"
-    return render_table(view, colour=colour, tz=tz)
+    text = render_table(view, colour=colour, tz=tz)
+    if forced is not None:
+        text += in_force_lines(forced, now=now, tz=tz)
+    return text
+
+
+def _in_force(view: StatusView, args: argparse.Namespace) -> dict:
+    """Exemptions from the policy (when readable) and keep-alive ends from the exporter."""
+    try:
+        policy = load_policy_or_default(args.policy)
+    except PolicyError:
+        policy = None
+    exemptions: tuple[Exemption, ...] = ()
+    if policy is not None and view.user_filter:
+        at = datetime.fromtimestamp(view.now, tz=UTC)
+        exemptions = policy.limits_for(view.user_filter, "docker", at).exemptions
+    url = args.exporter_url or (policy.services.exporter_url if policy else None)
+    return in_force(
+        view, exemptions=exemptions, keep_alive_until=keep_alive_ends(url, args.timeout)
+    )
 
 
 def _watch(

@@ -128,10 +128,14 @@ def test_waiting_longer_than_gpu_wait_fails_with_the_helpful_message(allocator_f
         as_user(client, "bob").allocate(profile="3g.71gb", poll=0.2, progress=progress.append)
     assert refused.value.reason == "timeout"
     assert refused.value.message.startswith("GPU allocation failed after 1 second.")
-    assert "container stop <name>" in refused.value.message
+    assert "retire" not in refused.value.message  # bob holds nothing he could free
     assert "gpu-status" in refused.value.message
     assert progress and progress[0]["position"] == 1
     assert _metric(client, "ds01_allocator_denials_total", reason="timeout") == 1.0
+    with pytest.raises(Refused) as holder:  # alice holds one: she is told how to free it
+        as_user(client, "alice").allocate(profile="3g.71gb", poll=0.2)
+    assert "1. Free one of your 1 at once: container retire <name>" in holder.value.message
+    assert "container stop <name> keeps its GPU for 2s" in holder.value.message
 
 
 def test_waiters_are_granted_in_fifo_order_on_release(allocator_factory):

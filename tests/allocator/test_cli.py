@@ -1,7 +1,7 @@
 import pytest
 
 from allocator import cli, container_cli
-from allocator.container_cli import container_timing, exporter_state
+from allocator.container_listing import container_timing, exporter_state
 
 
 def test_allocator_parser_defaults():
@@ -90,6 +90,23 @@ def test_timing_from_exporter_state():
 def test_unreachable_exporter_degrades_to_none():
     assert exporter_state("http://127.0.0.1:9") is None
     assert exporter_state(None) is None
+
+
+def test_history_and_list_flags_and_bad_values(capsys, tmp_path):
+    from allocator.container_cli import build_parser
+
+    args = build_parser().parse_args(["history", "--since", "2h", "--limit", "5", "--json"])
+    assert (args.since, args.limit, args.json, args.user) == (7200, 5, True, None)
+    listing = build_parser().parse_args(["ls", "-v", "--json"])
+    assert listing.verbose and listing.json
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["history", "--since", "soon"])
+    assert "argument --since: expected a duration" in capsys.readouterr().err
+    socket = str(tmp_path / "none.sock")
+    assert container_cli.main(["--socket", socket, "history", "--limit", "0"]) == 1
+    assert "--limit: must be from 1 to 1000" in capsys.readouterr().err
+    assert container_cli.main(["--socket", socket, "history"]) == 1  # no allocator: one line
+    assert capsys.readouterr().err.startswith("container history: ")
 
 
 def test_a_world_readable_token_file_is_refused(capsys, tmp_path):

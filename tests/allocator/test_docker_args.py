@@ -124,3 +124,19 @@ def test_rewrite_keeps_a_double_dash_before_the_image():
     cmd = parse_run(["run", "--gpus", "all", "--", "img", "true"])
     out = rewrite(cmd, devices=["MIG-a"], labels={}, environ={})
     assert out[-3:] == ["--", "img", "true"] and "--gpus" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "asked_all"),
+    [
+        (["run", "--gpus", "all", "img"], True),
+        (["run", "--gpus", "count=all,capabilities=utility", "img"], True),
+        (["run", "-e", "NVIDIA_VISIBLE_DEVICES=all", "--runtime", "nvidia", "img"], True),
+        (["run", "--gpus", "1", "img"], False),
+        (["run", "--gpus", "2", "img"], False),
+        (["run", "--gpus", "device=0,1", "img"], False),
+    ],
+)
+def test_gpus_all_is_noted_so_the_wrapper_can_say_it_gives_one_device(argv, asked_all):
+    request = gpu_request(parse_run(argv), {})
+    assert request is not None and request.asked_all is asked_all

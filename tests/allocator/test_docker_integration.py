@@ -177,6 +177,10 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         alloc_id = labels["ds01.allocation"]
         eventually(lambda: client.get(alloc_id)["state"] == "bound", WAIT, "bound")
         assert client.get(alloc_id)["devices"] == request["DeviceIDs"]
+        # ... and says so on stderr, naming the device as users type it, not its UUID
+        [device] = [d for d in client.devices() if d["device_uuid"] == request["DeviceIDs"][0]]
+        note = f"ds01: --gpus all gives one device here: {device['index']} ({device['profile']})"
+        assert note in run.stderr and "MIG-" not in run.stderr
     finally:
         docker_client.containers.get("wrapped").remove(force=True)
 
@@ -424,3 +428,23 @@ def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busyb
             client.get("nope")
     finally:
         child.stop()
+
+
+def test_root_stopping_someone_elses_container_tells_its_owner_why(
+    allocator_factory, docker_client, dockerd, busybox_image, short_dir, capsys
+):
+    runtime = allocator_factory(docker=docker_client, history_log=short_dir / "history.jsonl")
+    box = docker_client.containers.run(
+        busybox_image, ["sleep", "600"], name="alices-job", detach=True,
+        network_mode="none", labels={"ds01.user": "alice"},
+    )  # fmt: skip
+    try:
+        common = ["--socket", str(runtime.socket_path), "--docker-host", dockerd.url]
+        assert container_cli.main([*common, "stop", "alices-job", "--reason", "maintenance"]) == 0
+        client = AllocatorClient(str(runtime.socket_path))
+        [stop] = [r for r in client.history(user="alice") if r["kind"] == "stop"]
+        assert (stop["reason"], stop["container_id"]) == ("admin", box.id)
+        assert stop["detail"] == "maintenance (container stop by root)"
+        assert client.history() == []  # root's own history holds nothing of it
+    finally:
+        box.remove(force=True)

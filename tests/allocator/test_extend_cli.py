@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from allocator import container_cli
-from allocator.container_cli import container_timing
 
 
 def test_extend_parser_takes_an_optional_duration_and_idle():
@@ -17,21 +16,7 @@ def test_extend_parser_takes_an_optional_duration_and_idle():
     with pytest.raises(SystemExit):
         parser.parse_args(["extend"])
     assert parser.parse_args(["usage", "--json"]).json
-
-
-def test_container_ls_marks_an_extended_deadline():
-    entry = {
-        "container_id": "abc",
-        "last_busy": 1000.0,
-        "idle_deadline": 99999.0,
-        "runtime_deadline": 5000.0,
-        "runtime_deadline_reason": "extended",
-    }
-    _, stops = container_timing({"containers": [entry]}, "abc", now=1600.0)
-    assert stops.endswith("max runtime, extended)")
-    plain = dict(entry, runtime_deadline_reason="timeout")
-    _, stops = container_timing({"containers": [plain]}, "abc", now=1600.0)
-    assert stops.endswith("max runtime)")
+    assert parser.parse_args(["history", "--usage", "--json"]).usage
 
 
 def test_extend_without_an_allocator_says_so(capsys, tmp_path):

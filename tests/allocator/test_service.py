@@ -28,14 +28,21 @@ def service(tmp_path, sim_backend, clock):
     )
 
 
-def test_the_default_wait_message_is_the_one_of_the_design():
-    assert wait_failed_message(180) == (
+def test_the_wait_message_keeps_the_designs_shape_and_tells_the_truth_about_freeing():
+    holder = wait_failed_message(180, holding=2, hold_after_stop=900)
+    assert holder == (
         "GPU allocation failed after 3 minutes.\n\n"
         "Suggestions:\n"
-        "  1. Stop an idle container: container stop <name>\n"
-        "  2. Wait for system cleanup\n"
+        "  1. Free one of your 2 at once: container retire <name> "
+        "(container stop <name> keeps its GPU for 15m)\n"
+        "  2. Wait for cleanup: idle GPU containers are stopped as they pass their idle "
+        "timeout, and a stopped one frees its GPU 15m later\n"
         "  3. Check GPU status: gpu-status"
     )
+    empty_handed = wait_failed_message(3, holding=0, hold_after_stop=2)
+    assert empty_handed.startswith("GPU allocation failed after 3 seconds.\n\nSuggestions:\n")
+    assert "retire" not in empty_handed and "Free one" not in empty_handed
+    assert empty_handed.count("\n  ") == 3
 
 
 def test_reservation_expires_after_its_ttl_on_the_clock(service, clock):

@@ -209,3 +209,15 @@ def test_the_example_policy_shows_the_gateway_defaults_the_units_use():
     assert example.gateway == GatewayPolicy()
     assert parsed_args("gateway").socket == example.gateway.socket
     assert parsed_args("gateway").docker_host == f"unix://{example.gateway.docker_socket}"
+
+
+def test_the_allocator_reads_the_audit_log_the_enforcer_writes():
+    """`container history` is served by the allocator from the enforcer's root-only log."""
+    enforcer, allocator = parsed_args("enforcer"), parsed_args("allocator")
+    written = enforcer.audit_log or os.path.join(enforcer.state_dir, "enforcer-audit.jsonl")
+    assert allocator.audit_log == written
+    unit = UNITS / "ds01-allocator.service"
+    caps = setting(unit, "Service", "CapabilityBoundingSet")
+    enforcer_group = setting(UNITS / "ds01-enforcer.service", "Service", "Group")[-1]
+    if caps and not caps[-1]:  # root without CAP_DAC_*: it reads by group, like anyone
+        assert enforcer_group in " ".join(setting(unit, "Service", "SupplementaryGroups")).split()

@@ -108,15 +108,27 @@ def stack_topology() -> str:
 
 
 @pytest.fixture
+def stack_policy_extra() -> str:
+    """YAML appended to POLICY; a test module overrides this fixture to add its own keys."""
+    return ""
+
+
+@pytest.fixture
 def stack(
-    dockerd, docker_client, busybox_image, tmp_path: Path, stack_policy: str, stack_topology: str
+    dockerd,
+    docker_client,
+    busybox_image,
+    tmp_path: Path,
+    stack_policy: str,
+    stack_topology: str,
+    stack_policy_extra: str,
 ) -> Iterator[RunningStack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
     topology = tmp_path / "topology.yaml"
     topology.write_text(stack_topology)
     policy = tmp_path / "ds01.yaml"
-    policy.write_text(stack_policy % topology)
+    policy.write_text(stack_policy % topology + stack_policy_extra)
     # A short, world-traversable state folder: unprivileged users open the gateway socket in it.
     state = Path(os.environ.get("DS01_E2E_STATE") or tempfile.mkdtemp(prefix="ds01e-", dir="/tmp"))
     os.chmod(state, 0o755)

@@ -16,6 +16,7 @@ from docker.types import DeviceRequest
 from tests.gateway.clients import (
     DEBIAN_DOCKER,
     compose_binary,
+    gpu_compose_file,
     require_docker_cli,
     run_as,
     write_as_owner,
@@ -64,19 +65,7 @@ def test_front_door_containers_are_managed_with_their_types_deadline_and_bypass_
     write_as_owner(
         bob,
         project / "docker-compose.yml",
-        f"""version: "2.4"
-services:
-  train:
-    image: {busybox_image}
-    command: ["sleep", "3600"]
-    network_mode: none
-    deploy:
-      resources:
-        reservations:
-          devices:
-            - capabilities: [gpu]
-              count: 1
-""",
+        gpu_compose_file(busybox_image, service="train", command=["sleep", "3600"], count=1),
     )
     up = run_as(bob, [compose, "up", "-d"], env=env, cwd=project)
     assert up.returncode == 0, up.stderr

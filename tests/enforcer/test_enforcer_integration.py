@@ -404,7 +404,7 @@ def test_stop_leaves_a_notice_for_the_owner(enforcer_factory, containers, deadli
     enforcer.post("alerts", webhook(alert_for(box)))
 
     [record] = enforcer.wait_records(box.id)
-    assert record["detail"].endswith("notice written")
+    assert "notice written" in record["detail"]
     box.start()
     code, output = box.exec_run(["cat", "/workspace/.ds01-alerts"])
     assert "stopping this container now because its GPU has been idle" in output.decode()
@@ -569,7 +569,15 @@ def test_a_notice_that_cannot_be_written_is_recorded_as_failed(enforcer_factory,
 
     [record] = enforcer.wait_records(box.id)
     assert record["decision"] == "failed: notice not written"
-    assert record["detail"] == "/no/such/folder does not exist in the container"
+    assert record["detail"].startswith(
+        "notice not written (/no/such/folder does not exist in the container)"
+    )
+    assert (
+        enforcer.metric(
+            "ds01_enforcer_notifications_total", channel="container_file", result="failed"
+        )
+        == 1
+    )
     assert enforcer.metric("ds01_enforcer_actions_total", action="notify", result="failed") == 1
 
 

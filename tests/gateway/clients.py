@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import grp
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -395,6 +396,24 @@ def cli_supports_buildkit(path: str) -> bool:
     if subprocess.run([path, "buildx", "version"], capture_output=True, check=False).returncode:
         return (_cli_version(path) or "99").split(".")[0] in ("19", "20")
     return True
+
+
+def gpu_compose_file(image: str, *, service: str, command: list[str], count: int | str) -> str:
+    """A compose file of one service reserving `count` GPUs (1.29's `deploy.resources` form)."""
+    return (
+        'version: "2.4"\n'
+        "services:\n"
+        f"  {service}:\n"
+        f"    image: {image}\n"
+        f"    command: {json.dumps(command)}\n"
+        "    network_mode: none\n"
+        "    deploy:\n"
+        "      resources:\n"
+        "        reservations:\n"
+        "          devices:\n"
+        "            - capabilities: [gpu]\n"
+        f"              count: {count}\n"
+    )
 
 
 def compose_binary() -> str:

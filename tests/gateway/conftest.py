@@ -132,6 +132,7 @@ def start_gateway_stack(
             docker_client=docker_client,
             settings=Settings(ticket_grace=10.0, inventory_refresh=0),
             tick=0.05,
+            history_log=folder / "allocator-history.jsonl",
         )
     )
     grants = AllocatorGrants(AllocatorClient(str(runtime.socket_path)), poll=0.5)

@@ -8,7 +8,6 @@ from allocator.gateway_create import (
     CreateRefused,
     CreateRules,
     bind_sources,
-    client_type,
     create_refusal,
     exec_refusal,
     gpu_ask,
@@ -118,16 +117,6 @@ def test_rewrite_under_the_nvidia_runtime_sets_visible_devices():
     quiet = rewrite_create(plain, stamps={}, ask=None, default_runtime="nvidia")
     assert quiet["Env"] == ["A=1", "NVIDIA_VISIBLE_DEVICES=void"]  # no GPU by the image's env
     assert rewrite_create(plain, stamps={}, ask=None)["Env"] == ["A=1"]  # runc: untouched
-
-
-def test_client_type_from_labels_and_only_ds01_type_from_a_label():
-    assert client_type({"devcontainer.local_folder": "/home/a/p"}) == "devcontainer"
-    both = {"devcontainer.config_file": "x", "com.docker.compose.project": "p"}
-    assert client_type(both) == "devcontainer"
-    assert client_type({"com.docker.compose.project": "p"}) == "compose"
-    assert client_type({"ds01.type": "ds01"}) == "ds01"
-    assert client_type({"ds01.type": "devcontainer"}) == "docker"
-    assert client_type({}) == "docker"
 
 
 def test_profile_hint_from_named_devices():

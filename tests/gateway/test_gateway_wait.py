@@ -16,6 +16,7 @@ from allocator.gateway import GatewaySettings
 from tests.gateway.clients import (
     DEBIAN_DOCKER,
     compose_binary,
+    gpu_compose_file,
     require_docker_cli,
     run_as,
     start_as,
@@ -119,19 +120,7 @@ def test_docker_run_and_compose_up_wait_in_fifo_order(
     write_as_owner(
         bob,
         project / "docker-compose.yml",
-        f"""version: "2.4"
-services:
-  train:
-    image: {stack.image}
-    command: ["sleep", "600"]
-    network_mode: none
-    deploy:
-      resources:
-        reservations:
-          devices:
-            - capabilities: [gpu]
-              count: 1
-""",
+        gpu_compose_file(stack.image, service="train", command=["sleep", "600"], count=1),
     )
     up = start_as(bob, [compose, "up", "-d"], env=env, cwd=project)
     eventually(lambda: queue_length(stack) == 2, WAIT, "compose up queued behind docker run")
@@ -175,19 +164,7 @@ def test_after_gpu_wait_both_clients_print_the_allocation_failed_message(
     write_as_owner(
         bob,
         project / "docker-compose.yml",
-        f"""version: "2.4"
-services:
-  job:
-    image: {stack.image}
-    command: ["true"]
-    network_mode: none
-    deploy:
-      resources:
-        reservations:
-          devices:
-            - capabilities: [gpu]
-              count: all
-""",
+        gpu_compose_file(stack.image, service="job", command=["true"], count="all"),
     )
     up = run_as(bob, [compose, "up", "-d"], env=env, cwd=project)
     assert up.returncode != 0 and "GPU allocation failed after 3 seconds." in up.stderr

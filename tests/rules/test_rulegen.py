@@ -92,7 +92,9 @@ def test_every_lifecycle_alert_carries_the_contract_labels():
         assert rule["labels"] == {"severity": severity, "action": action, "reason": reason}
         assert "container_id, container, user, group, type" in rule["expr"]
         summary = rule["annotations"]["summary"]
-        assert "humanizeTimestamp" in summary, f"{name}: the summary must say when, as a time"
+        assert "(ds01_time | toTime).Format" in summary.replace("$value", "ds01_time"), (
+            f"{name}: the summary must say when, as a time people read"
+        )
         assert "/home or /workspace" in summary
 
 

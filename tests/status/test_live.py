@@ -32,12 +32,14 @@ def gpu_status(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def rows_of(stdout: str) -> dict[str, list[str]]:
-    """Table rows by device (first column), split on runs of 2+ spaces."""
+    """Table rows by device (first column), split on runs of 2+ spaces; the table ends at the
+    summary line (what is in force for a user follows it)."""
     import re
 
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("DEV "))
-    table = [line for line in lines[header + 1 :] if not line.startswith("Free:")]
+    end = next(i for i, line in enumerate(lines) if line.startswith("Free:"))
+    table = lines[header + 1 : end]
     return {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in table)}
 
 
@@ -96,6 +98,7 @@ def test_mine_and_user_filter(live):
     assert [d["device_uuid"] for d in mine["devices"]] == [live.fleet.devices["0:1"]]
     text = gpu_status("--prometheus-url", live.prometheus_url, "--user", "bob").stdout
     assert list(rows_of(text)) and all(c[5] == "bob" for c in rows_of(text).values())
+    assert "\nIn force for bob:\n" in text
     nobody = gpu_status("--prometheus-url", live.prometheus_url, "--user", "zed").stdout
     assert "No GPU or MIG device is held by zed." in nobody
 
