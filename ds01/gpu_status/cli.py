@@ -18,6 +18,7 @@ from ..policy import DEFAULT_POLICY_PATH, Exemption, PolicyError, load_policy_or
 from .in_force import in_force, in_force_lines, keep_alive_ends
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
+from .usage import UsageWindow, render_usage, user_usage
 from .view import DEFAULT_STALE_AFTER, StatusView, build_view, view_to_json
 
 DEFAULT_URL = "http://127.0.0.1:9090"
@@ -119,15 +120,28 @@ def render_once(
     raw = client.fetch_status(at=now)
     view = build_view(raw, now=now, user=user, stale_after=args.stale_after)
     forced = _in_force(view, args) if user is not None else None
+    usage = _usage(client, user, now) if user is not None else None
     if args.json:
         document = view_to_json(view, prometheus_url=client.url)
         if forced is not None:
             document["in_force"] = forced
+        if usage is not None:
+            document["usage"] = [w.to_json() for w in usage]
         return json.dumps(document, indent=None if args.watch else 2) + "\n"
     text = render_table(view, colour=colour, tz=tz)
     if forced is not None:
         text += in_force_lines(forced, now=now, tz=tz)
+    if usage is not None and user is not None:
+        text += render_usage(user, usage) + "\n"
     return text
+
+
+def _usage(client: PrometheusClient, user: str, now: float) -> list[UsageWindow] | None:
+    """The caller's GPU-hours; left out (not an error) where the usage rules give no answer."""
+    try:
+        return user_usage(client, user, now)
+    except PrometheusError:
+        return None
 
 
 def _in_force(view: StatusView, args: argparse.Namespace) -> dict:

@@ -116,6 +116,14 @@ def test_a_student_extends_twice_the_third_is_refused_and_the_stop_moves(
     held_seconds = finished - start  # an upper bound: samples stop when the container does
     assert week["held"] <= (held_seconds + 5) * 3 / 7 / 3600
 
+    # `gpu-status --mine` shows the same GPU-hours (the same query; it may be evaluated a
+    # moment later, so it is at least what was recorded then and no more than one more sample).
+    status = json.loads(stack.cli("gpu-status", "--mine", "--json").stdout)
+    [mine_week, mine_month] = status["usage"]
+    assert (mine_week["window"], mine_month["window"]) == ("7d", "30d")
+    assert mine_week["held"] >= week["held"] > 0
+    assert mine_month["held"] >= mine_week["held"]
+
 
 def _recorded_sum(prometheus: str, kind: str, user: str, at: float) -> float:
     """The raw samples of the recording rule over 7 days, summed here (not by PromQL)."""
