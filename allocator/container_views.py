@@ -126,6 +126,7 @@ class InForce:
     next_at: float | None
     keep_alive_until: float | None
     exemptions: tuple[str, ...]
+    next_extended: bool = False  # the next deadline was moved by `container extend`
 
     def notes(self, now: float, tz: tzinfo | None = None) -> list[str]:
         notes = []
@@ -136,7 +137,11 @@ class InForce:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "next_stop": {"kind": self.next_kind, "at": self.next_at} if self.next_kind else None,
+            "next_stop": (
+                {"kind": self.next_kind, "at": self.next_at, "extended": self.next_extended}
+                if self.next_kind
+                else None
+            ),
             "keep_alive_until": self.keep_alive_until,
             "exemptions": list(self.exemptions),
         }
@@ -185,8 +190,10 @@ def in_force(
     if not deadlines:
         return InForce(idle, "never", None, None, keep, texts)
     at, kind = min(deadlines)
-    text = f"{format_clock(at, now, tz)} ({relative(at, now)}, {KIND_NAMES[kind]})"
-    return InForce(idle, text, kind, at, keep, texts)
+    extended = entry.get(f"{kind}_deadline_reason") == "extended"
+    what = KIND_NAMES[kind] + (", extended" if extended else "")
+    text = f"{format_clock(at, now, tz)} ({relative(at, now)}, {what})"
+    return InForce(idle, text, kind, at, keep, texts, extended)
 
 
 def history_rows(

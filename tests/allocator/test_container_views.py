@@ -78,7 +78,7 @@ def test_in_force_shows_keep_alive_exemption_and_the_next_deadline_with_its_kind
         "keep-alive until 15:00 (in 1h)",
         "exempt from idle until 2027-01-31 00:00 (thesis deadline)",
     ]
-    assert shown.to_json()["next_stop"] == {"kind": "runtime", "at": NOW + 4320}
+    assert shown.to_json()["next_stop"] == {"kind": "runtime", "at": NOW + 4320, "extended": False}
     assert in_force({"busy": True}, now=NOW).next_stop == "never"
     assert in_force(None, now=NOW).next_stop == "-"
 
@@ -106,3 +106,10 @@ def test_history_rows_and_the_listing_name_index_and_profile_not_uuids():
     )  # fmt: skip
     assert "MIG-" not in text
     assert "stopped 1m ago: idle" in text and "j stopped at " in text and "  - a" in text
+
+
+def test_an_extended_deadline_says_so():
+    entry = {"runtime_deadline": NOW + 4320, "runtime_deadline_reason": "extended"}
+    shown = in_force(entry, now=NOW, tz=UTC)
+    assert shown.next_stop == "15:12 (in 1h 12m, max runtime stop, extended)"
+    assert shown.to_json()["next_stop"]["extended"] is True
