@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         token_file.write_text(TOKEN)
         token_file.chmod(0o600)
         policy = root / "policy.yaml"
-        policy.write_text("stop_grace: 0s\n")
+        # idle_warning 0s: the burst's alerts are idle stops, and each container's first one is
+        # deferred once to warn first (issue 13); with 0s the stop follows on the next pass.
+        policy.write_text("stop_grace: 0s\nidle_warning: 0s\n")
         port = free_port()
         enforcer = ChildProcess(
             "enforcer",
@@ -297,12 +299,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
 
+        def decisions() -> list[dict]:  # a stop deferred for its warning is not a decision
+            return [
+                r
+                for r in read_audit(root / "state" / "enforcer-audit.jsonl")
+                if not r["decision"].startswith("deferred:")
+            ]
+
         def drained() -> bool:
-            return len(read_audit(root / "state" / "enforcer-audit.jsonl")) >= len(distinct)
+            return len(decisions()) >= len(distinct)
 
         wait(drained, 600, "every alert to be decided")
         elapsed = time.monotonic() - t_start
-        records = read_audit(root / "state" / "enforcer-audit.jsonl")
+        records = decisions()
         decided = Counter(r["fingerprint"] for r in records)
         stops = Counter(r["container_id"] for r in records if r["decision"] == "stopped")
         lost = distinct - set(decided)
