@@ -87,5 +87,8 @@ def test_a_user_can_neither_silence_nor_block_nor_quit_and_the_idle_container_is
         return box.status == "exited"
 
     eventually(stopped, 60, "the idle container stopped by the enforcer")
-    assert [r["container"] for r in stops(stack.endpoints.audit_log)] == ["e2e-mine"]
+    recorded = eventually(  # the record is written once Docker's stop has returned
+        lambda: stops(stack.endpoints.audit_log), 30, "the stop in the audit log"
+    )
+    assert [r["container"] for r in recorded] == ["e2e-mine"]
     assert stack.supervisor.failed_children() == []  # Prometheus (and all else) still running
