@@ -111,15 +111,6 @@ def _container_route(method: str, words: list[str]) -> Route:
     return Route(CONTAINER, second)
 
 
-def is_hijack_endpoint(target: str) -> bool:
-    """attach and exec start: the connection may become raw after the response head."""
-    _, path = strip_version(urlsplit(target).path)
-    words = [w for w in path.split("/") if w]
-    if len(words) == 3 and words[0] == "containers" and words[2] == "attach":
-        return True
-    return len(words) == 3 and words[0] == "exec" and words[2] == "start"
-
-
 def with_owner_filter(target: str, user: str) -> str:
     """The target with `label=ds01.user=<user>` added to its `filters` query parameter."""
     parts = urlsplit(target)

@@ -48,12 +48,6 @@ def test_route_table(prefix, method, path, kind, target):
     assert routes.route(method, prefix + path) == routes.Route(kind, target)
 
 
-def test_hijack_endpoints():
-    assert routes.is_hijack_endpoint("/v1.41/containers/x/attach?stream=1")
-    assert routes.is_hijack_endpoint("/exec/e/start")
-    assert not routes.is_hijack_endpoint("/containers/x/logs")
-
-
 def test_owner_filter_is_added_to_existing_filters_in_both_forms():
     new = routes.with_owner_filter(
         '/v1.41/containers/json?all=1&filters={"status":["exited"]}', "a"
