@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .cluster_policy import ClusterError, parse_cluster, valid_node_name
 from .durations import parse_duration
 from .notify_policy import NotificationsError, notification_channels, parse_notifications
 from .policy_model import (  # re-exported: callers import records from here
@@ -134,6 +135,7 @@ _TOP_KEYS = (
     "services",
     "gateway",
     "notifications",
+    "cluster",
 )
 _GATEWAY_KEYS = (
     "socket",
@@ -234,6 +236,13 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         notifications = parse_notifications(top.get("notifications"))
     except NotificationsError as exc:
         raise r.fail(exc.key, exc.reason) from None
+    try:
+        cluster = parse_cluster(top.get("cluster"))
+    except ClusterError as exc:
+        raise r.fail(exc.key, exc.reason) from None
+    node = services_values.get("node", "")
+    if node and not valid_node_name(node):
+        raise r.fail("services.node", f"not a host-like name: {node!r}")
     return Policy(
         source=source,
         default_group=default_group,
@@ -263,6 +272,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         services=Services(**services_values),
         gateway=_gateway(r, top.get("gateway"), groups),
         notifications=notifications,
+        cluster=cluster,
     )
 
 

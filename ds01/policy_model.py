@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .cluster_policy import Cluster
 from .notify_policy import Notifications
 
 CONTAINER_TYPES = ("ds01", "devcontainer", "compose", "docker")
@@ -84,7 +85,7 @@ class GpuSettings:
 class Services:
     """Where each service listens; every one has a working default for `ds01 up`."""
 
-    node: str = ""
+    node: str = ""  # this host's node name ("": the short host name; ds01.cluster_policy)
     state_dir: str = "/var/lib/ds01"
     exporter_listen: str = "127.0.0.1:9101"
     enforcer_listen: str = "127.0.0.1:9102"
@@ -158,6 +159,7 @@ class Policy:
     services: Services = field(default_factory=Services)
     gateway: GatewayPolicy = field(default_factory=GatewayPolicy)
     notifications: Notifications = field(default_factory=Notifications)
+    cluster: Cluster = field(default_factory=Cluster)
 
     def group_of(self, user: str) -> GroupPolicy:
         return self.groups[self.users.get(user, self.default_group)]
