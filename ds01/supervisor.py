@@ -62,6 +62,22 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ServicePorts:
+    """TCP ports of one stack; a cluster gives each node its own set and one shared pair of
+    Prometheus and Alertmanager ports (ds01/cluster_up.py)."""
+
+    exporter: int
+    enforcer: int
+    allocator: int
+    prometheus: int
+    alertmanager: int
+
+    @classmethod
+    def free(cls) -> ServicePorts:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+@dataclass(frozen=True)
 class StackOptions:
     policy_path: Path
     state_dir: Path
@@ -70,6 +86,9 @@ class StackOptions:
     sim_topology: str | None = None
     docker_host: str | None = None  # None: DOCKER_HOST, the local socket, else a private dockerd
     log_level: str = "INFO"
+    ports: ServicePorts | None = None  # None: free ports
+    monitoring: bool = True  # False: a cluster node; Prometheus/Alertmanager run once, elsewhere
+    token_file: Path | None = None  # None: a fresh enforcer token in the state folder
 
 
 @dataclass
@@ -170,7 +189,16 @@ class StackSupervisor:
         state.mkdir(parents=True, exist_ok=True)
         (state / "logs").mkdir(exist_ok=True)
         self._start_docker()
-        token = self._write_token()
+        token = str(self.options.token_file) if self.options.token_file else self._write_token()
+        self.endpoints.token_file = token
+        ports = self.options.ports or ServicePorts.free()
+        self._start_services(token, ports)
+        if self.options.monitoring:
+            self._start_monitoring(token, ports)
+
+    def _start_services(self, token: str, ports: ServicePorts) -> None:
+        """Exporter, allocator, gateway and enforcer: what runs on every GPU host."""
+        state = self.options.state_dir
         ep = self.endpoints
         ep.sim_state = str(state / "sim-gpu-state.json")
         ep.audit_log = str(state / "enforcer" / "enforcer-audit.jsonl")
@@ -183,14 +211,12 @@ class StackSupervisor:
         common += ["--log-level", self.options.log_level]
         t = self.options.timings
 
-        exporter_port, enforcer_port, allocator_port = free_port(), free_port(), free_port()
-        prometheus_port, alertmanager_port = free_port(), free_port()
-        ep.exporter = f"http://127.0.0.1:{exporter_port}"
-        ep.enforcer = f"http://127.0.0.1:{enforcer_port}"
-        ep.allocator_http = f"http://127.0.0.1:{allocator_port}"
+        ep.exporter = f"http://127.0.0.1:{ports.exporter}"
+        ep.enforcer = f"http://127.0.0.1:{ports.enforcer}"
+        ep.allocator_http = f"http://127.0.0.1:{ports.allocator}"
         ep.allocator_socket = str(state / "allocator.sock")
-        ep.prometheus = f"http://127.0.0.1:{prometheus_port}"
-        ep.alertmanager = f"http://127.0.0.1:{alertmanager_port}"
+        ep.prometheus = f"http://127.0.0.1:{ports.prometheus}"
+        ep.alertmanager = f"http://127.0.0.1:{ports.alertmanager}"
 
         self._spawn(
             "exporter",
@@ -201,7 +227,7 @@ class StackSupervisor:
                 str(state / "exporter"),
                 *gpu_flags,
                 "--listen",
-                f"127.0.0.1:{exporter_port}",
+                f"127.0.0.1:{ports.exporter}",
                 "--collect-interval",
                 _duration(t.collect_interval),
                 "--extensions-file",
@@ -220,7 +246,7 @@ class StackSupervisor:
                 "--socket",
                 ep.allocator_socket,
                 "--listen",
-                f"127.0.0.1:{allocator_port}",
+                f"127.0.0.1:{ports.allocator}",
                 "--token-file",
                 token,
                 "--audit-log",
@@ -237,7 +263,7 @@ class StackSupervisor:
                 "--state-dir",
                 str(state / "enforcer"),
                 "--listen",
-                f"127.0.0.1:{enforcer_port}",
+                f"127.0.0.1:{ports.enforcer}",
                 "--token-file",
                 token,
                 "--prometheus-url",
@@ -251,6 +277,11 @@ class StackSupervisor:
         )
         ep.backend = self._exporter_backend()
 
+    def _start_monitoring(self, token: str, ports: ServicePorts) -> None:
+        """One Prometheus and one Alertmanager, with rules and routes rendered from the policy."""
+        state = self.options.state_dir
+        ep = self.endpoints
+        t = self.options.timings
         rules = RuleSettings.from_policy(
             self.policy,
             exporter_stale_after=t.exporter_stale_after,
@@ -265,17 +296,17 @@ class StackSupervisor:
             repeat_interval=t.repeat_interval,
         )
         self._alertmanager = start_alertmanager(
-            state / "alertmanager", render_alertmanager_config(alerts), port=alertmanager_port
+            state / "alertmanager", render_alertmanager_config(alerts), port=ports.alertmanager
         )
         self.children.append(self._alertmanager.child)
         assert self._alertmanager.sender_password_file is not None
         ep.alertmanager_http_config = str(self._alertmanager.admin_http_config)
         prom = PrometheusSettings.from_policy(
             self.policy,
-            exporter_targets=(f"127.0.0.1:{exporter_port}",),
-            allocator_targets=(f"127.0.0.1:{allocator_port}",),
-            enforcer_targets=(f"127.0.0.1:{enforcer_port}",),
-            alertmanager_targets=(f"127.0.0.1:{alertmanager_port}",),
+            exporter_targets=(f"127.0.0.1:{ports.exporter}",),
+            allocator_targets=(f"127.0.0.1:{ports.allocator}",),
+            enforcer_targets=(f"127.0.0.1:{ports.enforcer}",),
+            alertmanager_targets=(f"127.0.0.1:{ports.alertmanager}",),
             alertmanager_password_file=str(self._alertmanager.sender_password_file),
             scrape_interval=t.scrape_interval,
             evaluation_interval=t.evaluation_interval,
@@ -284,7 +315,7 @@ class StackSupervisor:
         self._prometheus = start_prometheus(
             state / "prometheus",
             render_prometheus_config(prom),
-            port=prometheus_port,
+            port=ports.prometheus,
             extra_files=rule_files,
         )
         self.children.append(self._prometheus.child)
@@ -354,7 +385,6 @@ class StackSupervisor:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
         os.chmod(path, 0o600)
-        self.endpoints.token_file = str(path)
         return str(path)
 
     def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool]) -> ChildProcess:

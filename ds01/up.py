@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="policy file (env DS01_POLICY; default /etc/ds01/ds01.yaml, else the repo example)",
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="pretend to be N GPU hosts on this machine (default 1): N private dockerds and "
+        "service sets, one PostgreSQL quota store, one Prometheus and Alertmanager; sim GPUs; "
+        "needs root (docs/cluster.md)",
+    )
     parser.add_argument("--gpu-backend", choices=["auto", "nvml", "sim"], default=None)
     parser.add_argument("--docker-host", default=None, help="Docker API URL (default: detect)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
@@ -302,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.nodes > 1:
+        from .cluster_run import check_cluster_args
+
+        check_cluster_args(parser, args)
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -319,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.demo
         else Timings()
     )
+    if args.nodes > 1:
+        from .cluster_run import run_cluster
+
+        return run_cluster(args, policy_file, timings)
     supervisor = StackSupervisor(
         StackOptions(
             policy_file,
@@ -330,24 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.log_level,
         )
     )
-    stop = threading.Event()
-    reload = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # acted on within a second
+    stop, reload = signal_events()
     try:
         endpoints = supervisor.start()
         env_file = write_user_env(endpoints, state_dir)
         print(banner(endpoints, policy_file, args.demo, env_file), flush=True)
         if args.demo:
             start_demo_containers(endpoints, state_dir / "logs" / "demo.log")
-        keeper = Keeper(supervisor.children)  # a part that exits is restarted, never fatal
-        while not stop.wait(1.0):
-            if reload.is_set():
-                reload.clear()
-                supervisor.reload_policy()
-            keeper.check()
-        print("\nstopping…", flush=True)
+        serve(supervisor, stop, reload)
         return 0
     except (StackError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
@@ -355,3 +361,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         supervisor.stop()
+
+
+def signal_events() -> tuple[threading.Event, threading.Event]:
+    """(stop, reload): set by SIGINT/SIGTERM and by SIGHUP, acted on within a second."""
+    stop = threading.Event()
+    reload = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    return stop, reload
+
+
+def serve(supervisor: Any, stop: threading.Event, reload: threading.Event) -> None:
+    """Until Ctrl-C: a part that exits is restarted, never fatal; SIGHUP reloads the policy."""
+    keeper = Keeper(supervisor.children)
+    while not stop.wait(1.0):
+        if reload.is_set():
+            reload.clear()
+            supervisor.reload_policy()
+        keeper.check()
+    print("\nstopping…", flush=True)

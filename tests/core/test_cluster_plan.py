@@ -1,0 +1,115 @@
+"""`ds01 up --nodes N` plans: distinct names, ports and folders; each node's policy validates
+and names itself; sim UUIDs differ per node; the shared section lists every node."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ds01.cluster_plan import (
+    cluster_policy,
+    cluster_section,
+    node_policy,
+    node_topology,
+    plan_nodes,
+)
+from ds01.gpu.sim import read_topology, topology_devices
+from ds01.policy import parse_policy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plans(count: int = 3, root: Path = Path("/tmp/c")):
+    ports = itertools.count(20000)
+    return plan_nodes(
+        count, root, prometheus_port=9990, alertmanager_port=9991, free_port=lambda: next(ports)
+    )
+
+
+def _example() -> dict:
+    return yaml.safe_load((REPO / "config" / "ds01.example.yaml").read_text())
+
+
+def test_plan_gives_each_node_its_name_folder_and_ports_and_shares_the_central_pair():
+    plans = _plans(3)
+    assert [p.name for p in plans] == ["node-1", "node-2", "node-3"]
+    assert len({p.root for p in plans}) == 3
+    own = [(p.ports.exporter, p.ports.enforcer, p.ports.allocator) for p in plans]
+    assert len(set(itertools.chain.from_iterable(own))) == 9
+    assert {(p.ports.prometheus, p.ports.alertmanager) for p in plans} == {(9990, 9991)}
+    sockets = [(p.dockerd_socket, p.gateway_socket, p.allocator_socket) for p in plans]
+    assert len(set(itertools.chain.from_iterable(sockets))) == 9
+
+
+@pytest.mark.parametrize("count", [0, -1, 17])
+def test_plan_refuses_a_node_count_out_of_range(count):
+    with pytest.raises(ValueError, match="--nodes: must be 1 to 16"):
+        _plans(count)
+
+
+def test_each_node_policy_validates_and_names_its_own_node_services_and_gpus():
+    plans = _plans(3)
+    section = cluster_section(plans, Path("/tmp/c/postgres.dsn"))
+    for plan in plans:
+        document = node_policy(
+            _example(),
+            plan,
+            section,
+            token_file=Path("/tmp/c/enforcer.token"),
+            alertmanager_password_file=Path("/tmp/c/am/prometheus.password"),
+        )
+        policy = parse_policy(document, plan.name)
+        assert policy.services.node == plan.name
+        assert policy.services.exporter_listen == f"127.0.0.1:{plan.ports.exporter}"
+        assert policy.services.allocator_socket == str(plan.allocator_socket)
+        assert policy.services.audit_log == str(plan.audit_log)
+        assert policy.gateway.socket == str(plan.gateway_socket)
+        assert (policy.gpu.backend, policy.gpu.sim_topology) == ("sim", str(plan.topology_file))
+        assert policy.cluster.store == "postgres"
+        assert policy.cluster.node_names == ("node-1", "node-2", "node-3")
+
+
+def test_cluster_section_lists_every_node_with_its_addresses():
+    plans = _plans(2)
+    policy = parse_policy(
+        cluster_policy(_example(), cluster_section(plans, Path("/tmp/c/pg.dsn"))), "c"
+    )
+    node = policy.cluster.node("node-2")
+    assert node is not None
+    assert node.exporter == f"127.0.0.1:{plans[1].ports.exporter}"
+    assert node.enforcer == f"http://127.0.0.1:{plans[1].ports.enforcer}"
+    assert node.allocator == f"127.0.0.1:{plans[1].ports.allocator}"
+    assert policy.cluster.postgres_dsn_file == "/tmp/c/pg.dsn"
+    assert policy.cluster.postgres_dsn == ""  # the password stays in the 0600 file
+
+
+def test_node_policy_keeps_the_admins_limits_and_does_not_change_the_input():
+    base = _example()
+    before = yaml.safe_dump(base)
+    plan = _plans(1)[0]
+    document = node_policy(
+        base,
+        plan,
+        cluster_section((plan,), Path("/x.dsn")),
+        token_file=Path("/t"),
+        alertmanager_password_file=Path("/p"),
+    )
+    assert document["groups"] == base["groups"]
+    assert yaml.safe_dump(base) == before
+
+
+def test_node_topologies_have_uuids_of_their_own_and_the_same_gpus():
+    data, _ = read_topology(None)
+    data["gpus"][1]["uuid"] = "GPU-fixed"  # would be shared by every node: dropped
+    per_node = {
+        name: topology_devices(node_topology(data, name)) for name in ("node-1", "node-2")
+    }
+    uuids = [{d.device_uuid for d in devices} for devices in per_node.values()]
+    assert uuids[0].isdisjoint(uuids[1])
+    profiles = [sorted(d.profile for d in devices) for devices in per_node.values()]
+    assert profiles[0] == profiles[1] == sorted(d.profile for d in topology_devices(data))
+    again = {d.device_uuid for d in topology_devices(node_topology(data, "node-1"))}
+    assert again == uuids[0], "stable: a restart gives a node the same UUIDs"
