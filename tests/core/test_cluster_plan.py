@@ -113,3 +113,14 @@ def test_node_topologies_have_uuids_of_their_own_and_the_same_gpus():
     assert profiles[0] == profiles[1] == sorted(d.profile for d in topology_devices(data))
     again = {d.device_uuid for d in topology_devices(node_topology(data, "node-1"))}
     assert again == uuids[0], "stable: a restart gives a node the same UUIDs"
+
+
+def test_the_example_cluster_section_parses_once_uncommented():
+    text = (REPO / "config" / "ds01.example.yaml").read_text()
+    block = text[text.index("#cluster:") :]
+    lines = [line[1:] for line in block.splitlines() if line.startswith("#")]
+    document = {**_example(), **yaml.safe_load("\n".join(lines))}
+    policy = parse_policy(document, "example + cluster")
+    assert policy.cluster.store == "postgres"
+    assert policy.cluster.node_names == ("gpu1", "gpu2")
+    assert policy.cluster.postgres_dsn_file == "/etc/ds01/postgres.dsn"
