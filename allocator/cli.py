@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).on_sighup()
     logger.info(
         "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
-        "hold_after_stop=%s reservation_ttl=%s db=%s",
+        "hold_after_stop=%s reservation_ttl=%s store=%s node=%s",
         socket_path,
         "{}:{}".format(*runtime.server.tcp_address) if runtime.server.tcp_address else "off",
         policy.source,
@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_duration(policy.gpu_wait),
         format_duration(policy.gpu_hold_after_stop),
         format_duration(policy.reservation_ttl),
-        runtime.store.path,
+        runtime.store.where,
+        runtime.allocator.node,
     )
 
     def stop(signum: int, _frame: object) -> None:
