@@ -135,20 +135,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--socket: refusing to start: {exc}")
     # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
     docker_client = DockerLink(lambda: connect(args.docker_host))
-    runtime = build_runtime(
-        policy,
-        db_path=args.db or state_dir / "allocator.sqlite",
-        socket_path=socket_path,
-        backend=backend,
-        docker_client=docker_client,
-        listen=listen,
-        token=token,
-        threads=args.threads,
-        tick=args.tick,
-        settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
-        audit_log=args.audit_log or policy.services.audit_log or state_dir / "enforcer-audit.jsonl",
-        history_log=args.history_log or state_dir / "allocator-history.jsonl",
-    )
+    try:
+        runtime = build_runtime(
+            policy,
+            db_path=args.db or state_dir / "allocator.sqlite",
+            socket_path=socket_path,
+            backend=backend,
+            docker_client=docker_client,
+            listen=listen,
+            token=token,
+            threads=args.threads,
+            tick=args.tick,
+            settings=Settings(
+                ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh
+            ),
+            audit_log=args.audit_log
+            or policy.services.audit_log
+            or state_dir / "enforcer-audit.jsonl",
+            history_log=args.history_log or state_dir / "allocator-history.jsonl",
+        )
+    except TokenFileError as exc:
+        parser.error(f"cluster.postgres_dsn_file: refusing to start: {exc}")
 
     def use_policy(fresh: Policy) -> None:
         runtime.allocator.policy = fresh
