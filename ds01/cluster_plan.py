@@ -141,17 +141,3 @@ def node_policy(
     }
     document["gpu"] = {"backend": "sim", "sim_topology": str(node.topology_file)}
     return document
-
-
-def node_topology(base: Mapping[str, Any], node: str) -> dict[str, Any]:
-    """The sim topology of one node: same GPUs, UUIDs of its own (seed + node name; fixed UUIDs
-    in the base would be shared by every node, so they are dropped)."""
-    document = copy.deepcopy(dict(base))
-    document["seed"] = f"{base.get('seed', 'ds01-sim')}/{node}"
-    for gpu in document.get("gpus") or []:
-        if isinstance(gpu, dict):
-            gpu.pop("uuid", None)
-            for entry in gpu.get("mig") or []:
-                if isinstance(entry, dict):
-                    entry.pop("uuid", None)
-    return document

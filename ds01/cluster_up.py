@@ -24,10 +24,9 @@ from .cluster_plan import (
     cluster_policy,
     cluster_section,
     node_policy,
-    node_topology,
     plan_nodes,
 )
-from .gpu.sim import read_topology
+from .gpu.sim import topology_for_node
 from .policy import PolicyError, load_policy, parse_policy
 from .postgres_server import PostgresServer, start_postgres
 from .promconfig import (
@@ -173,8 +172,7 @@ class ClusterSupervisor:
         """A private dockerd with the busybox image, then the node's four services."""
         plan.root.mkdir(parents=True, exist_ok=True)
         os.chmod(plan.root, 0o755)
-        topology, _ = read_topology(self._base_topology())
-        plan.topology_file.write_text(yaml.safe_dump(node_topology(topology, plan.name)))
+        plan.topology_file.write_text(topology_for_node(plan.name, self._base_topology()))
         document = node_policy(
             self.base, plan, section, token_file=token, alertmanager_password_file=password_file
         )

@@ -13,10 +13,8 @@ from ds01.cluster_plan import (
     cluster_policy,
     cluster_section,
     node_policy,
-    node_topology,
     plan_nodes,
 )
-from ds01.gpu.sim import read_topology, topology_devices
 from ds01.policy import parse_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,20 +97,6 @@ def test_node_policy_keeps_the_admins_limits_and_does_not_change_the_input():
     )
     assert document["groups"] == base["groups"]
     assert yaml.safe_dump(base) == before
-
-
-def test_node_topologies_have_uuids_of_their_own_and_the_same_gpus():
-    data, _ = read_topology(None)
-    data["gpus"][1]["uuid"] = "GPU-fixed"  # would be shared by every node: dropped
-    per_node = {
-        name: topology_devices(node_topology(data, name)) for name in ("node-1", "node-2")
-    }
-    uuids = [{d.device_uuid for d in devices} for devices in per_node.values()]
-    assert uuids[0].isdisjoint(uuids[1])
-    profiles = [sorted(d.profile for d in devices) for devices in per_node.values()]
-    assert profiles[0] == profiles[1] == sorted(d.profile for d in topology_devices(data))
-    again = {d.device_uuid for d in topology_devices(node_topology(data, "node-1"))}
-    assert again == uuids[0], "stable: a restart gives a node the same UUIDs"
 
 
 def test_the_example_cluster_section_parses_once_uncommented():
