@@ -310,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.nodes < 1:
+        parser.error(f"--nodes: must be 1 or more, got {args.nodes}")
     if args.nodes > 1:
         from .cluster_run import check_cluster_args
 

@@ -1,0 +1,179 @@
+"""`ds01 up --nodes 2` as an admin runs it: a banner per node with its DOCKER_HOST, each node's
+gateway answering as a user, SIGHUP re-rendering every node's policy, Ctrl-C stopping all."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ds01.cluster_up import ClusterEndpoints, cluster_banner
+from ds01.postgres_server import find_postgres_bindir
+from ds01.supervisor import Endpoints
+from ds01.up import build_parser
+from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
+from tests.harness.components import missing, require_binary, require_root
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _up(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ds01.cli", "up", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_nodes_flag_defaults_to_one_host():
+    assert build_parser().parse_args([]).nodes == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nodes", "0"], "--nodes: must be 1 or more, got 0"),
+        (["--nodes", "17"], "--nodes: at most 16 on one machine, got 17"),
+        (["--nodes", "2", "--gpu-backend", "nvml"], "every pretend node has simulated GPUs"),
+        (["--nodes", "2", "--docker-host", "unix:///x.sock"], "drop --docker-host"),
+    ],
+)
+def test_nodes_refuses_what_cannot_work_on_one_machine(argv, message, tmp_path):
+    done = _up("--state-dir", str(tmp_path / "state"), *argv)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "state").exists(), "nothing started, nothing written"
+
+
+def test_a_policy_with_its_own_cluster_section_is_refused_by_name(tmp_path):
+    require_root("ds01 up --nodes")
+    policy = tmp_path / "mine.yaml"
+    example = yaml.safe_load((REPO / "config" / "ds01.example.yaml").read_text())
+    example["cluster"] = {"nodes": [{"name": "a", "exporter": "a:1", "enforcer": "http://a:2"}]}
+    policy.write_text(yaml.safe_dump(example))
+    done = _up("--nodes", "2", "--state-dir", str(tmp_path / "s"), "--policy", str(policy))
+    assert done.returncode == 1
+    assert f"{policy}: cluster: ds01 up --nodes writes its own cluster section" in done.stderr
+
+
+def test_cluster_banner_prints_each_nodes_docker_host_and_the_shared_parts():
+    nodes = {
+        name: Endpoints(
+            docker_host=f"unix:///c/{name}/docker/docker.sock",
+            gateway_socket=f"/c/{name}/docker.sock",
+            exporter=f"http://127.0.0.1:{port}",
+            audit_log=f"/c/{name}/enforcer/enforcer-audit.jsonl",
+        )
+        for name, port in (("node-1", 1), ("node-2", 2))
+    }
+    ep = ClusterEndpoints(
+        nodes=nodes,
+        prometheus="http://127.0.0.1:9",
+        alertmanager="http://127.0.0.1:8",
+        postgres="127.0.0.1:7",
+        dsn_file="/c/postgres.dsn",
+    )
+    text = cluster_banner(ep, Path("/p.yaml"), demo=False)
+    assert "2 nodes on this machine" in text
+    for name in nodes:
+        assert f"  {name}:" in text
+        host = f"unix:///c/{name}/docker.sock"
+        assert re.search(
+            rf"^    gateway\s+{re.escape(host)}   export DOCKER_HOST={host}$", text, re.M
+        )
+        assert f"audit log /c/{name}/enforcer/enforcer-audit.jsonl" in text
+    assert "http://127.0.0.1:9/alerts" in text and "127.0.0.1:7" in text
+    assert "password" not in text.lower().replace("basic auth", "")
+
+
+def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
+    unprivileged_users,  # noqa: F811
+):
+    require_root("private dockerds")
+    for binary in ("dockerd", "docker", "busybox", "prometheus"):
+        require_binary(binary)
+    require_binary("prometheus-alertmanager", "alertmanager")
+    if find_postgres_bindir() is None:
+        missing("PostgreSQL is not installed (package postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="ds01n-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    policy = base / "ds01.yaml"
+    example = (REPO / "config" / "ds01.example.yaml").read_text()
+    policy.write_text(example)
+    state, log = base / "s", base / "up.out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("DS01_POLICY", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ds01.cli", "up", "--nodes", "2"]
+            + ["--state-dir", str(state), "--policy", str(policy)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        text = _wait_for(log, "Ctrl-C stops everything", proc)
+        hosts = re.findall(r"^    gateway\s+(unix://\S+)\s+export DOCKER_HOST=(\S+)$", text, re.M)
+        assert len(hosts) == 2 and all(a == b for a, b in hosts), text
+        alice = unprivileged_users[0]
+        for node, (_, host) in zip(("node-1", "node-2"), hosts, strict=True):
+            done = run_as(alice, ["docker", "info", "--format", "{{.DockerRootDir}}"],
+                          env={"DOCKER_HOST": host})  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == str(state / node / "docker" / "data"), done.stdout
+        for node in ("node-1", "node-2"):
+            assert (state / node / "env.sh").exists()
+            mine = yaml.safe_load((state / node / "ds01.yaml").read_text())
+            assert mine["services"]["node"] == node
+        policy.write_text(example + "\nidle_warning: 7m\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reloaded from", proc)
+        for node in ("node-1", "node-2"):
+            assert yaml.safe_load((state / node / "ds01.yaml").read_text())["idle_warning"] == "7m"
+        rules = "".join(p.read_text() for p in (state / "prometheus" / "rules").glob("*"))
+        assert "time() + 420" in rules
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0
+        assert _processes_mentioning(str(state)) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 180.0) -> str:
+    """Until `text` shows in the log (a hang bound, not a speed expectation)."""
+    deadline = time.monotonic() + bound
+    while text not in path.read_text():
+        assert proc.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.2)
+    return path.read_text()
