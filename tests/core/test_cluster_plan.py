@@ -4,6 +4,8 @@ and names itself; sim UUIDs differ per node; the shared section lists every node
 from __future__ import annotations
 
 import itertools
+import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,14 @@ def test_the_example_cluster_section_parses_once_uncommented():
     assert policy.cluster.store == "postgres"
     assert policy.cluster.node_names == ("gpu1", "gpu2")
     assert policy.cluster.postgres_dsn_file == "/etc/ds01/postgres.dsn"
+
+
+def test_the_cluster_docs_policy_block_validates_with_the_example():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    [block] = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    snippet = yaml.safe_load(textwrap.dedent(block))
+    document = {**_example(), **snippet}
+    document["services"] = {**_example()["services"], **snippet["services"]}
+    policy = parse_policy(document, "docs/cluster.md")
+    assert policy.cluster.node_names == ("gpu1", "gpu2")
+    assert policy.services.enforcer_listen == "10.0.0.11:9102"
