@@ -140,6 +140,10 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
             assert (state / node / "env.sh").exists()
             mine = yaml.safe_load((state / node / "ds01.yaml").read_text())
             assert mine["services"]["node"] == node
+        # A running GPU container at Ctrl-C: its node's dockerd stops it, nothing outlives it.
+        argv = ["docker", "run", "-d", "--gpus", "1", "--network", "none", "ds01/busybox"]
+        done = run_as(alice, [*argv, "sleep", "3600"], env={"DOCKER_HOST": hosts[0][1]})
+        assert done.returncode == 0, done.stderr
         policy.write_text(example + "\nidle_warning: 7m\n")
         proc.send_signal(signal.SIGHUP)
         _wait_for(log, "policy reloaded from", proc)
@@ -151,10 +155,20 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
         assert proc.wait(90) == 0
         assert _processes_mentioning(str(state)) == []
     finally:
-        if proc.poll() is None:
+        _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C first: its parts run in sessions of their own, so a SIGKILL of `ds01 up` alone
+    would leave them (and their dockerds) running after a failed assertion."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _processes_mentioning(text: str) -> list[int]:
