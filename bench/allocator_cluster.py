@@ -66,6 +66,18 @@ def throughput(socks: list[str], seconds: float, workers: int) -> tuple[Load, li
     return _load(latencies, seconds), [r for _, refused in parts for r in refused]
 
 
+def replayed(client: AllocatorClient) -> int:
+    """ds01_allocator_errors_total{source="store_race"} of one allocator, from its /metrics."""
+    conn = client._connection()
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith('ds01_allocator_errors_total{source="store_race"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="load per target (6)")
@@ -102,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 parts[name].append(load)
                 refusals[name] += refused
         loads = {name: merged(found, args.seconds) for name, found in parts.items()}
+        races = sum(replayed(n.client) for n in started[1:])
     finally:
         for node in started:
             node.stop()
@@ -111,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     lite, pg = loads["sqlite"], loads["postgres"]
     print(f"SQLite, 1 allocator:          {lite.text()}")
     print(f"PostgreSQL, {len(NODES)} allocators:     {pg.text()}")
+    grants = sum(p.grants for p in parts["postgres"])
+    print(f"PostgreSQL: {races} transactions replayed after a lost serialization race "
+          f"(over {grants} grants + releases, warm-up included)")  # fmt: skip
     for name, found in refusals.items():
         if found:
             print(f"{name}: {len(found)} requests refused, e.g. {sorted(set(found))[:3]}")
