@@ -11,14 +11,15 @@ import pytest
 
 from allocator.client import AllocatorClient, Refused
 from allocator.lifecycle import ContainerView
-from allocator.model import BOUND, RESERVED, AllocationRequest, AllocatorError
+from allocator.model import BOUND, HELD, RESERVED, AllocationRequest, AllocatorError
 from allocator.service import Allocator, NotFound, Settings
 from allocator.store import StoreUnavailable
 from allocator.store_postgres import PostgresAllocationStore
 from ds01.clock import FrozenClock
 from ds01.gpu.sim import SimBackend, topology_for_node
 from ds01.policy import parse_policy
-from tests.allocator.conftest import as_user
+from tests.allocator.conftest import WAIT, as_user
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +154,46 @@ def test_postgres_down_is_a_503_naming_the_store(allocator_factory, postgres_fac
     server.start()
     assert client.allocate(count=1)["node"] == "n1"
     assert {a["id"] for a in client.allocations()} >= {first["id"]}
+
+
+def test_outage_under_docker_stops_nothing_and_catches_up_when_back(
+    allocator_factory, postgres_factory, docker_client, containers
+):
+    """A container stopped while PostgreSQL is down is seen once it is back (the watcher
+    reconciles again); the running one keeps its bound allocation throughout."""
+    server = postgres_factory()
+    runtime = allocator_factory(
+        policy={
+            "cluster": {"store": "postgres", "postgres_dsn": server.create_database("dock")},
+            "services": {"node": "n1"},
+            "gpu_hold_after_stop": "1h",
+        },
+        docker=docker_client,
+    )
+    client = as_user(AllocatorClient(str(runtime.socket_path)), "alice")
+    allocs = [client.allocate(count=1) for _ in range(2)]
+    running, stopping = (
+        containers(
+            gpus=alloc["devices"], labels={"ds01.user": "alice", "ds01.allocation": alloc["id"]}
+        )
+        for alloc in allocs
+    )
+
+    def states() -> dict[str, str]:
+        return {a.id: a.state for a in runtime.allocator.live()}
+
+    eventually(lambda: set(states().values()) == {BOUND}, WAIT, "both allocations bound")
+    server.stop()
+    stopping.stop(timeout=0)  # its die event arrives while the store is down
+    with pytest.raises(Refused) as refused:
+        client.allocate(count=1)
+    assert refused.value.status == 503
+    threading.Event().wait(OUTAGE)
+    server.start()
+    eventually(
+        lambda: states() == {allocs[0]["id"]: BOUND, allocs[1]["id"]: HELD},
+        WAIT + OUTAGE,
+        "the stop seen after the outage, the running container still bound",
+    )
+    running.reload()
+    assert running.status == "running"
