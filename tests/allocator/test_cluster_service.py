@@ -197,3 +197,22 @@ def test_outage_under_docker_stops_nothing_and_catches_up_when_back(
     )
     running.reload()
     assert running.status == "running"
+
+
+def test_adoption_counts_the_owners_devices_on_other_nodes(nodes, postgres_dsn):
+    a, b = nodes("gpu-a", postgres_dsn), nodes("gpu-b", postgres_dsn)
+    a.submit(AllocationRequest("alice", count=2))  # alice's quota, on node A
+    device = b.inventory.current().devices[0].device_uuid
+    bypass = ContainerView(
+        container_id="d" * 64,
+        name="rogue",
+        allocation="",
+        user="alice",
+        running=True,
+        gpu_devices=(device,),
+        started_at=1.0,
+    )
+    b.reconcile([bypass])
+    assert b.live() == []  # not adopted: alice holds 2 of 2 on node A
+    (row,) = [r for r in b.devices() if r["device_uuid"] == device]
+    assert row["state"] == "busy"  # still never granted while the container runs
