@@ -670,7 +670,9 @@ class Allocator:
                 group=group.name,
                 max_gpus=group.max_gpus,
                 allow_full_gpu=group.allow_full_gpu,
-                waiting=self.queue.waiting_for(view.user),
+                waiting=self.queue.waiting_for(view.user)
+                + self._waits_elsewhere(tx, view.user, now),
+                holding_elsewhere=self._held_elsewhere(tx, view.user),
             )
             if not decision.adopt:
                 self._note_refusal(view, decision.reason)
@@ -698,6 +700,15 @@ class Allocator:
                 decision.reason,
             )
         return adopted
+
+    def _held_elsewhere(self, tx: StoreTx, user: str) -> int:
+        """The user's devices on other nodes (0 for a single node's store)."""
+        if not self._shared:
+            return 0
+        return sum(n for node, n in tx.holdings(user).items() if node != self.node)
+
+    def _waits_elsewhere(self, tx: StoreTx, user: str, now: float) -> int:
+        return sum(tx.waiting_elsewhere(user, now).values()) if self._shared else 0
 
     def _note_refusal(self, view: ContainerView, reason: str) -> None:
         """Count a refusal once per container start; log it again only when the reason changes."""

@@ -1,8 +1,9 @@
 """The cluster store: every node's allocator shares one PostgreSQL (psycopg 3), SERIALIZABLE.
 
 Each allocator sees its own node's allocations (`live`, `get`), while quota reads count a user's
-devices and published waits on every node. A lost race (serialization failure) rolls back and
-raises StoreRetry, which the service replays; a lost connection raises StoreUnavailable and the
+devices and published waits on every node. Allocators take turns (a session advisory
+lock before BEGIN); a lost race (serialization failure) still rolls back and raises StoreRetry,
+which the service replays; a lost connection raises StoreUnavailable and the
 next transaction connects afresh, so the allocator recovers by itself when PostgreSQL is back.
 """
 
@@ -29,6 +30,7 @@ _COLUMNS = (
     " container_type, profile, released_at, release_reason, node"
 )
 _RACES = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+WRITER_LOCK = 0x0D5010A2  # pg_advisory_lock key: one allocator transaction at a time
 
 
 class PostgresTx:
@@ -214,11 +216,14 @@ class PostgresAllocationStore:
 
     shared = True  # several allocators write: read the truth, replay lost races, publish waits
 
-    def __init__(self, dsn: str, *, node: str, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, *, node: str, connect_timeout: float = 5.0, lock_timeout: float = 10.0
+    ) -> None:
         if not node:
             raise ValueError("a cluster store needs this allocator's node name")
         self.node = node
         self._dsn, self._connect_timeout = dsn, connect_timeout
+        self.lock_timeout = lock_timeout
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._migrated = False
@@ -228,13 +233,17 @@ class PostgresAllocationStore:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = psycopg.connect(self._dsn, connect_timeout=max(1, int(self._connect_timeout)))
+            conn = psycopg.connect(
+                self._dsn, connect_timeout=max(1, int(self._connect_timeout)), autocommit=True
+            )
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
         try:
             if not self._migrated:
                 apply_migrations(conn)
                 self._migrated = True
+            # Waiting longer than this for the writer lock means a stuck peer: answer 503.
+            conn.execute(f"SET lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
             conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
         except (psycopg.Error, SchemaTooNew) as exc:
             conn.close()
@@ -245,26 +254,31 @@ class PostgresAllocationStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresTx]:
+        """SERIALIZABLE, taken after the cluster's writer lock (before BEGIN, so the snapshot
+        is taken once the lock is held): allocators take turns instead of aborting each other
+        on predicate-lock conflicts; SERIALIZABLE stays the guarantee."""
         with self._lock:
             conn = self._connection()
             try:
-                yield PostgresTx(conn, self.node)
-                conn.commit()
+                conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK,))
+                try:
+                    with conn.transaction():
+                        yield PostgresTx(conn, self.node)
+                finally:
+                    self._unlock(conn)
             except _RACES as exc:
-                self._rollback(conn)
                 raise StoreRetry(f"transaction lost a race in {self.where}: {exc}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._discard(conn)
                 raise self._unavailable(exc) from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
 
-    def _rollback(self, conn: psycopg.Connection[Any]) -> None:
+    def _unlock(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.broken:
+            return  # the server dropped the session, and its lock with it
         try:
-            conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK,))
         except psycopg.Error:
-            self._discard(conn)
+            self._discard(conn)  # a new session next time; the old one's lock goes with it
 
     def _discard(self, conn: psycopg.Connection[Any]) -> None:
         with contextlib.suppress(psycopg.Error):
