@@ -20,7 +20,8 @@ from .in_force import in_force, in_force_lines, keep_alive_ends
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
 from .usage import UsageWindow, render_usage, user_usage
-from .view import DEFAULT_STALE_AFTER, StatusView, build_view, view_to_json
+from .view import DEFAULT_STALE_AFTER, StatusView, build_view
+from .view_json import view_to_json
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 EXIT_UNAVAILABLE = 2
