@@ -390,16 +390,15 @@ def enforcer_routes(s: AlertmanagerSettings) -> list[dict[str, Any]]:
 def enforcer_receivers(s: AlertmanagerSettings) -> list[dict[str, Any]]:
     """Webhooks with the bearer token from a file: one pair, or one pair per cluster node."""
 
-    def enforcer(name: str, base: str, path: str) -> dict[str, Any]:
+    def enforcer(name: str, base: str, path: str, token_file: str | None = None) -> dict[str, Any]:
+        token = token_file or s.token_file
         return {
             "name": name,
             "webhook_configs": [
                 {
                     "url": f"{base.rstrip('/')}{path}",
                     "send_resolved": False,
-                    "http_config": {
-                        "authorization": {"type": "Bearer", "credentials_file": s.token_file}
-                    },
+                    "http_config": {"authorization": {"type": "Bearer", "credentials_file": token}},
                 }
             ],
         }
@@ -411,8 +410,11 @@ def enforcer_receivers(s: AlertmanagerSettings) -> list[dict[str, Any]]:
         ]
     receivers = []
     for node in s.nodes:
-        receivers.append(enforcer(stop_receiver(node.name), node.enforcer, "/alerts"))
-        receivers.append(enforcer(notify_receiver(node.name), node.enforcer, "/notify"))
+        for receiver, path in (
+            (stop_receiver(node.name), "/alerts"),
+            (notify_receiver(node.name), "/notify"),
+        ):
+            receivers.append(enforcer(receiver, node.enforcer, path, node.token_file))
     return receivers
 
 

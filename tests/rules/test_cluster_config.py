@@ -239,3 +239,23 @@ def test_cli_renders_a_cluster_policy(tmp_path, amtool, promtool):
     assert _run(amtool, "check-config", str(am)).returncode == 0
     assert "http://10.0.0.2:9102/alerts" in am.read_text()
     assert {"node": "gpu-c"} in [labels for _, labels in _jobs(prom.read_text())["ds01-exporter"]]
+
+
+def test_a_node_with_its_own_token_file_gets_it_the_others_the_shared_one(tmp_path, amtool):
+    nodes = [dict(n) for n in CLUSTER["nodes"]]
+    nodes[1]["token_file"] = "/etc/ds01/gpu-b.token"
+    policy = parse_policy({"cluster": {"nodes": nodes}, "services": {"token_file": "/t/shared"}})
+    text = render_alertmanager_config(AlertmanagerSettings.from_policy(policy))
+    files = {
+        r["name"]: r["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"]
+        for r in yaml.safe_load(text)["receivers"]
+        if r["name"].startswith("ds01-enforcer")
+    }
+    assert files["ds01-enforcer-stop-gpu-b"] == files["ds01-enforcer-notify-gpu-b"]
+    assert files["ds01-enforcer-stop-gpu-b"] == "/etc/ds01/gpu-b.token"
+    assert {
+        files[f"ds01-enforcer-{a}-{n}"] for a in ("stop", "notify") for n in ("gpu-a", "gpu-c")
+    } == {"/t/shared"}
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(text)
+    assert _run(amtool, "check-config", str(path)).returncode == 0
