@@ -53,6 +53,11 @@ class NodePlan:
         return self.root / "sim-topology.yaml"
 
     @property
+    def token_file(self) -> Path:
+        """This node's enforcer token: it opens this node's enforcer and no other."""
+        return self.root / "enforcer.token"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "enforcer" / "enforcer-audit.jsonl"
 
@@ -95,6 +100,7 @@ def cluster_section(nodes: tuple[NodePlan, ...], dsn_file: Path) -> dict[str, An
                 "exporter": f"127.0.0.1:{node.ports.exporter}",
                 "enforcer": f"http://127.0.0.1:{node.ports.enforcer}",
                 "allocator": f"127.0.0.1:{node.ports.allocator}",
+                "token_file": str(node.token_file),
             }
             for node in nodes
         ],
@@ -113,7 +119,6 @@ def node_policy(
     node: NodePlan,
     cluster: Mapping[str, Any],
     *,
-    token_file: Path,
     alertmanager_password_file: Path,
 ) -> dict[str, Any]:
     """One node's policy: the admin's limits, this node's services, its sim GPUs, the cluster."""
@@ -130,7 +135,7 @@ def node_policy(
         "allocator_socket": str(node.allocator_socket),
         "prometheus_url": f"http://127.0.0.1:{ports.prometheus}",
         "alertmanager_url": f"http://127.0.0.1:{ports.alertmanager}",
-        "token_file": str(token_file),
+        "token_file": str(node.token_file),
         "audit_log": str(node.audit_log),
         "alertmanager_password_file": str(alertmanager_password_file),
     }

@@ -76,7 +76,6 @@ class ClusterEndpoints:
     alertmanager_http_config: str = ""
     postgres: str = ""  # host:port (the password is in the DSN file, never printed)
     dsn_file: str = ""
-    token_file: str = ""
 
 
 class ClusterSupervisor:
@@ -135,14 +134,12 @@ class ClusterSupervisor:
             free_port=free_port,
         )
         dsn_file = self._start_postgres()
-        token = self._write_token()
         section = cluster_section(self.plans, dsn_file)
         shared = cluster_policy(self.base, section)
         ep.cluster_policy = str(self._write_policy(state / "ds01-cluster.yaml", shared))
-        password_file = state / "alertmanager" / "prometheus.password"
         for plan in self.plans:
-            self._start_node(plan, section, token, password_file)
-        self._start_monitoring(load_policy(ep.cluster_policy), token)
+            self._start_node(plan, section)
+        self._start_monitoring(load_policy(ep.cluster_policy))
 
     def _start_postgres(self) -> Path:
         """One PostgreSQL with its own data folder; its DSN (with the password) in a 0600 file."""
@@ -154,27 +151,22 @@ class ClusterSupervisor:
         self.endpoints.dsn_file = str(dsn_file)
         return dsn_file
 
-    def _write_token(self) -> Path:
-        """One bearer token for every node's enforcer: Alertmanager sends it to each."""
-        token = write_private(self.options.state_dir / "enforcer.token", secrets.token_urlsafe(32))
-        self.endpoints.token_file = str(token)
-        return token
-
     def _write_policy(self, path: Path, document: dict[str, Any]) -> Path:
         parse_policy(document, str(path))  # a render that does not validate never reaches a part
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
 
-    def _start_node(
-        self, plan: NodePlan, section: dict[str, Any], token: Path, password_file: Path
-    ) -> None:
+    def _start_node(self, plan: NodePlan, section: dict[str, Any]) -> None:
         """A private dockerd with the busybox image, then the node's four services."""
         plan.root.mkdir(parents=True, exist_ok=True)
         os.chmod(plan.root, 0o755)
+        # The node's own enforcer token: Alertmanager sends each node's alerts with that
+        # node's token (cluster.nodes[].token_file), so one leaked token opens one enforcer.
+        write_private(plan.token_file, secrets.token_urlsafe(32) + "\n")
         plan.topology_file.write_text(topology_for_node(plan.name, self._base_topology()))
         document = node_policy(
-            self.base, plan, section, token_file=token, alertmanager_password_file=password_file
+            self.base, plan, section, alertmanager_password_file=self._password_file()
         )
         self._write_policy(plan.policy_file, document)
         self.endpoints.node_policies[plan.name] = str(plan.policy_file)
@@ -198,7 +190,7 @@ class ClusterSupervisor:
                 self.options.log_level,
                 ports=plan.ports,
                 monitoring=False,
-                token_file=token,
+                token_file=plan.token_file,
             )
         )
         self.node_supervisors[plan.name] = supervisor
@@ -210,13 +202,12 @@ class ClusterSupervisor:
         gpu = self.base.get("gpu") or {}
         return gpu.get("sim_topology") if isinstance(gpu, dict) else None
 
-    def _start_monitoring(self, policy: Any, token: Path) -> None:
+    def _start_monitoring(self, policy: Any) -> None:
         """One Alertmanager routing each node's alerts to that node's enforcer, one Prometheus
         scraping every node (targets labelled with their node), both rendered from the policy."""
         state, t, ep = self.options.state_dir, self.options.timings, self.endpoints
         alerts = AlertmanagerSettings.from_policy(
             policy,
-            token_file=str(token),
             group_wait=t.group_wait,
             group_interval=t.group_interval,
             repeat_interval=t.repeat_interval,
@@ -257,11 +248,9 @@ class ClusterSupervisor:
         try:
             base = _read_policy_document(self.options.policy_path)
             section = cluster_section(self.plans, Path(self.endpoints.dsn_file))
-            token, password = Path(self.endpoints.token_file), self._password_file()
+            password = self._password_file()
             documents = {
-                plan: node_policy(
-                    base, plan, section, token_file=token, alertmanager_password_file=password
-                )
+                plan: node_policy(base, plan, section, alertmanager_password_file=password)
                 for plan in self.plans
             }
             shared = cluster_policy(base, section)

@@ -58,7 +58,6 @@ def test_each_node_policy_validates_and_names_its_own_node_services_and_gpus():
             _example(),
             plan,
             section,
-            token_file=Path("/tmp/c/enforcer.token"),
             alertmanager_password_file=Path("/tmp/c/am/prometheus.password"),
         )
         policy = parse_policy(document, plan.name)
@@ -66,6 +65,7 @@ def test_each_node_policy_validates_and_names_its_own_node_services_and_gpus():
         assert policy.services.exporter_listen == f"127.0.0.1:{plan.ports.exporter}"
         assert policy.services.allocator_socket == str(plan.allocator_socket)
         assert policy.services.audit_log == str(plan.audit_log)
+        assert policy.services.token_file == str(plan.token_file)
         assert policy.gateway.socket == str(plan.gateway_socket)
         assert (policy.gpu.backend, policy.gpu.sim_topology) == ("sim", str(plan.topology_file))
         assert policy.cluster.store == "postgres"
@@ -82,6 +82,7 @@ def test_cluster_section_lists_every_node_with_its_addresses():
     assert node.exporter == f"127.0.0.1:{plans[1].ports.exporter}"
     assert node.enforcer == f"http://127.0.0.1:{plans[1].ports.enforcer}"
     assert node.allocator == f"127.0.0.1:{plans[1].ports.allocator}"
+    assert node.token_file == str(plans[1].token_file) != str(plans[0].token_file)
     assert policy.cluster.postgres_dsn_file == "/tmp/c/pg.dsn"
     assert policy.cluster.postgres_dsn == ""  # the password stays in the 0600 file
 
@@ -94,7 +95,6 @@ def test_node_policy_keeps_the_admins_limits_and_does_not_change_the_input():
         base,
         plan,
         cluster_section((plan,), Path("/x.dsn")),
-        token_file=Path("/t"),
         alertmanager_password_file=Path("/p"),
     )
     assert document["groups"] == base["groups"]
