@@ -196,6 +196,40 @@ def test_quota_counts_a_users_devices_on_every_node(cluster, made, unprivileged_
     assert "this request asks for 1 more" in refused.stderr
 
 
+def test_one_prometheus_sees_every_node_and_gpu_status_groups_them(
+    cluster, made, unprivileged_users
+):
+    alice = unprivileged_users[0]
+    name, done = gpu_run(cluster, made, alice, "node-3", "seen")
+    assert done.returncode == 0, done.stderr
+    keep_busy(cluster, "node-3", name)
+    device = container(cluster, "node-3", name).labels["ds01.gpu.devices"]
+    argv = [sys.executable, "-m", "ds01.gpu_status", "--json"]
+    argv += ["--prometheus-url", cluster.endpoints.prometheus]
+
+    def status() -> dict | None:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        document = json.loads(done.stdout) if done.returncode == 0 else None
+        if document is None:
+            return None
+        held = [d for d in document["devices"] if d["device_uuid"] == device]
+        return document if held and alice.name in held[0]["users"] else None
+
+    document = eventually(status, 30, f"gpu-status showing {alice.name} on node-3")
+    by_node: dict[str, set[str]] = {}
+    for row in document["devices"]:
+        by_node.setdefault(row["node"], set()).add(row["device_uuid"])
+    assert set(by_node) == set(NODES)
+    assert all(len(uuids) == 2 for uuids in by_node.values()), by_node
+    assert [n["node"] for n in document["summary"]["nodes"]] == list(NODES)
+    [held] = [d for d in document["devices"] if d["device_uuid"] == device]
+    assert held["node"] == "node-3"
+    targets = requests.get(f"{cluster.endpoints.prometheus}/api/v1/targets", timeout=10).json()
+    seen = {(t["labels"]["job"], t["labels"]["node"]) for t in targets["data"]["activeTargets"]}
+    jobs = {"ds01-exporter", "ds01-allocator", "ds01-enforcer"}
+    assert seen == {(job, node) for job in jobs for node in NODES}
+
+
 # -- enforcement ----------------------------------------------------------------------------
 
 

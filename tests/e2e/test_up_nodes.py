@@ -144,6 +144,12 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
         argv = ["docker", "run", "-d", "--gpus", "1", "--network", "none", "ds01/busybox"]
         done = run_as(alice, [*argv, "sleep", "3600"], env={"DOCKER_HOST": hosts[0][1]})
         assert done.returncode == 0, done.stderr
+        # SIGHUP: a bad file is refused and no node's policy changes; a good one reaches all.
+        before = {n: (state / n / "ds01.yaml").read_text() for n in ("node-1", "node-2")}
+        policy.write_text(example + "\nidle_warning: soon\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "policy reload refused", proc)
+        assert {n: (state / n / "ds01.yaml").read_text() for n in before} == before
         policy.write_text(example + "\nidle_warning: 7m\n")
         proc.send_signal(signal.SIGHUP)
         _wait_for(log, "policy reloaded from", proc)
