@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .admin_receiver import admin_examples
 from .cliflags import add_policy_file_flag
 from .cluster_policy import ClusterNode, effective_node
 from .notify_policy import EmailNotifications
@@ -59,51 +60,6 @@ ALERTMANAGER_HEADER = (
     "# /notify) with the bearer token read from a file; operator alerts go to the `admin`\n"
     "# receiver, which does nothing until you enable one of the examples at the end.\n"
 )
-
-# Admin receiver examples (Alertmanager 0.25 options only): (what it is, the YAML under `admin`).
-ADMIN_EXAMPLES = (
-    (
-        "Email:",
-        "email_configs:\n"
-        "- to: gpu-admins@example.org\n"
-        "  from: ds01-alertmanager@example.org\n"
-        "  smarthost: smtp.example.org:587\n"
-        "  auth_username: ds01-alertmanager@example.org\n"
-        "  auth_password: change-me\n"
-        "  send_resolved: true\n",
-    ),
-    (
-        "Slack (the incoming-webhook URL is a secret: keep it in a file only Alertmanager reads):",
-        "slack_configs:\n"
-        "- api_url_file: /etc/ds01/slack-webhook.url\n"
-        "  channel: '#gpu-admins'\n"
-        "  send_resolved: true\n",
-    ),
-    (
-        "Microsoft Teams: Alertmanager 0.25 has no Teams integration (msteams_configs came in\n"
-        "0.26); run the prometheus-msteams bridge and point a webhook at it:",
-        "webhook_configs:\n- url: http://127.0.0.1:2000/ds01\n  send_resolved: true\n",
-    ),
-)
-ADMIN_EXAMPLES_INTRO = (
-    "To send operator alerts (exporter, allocator or enforcer down, stop failures, ...)\n"
-    "somewhere, uncomment one or more of these under the `admin` receiver, then check the file\n"
-    "with `amtool check-config alertmanager.yml`.\n"
-)
-
-
-def admin_examples(*, enabled: bool) -> str:
-    """The examples under the `admin` receiver: commented out, or live (how they are tested)."""
-    if enabled:
-        return "".join(_indent(snippet, "  ") for _, snippet in ADMIN_EXAMPLES)
-    parts = [_indent(ADMIN_EXAMPLES_INTRO, "  # ")]
-    for title, snippet in ADMIN_EXAMPLES:
-        parts.append("  #\n" + _indent(title + "\n", "  # ") + _indent(snippet, "  # "))
-    return "".join(parts)
-
-
-def _indent(text: str, prefix: str) -> str:
-    return "".join(prefix + line + "\n" for line in text.splitlines())
 
 
 def host_port(address: str) -> str:
