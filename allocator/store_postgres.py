@@ -41,41 +41,36 @@ class PostgresTx:
         self.node = node
 
     def _load(self, where: str, args: Sequence[Any] = ()) -> list[Allocation]:
+        """Allocations and their devices in one round trip (devices in position order)."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM allocations {where} ORDER BY created_at, id", args
+            f"SELECT {_COLUMNS},"
+            " (SELECT array_agg(d.device_uuid ORDER BY d.position) FROM allocation_devices d"
+            "  WHERE d.allocation_id = a.id),"
+            " (SELECT array_agg(d.device_uuid ORDER BY d.position) FROM allocation_devices d"
+            "  WHERE d.allocation_id = a.id AND d.vanished)"
+            f" FROM allocations a {where} ORDER BY created_at, id",
+            args,
         ).fetchall()
-        if not rows:
-            return []
-        devices: dict[str, list[tuple[int, str, bool]]] = {row[0]: [] for row in rows}
-        for alloc_id, uuid, position, vanished in self._conn.execute(
-            "SELECT allocation_id, device_uuid, position, vanished FROM allocation_devices"
-            " WHERE allocation_id = ANY(%s)",
-            (list(devices),),
-        ):
-            devices[alloc_id].append((position, uuid, vanished))
-        result = []
-        for row in rows:
-            devs = sorted(devices[row[0]])
-            result.append(
-                Allocation(
-                    id=row[0],
-                    user=row[1],
-                    group=row[2],
-                    state=row[3],
-                    created_at=row[4],
-                    expires_at=row[5],
-                    container_id=row[6],
-                    container_name=row[7],
-                    container_type=row[8],
-                    profile=row[9],
-                    released_at=row[10],
-                    release_reason=row[11],
-                    node=row[12],
-                    devices=tuple(uuid for _, uuid, _ in devs),
-                    vanished=tuple(uuid for _, uuid, gone in devs if gone),
-                )
+        return [
+            Allocation(
+                id=row[0],
+                user=row[1],
+                group=row[2],
+                state=row[3],
+                created_at=row[4],
+                expires_at=row[5],
+                container_id=row[6],
+                container_name=row[7],
+                container_type=row[8],
+                profile=row[9],
+                released_at=row[10],
+                release_reason=row[11],
+                node=row[12],
+                devices=tuple(row[13] or ()),
+                vanished=tuple(row[14] or ()),
             )
-        return result
+            for row in rows
+        ]
 
     def live(self) -> list[Allocation]:
         """This node's live allocations: reconcile, expiry and adoption never touch another's."""
@@ -89,35 +84,32 @@ class PostgresTx:
         return self._load("WHERE node = %s", (self.node,))
 
     def insert(self, allocation: Allocation) -> None:
-        node = allocation.node or self.node
-        self._conn.execute(
-            f"INSERT INTO allocations ({_COLUMNS})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                allocation.id,
-                allocation.user,
-                allocation.group,
-                allocation.state,
-                allocation.created_at,
-                allocation.expires_at,
-                allocation.container_id,
-                allocation.container_name,
-                allocation.container_type,
-                allocation.profile,
-                allocation.released_at,
-                allocation.release_reason,
-                node,
-            ),
-        )
-        live = allocation.state != RELEASED
-        rows = [(allocation.id, uuid, i, live) for i, uuid in enumerate(allocation.devices)]
+        """The allocation and its devices in one statement (one round trip)."""
         try:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO allocation_devices (allocation_id, device_uuid, position, live)"
-                    " VALUES (%s, %s, %s, %s)",
-                    rows,
-                )
+            self._conn.execute(
+                f"WITH made AS (INSERT INTO allocations ({_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)"
+                " INSERT INTO allocation_devices (allocation_id, device_uuid, position, live)"
+                " SELECT made.id, dev.uuid, dev.pos - 1, %s FROM made,"
+                " unnest(%s::text[]) WITH ORDINALITY AS dev(uuid, pos)",
+                (
+                    allocation.id,
+                    allocation.user,
+                    allocation.group,
+                    allocation.state,
+                    allocation.created_at,
+                    allocation.expires_at,
+                    allocation.container_id,
+                    allocation.container_name,
+                    allocation.container_type,
+                    allocation.profile,
+                    allocation.released_at,
+                    allocation.release_reason,
+                    allocation.node or self.node,
+                    allocation.state != RELEASED,
+                    list(allocation.devices),
+                ),
+            )
         except pg_errors.UniqueViolation as exc:
             raise StoreConflict(
                 f"allocation {allocation.id}: a device is already held ({exc})"
@@ -126,9 +118,11 @@ class PostgresTx:
     def update(self, allocation: Allocation) -> None:
         """Write state, container, deadlines and vanished marks; devices never change."""
         self._conn.execute(
-            "UPDATE allocations SET state = %s, expires_at = %s, container_id = %s,"
-            " container_name = %s, released_at = %s, release_reason = %s"
-            " WHERE id = %s AND node = %s",
+            "WITH changed AS (UPDATE allocations SET state = %s, expires_at = %s,"
+            " container_id = %s, container_name = %s, released_at = %s, release_reason = %s"
+            " WHERE id = %s AND node = %s RETURNING id)"
+            " UPDATE allocation_devices SET live = %s, vanished = (device_uuid = ANY(%s))"
+            " WHERE allocation_id IN (SELECT id FROM changed)",
             (
                 allocation.state,
                 allocation.expires_at,
@@ -138,12 +132,9 @@ class PostgresTx:
                 allocation.release_reason,
                 allocation.id,
                 self.node,
+                allocation.state != RELEASED,
+                list(allocation.vanished),
             ),
-        )
-        self._conn.execute(
-            "UPDATE allocation_devices SET live = %s, vanished = (device_uuid = ANY(%s))"
-            " WHERE allocation_id = %s",
-            (allocation.state != RELEASED, list(allocation.vanished), allocation.id),
         )
 
     def prune(self, released_before: float) -> int:
