@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from allocator.client import AllocatorClient, Refused
 from allocator.lifecycle import ContainerView
@@ -216,3 +217,31 @@ def test_adoption_counts_the_owners_devices_on_other_nodes(nodes, postgres_dsn):
     assert b.live() == []  # not adopted: alice holds 2 of 2 on node A
     (row,) = [r for r in b.devices() if r["device_uuid"] == device]
     assert row["state"] == "busy"  # still never granted while the container runs
+
+
+def test_the_dsn_file_is_read_and_checked_like_a_token(tmp_path, postgres_dsn, capsys):
+    from allocator import cli
+    from allocator.runtime import open_store
+    from ds01.tokenfile import TokenFileError
+    from ds01.webauth import write_private
+
+    dsn_file = write_private(tmp_path / "pg.dsn", postgres_dsn + "\n")
+    section = {"store": "postgres", "postgres_dsn_file": str(dsn_file)}
+    policy = parse_policy({"cluster": section, "services": {"node": "n1"}})
+    store = open_store(policy, tmp_path / "unused.sqlite")
+    try:
+        with store.transaction() as tx:
+            assert tx.live() == [] and store.node == "n1"
+    finally:
+        store.close()
+    assert not (tmp_path / "unused.sqlite").exists()
+    dsn_file.chmod(0o644)  # the password readable by every user
+    with pytest.raises(TokenFileError):
+        open_store(policy, tmp_path / "unused.sqlite")
+    policy_file = tmp_path / "ds01.yaml"
+    policy_file.write_text(yaml.safe_dump({"cluster": section, "services": {"node": "n1"}}))
+    argv = ["--policy", str(policy_file), "--state-dir", str(tmp_path), "--gpu-backend", "sim"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--socket", str(tmp_path / "a.sock")])
+    assert exited.value.code == 2
+    assert "cluster.postgres_dsn_file: refusing to start" in capsys.readouterr().err
