@@ -198,6 +198,11 @@ def test_outage_under_docker_stops_nothing_and_catches_up_when_back(
     )
     running.reload()
     assert running.status == "running"
+    errors = {
+        source: runtime.registry.get_sample_value("ds01_allocator_errors_total", {"source": source})
+        for source in ("store", "docker")
+    }
+    assert errors["store"] >= 1 and errors["docker"] == 0  # the store failed, not Docker
 
 
 def test_adoption_counts_the_owners_devices_on_other_nodes(nodes, postgres_dsn):
