@@ -250,3 +250,20 @@ def test_the_dsn_file_is_read_and_checked_like_a_token(tmp_path, postgres_dsn, c
         cli.main([*argv, "--socket", str(tmp_path / "a.sock")])
     assert exited.value.code == 2
     assert "cluster.postgres_dsn_file: refusing to start" in capsys.readouterr().err
+
+
+def test_an_allocator_started_while_postgres_is_down_serves_once_it_is_up(
+    allocator_factory, postgres_factory
+):
+    server = postgres_factory()
+    dsn = server.create_database("late")
+    server.stop()
+    runtime = allocator_factory(
+        policy={"cluster": {"store": "postgres", "postgres_dsn": dsn}, "services": {"node": "n1"}}
+    )
+    client = as_user(AllocatorClient(str(runtime.socket_path)), "alice")
+    with pytest.raises(Refused) as refused:
+        client.allocate(count=1)
+    assert refused.value.status == 503 and "PostgreSQL" in refused.value.message
+    server.start()
+    assert client.allocate(count=1)["node"] == "n1"  # connected and migrated on first use
