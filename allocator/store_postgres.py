@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
@@ -31,6 +32,19 @@ _COLUMNS = (
 )
 _RACES = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 WRITER_LOCK = 0x0D5010A2  # pg_advisory_lock key: one allocator transaction at a time
+# Server side (per session): a silent peer is declared dead after about 5 + 2 * 3 = 11 s.
+SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+}
+# Client side (libpq): a PostgreSQL host that vanished is noticed as fast.
+CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 class PostgresTx:
@@ -215,6 +229,7 @@ class PostgresAllocationStore:
         self.node = node
         self._dsn, self._connect_timeout = dsn, connect_timeout
         self.lock_timeout = lock_timeout
+        self._idle_ms = int(lock_timeout * 1000)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._migrated = False
@@ -225,7 +240,9 @@ class PostgresAllocationStore:
             return self._conn
         try:
             conn = psycopg.connect(
-                self._dsn, connect_timeout=max(1, int(self._connect_timeout)), autocommit=True
+                make_conninfo(self._dsn, **CLIENT_KEEPALIVES),
+                connect_timeout=max(1, int(self._connect_timeout)),
+                autocommit=True,
             )
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
@@ -235,6 +252,12 @@ class PostgresAllocationStore:
                 self._migrated = True
             # Waiting longer than this for the writer lock means a stuck peer: answer 503.
             conn.execute(f"SET lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
+            # A node that dies or is cut off mid-turn must not keep the writer lock: the
+            # server ends a session idle in a transaction, or whose peer stops answering
+            # keepalives, within about the lock timeout (its locks go with it).
+            conn.execute(f"SET idle_in_transaction_session_timeout = '{self._idle_ms}ms'")
+            for name, value in SERVER_KEEPALIVES.items():
+                conn.execute(f"SET {name} = {value}")
             conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
         except (psycopg.Error, SchemaTooNew) as exc:
             conn.close()
@@ -259,8 +282,11 @@ class PostgresAllocationStore:
                     self._unlock(conn)
             except _RACES as exc:
                 raise StoreRetry(f"transaction lost a race in {self.where}: {exc}") from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._discard(conn)
+            except psycopg.Error as exc:
+                lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                if not (lost or conn.closed or conn.broken):
+                    raise  # a bug in a statement, not an outage
+                self._discard(conn)  # e.g. the server ended the session: connect afresh
                 raise self._unavailable(exc) from exc
 
     def _unlock(self, conn: psycopg.Connection[Any]) -> None:
@@ -293,7 +319,7 @@ class PostgresAllocationStore:
 def _describe(dsn: str) -> str:
     """host:port/dbname of a DSN, never its password (for messages and logs)."""
     try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        info = conninfo_to_dict(dsn)
     except psycopg.Error:
         return "an unparsable DSN"
     host = info.get("host") or "localhost"
