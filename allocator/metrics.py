@@ -11,8 +11,9 @@ from prometheus_client.registry import Collector
 
 from .model import DENIAL_REASONS, Allocation
 
-# events stream/reconcile, GPU reading, expiry pass, a cluster-store transaction replayed
-ERROR_SOURCES = ("docker", "gpu", "tick", "store_race")
+# events stream/reconcile, GPU reading, expiry pass, the cluster store down while following
+# Docker, a cluster-store transaction replayed
+ERROR_SOURCES = ("docker", "gpu", "tick", "store", "store_race")
 ADOPTION_RESULTS = ("adopted", "refused")
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
 
@@ -73,7 +74,8 @@ class AllocatorMetrics:
         self.errors = Counter(
             "ds01_allocator_errors",
             "Failures of the allocator's background work, by source: docker (events stream or "
-            "reconcile), gpu (GPU inventory read), tick (expiry pass), store_race (a cluster-store "
+            "reconcile), gpu (GPU inventory read), tick (expiry pass), store (the cluster "
+            "store unreachable while following Docker), store_race (a cluster-store "
             "transaction lost a serialization race and was replayed).",
             ["source"],
             registry=registry,

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
@@ -31,6 +32,19 @@ _COLUMNS = (
 )
 _RACES = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 WRITER_LOCK = 0x0D5010A2  # pg_advisory_lock key: one allocator transaction at a time
+# Server side (per session): a silent peer is declared dead after about 5 + 2 * 3 = 11 s.
+SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": 5,
+    "tcp_keepalives_interval": 2,
+    "tcp_keepalives_count": 3,
+}
+# Client side (libpq): a PostgreSQL host that vanished is noticed as fast.
+CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 class PostgresTx:
@@ -41,41 +55,36 @@ class PostgresTx:
         self.node = node
 
     def _load(self, where: str, args: Sequence[Any] = ()) -> list[Allocation]:
+        """Allocations and their devices in one round trip (devices in position order)."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM allocations {where} ORDER BY created_at, id", args
+            f"SELECT {_COLUMNS},"
+            " (SELECT array_agg(d.device_uuid ORDER BY d.position) FROM allocation_devices d"
+            "  WHERE d.allocation_id = a.id),"
+            " (SELECT array_agg(d.device_uuid ORDER BY d.position) FROM allocation_devices d"
+            "  WHERE d.allocation_id = a.id AND d.vanished)"
+            f" FROM allocations a {where} ORDER BY created_at, id",
+            args,
         ).fetchall()
-        if not rows:
-            return []
-        devices: dict[str, list[tuple[int, str, bool]]] = {row[0]: [] for row in rows}
-        for alloc_id, uuid, position, vanished in self._conn.execute(
-            "SELECT allocation_id, device_uuid, position, vanished FROM allocation_devices"
-            " WHERE allocation_id = ANY(%s)",
-            (list(devices),),
-        ):
-            devices[alloc_id].append((position, uuid, vanished))
-        result = []
-        for row in rows:
-            devs = sorted(devices[row[0]])
-            result.append(
-                Allocation(
-                    id=row[0],
-                    user=row[1],
-                    group=row[2],
-                    state=row[3],
-                    created_at=row[4],
-                    expires_at=row[5],
-                    container_id=row[6],
-                    container_name=row[7],
-                    container_type=row[8],
-                    profile=row[9],
-                    released_at=row[10],
-                    release_reason=row[11],
-                    node=row[12],
-                    devices=tuple(uuid for _, uuid, _ in devs),
-                    vanished=tuple(uuid for _, uuid, gone in devs if gone),
-                )
+        return [
+            Allocation(
+                id=row[0],
+                user=row[1],
+                group=row[2],
+                state=row[3],
+                created_at=row[4],
+                expires_at=row[5],
+                container_id=row[6],
+                container_name=row[7],
+                container_type=row[8],
+                profile=row[9],
+                released_at=row[10],
+                release_reason=row[11],
+                node=row[12],
+                devices=tuple(row[13] or ()),
+                vanished=tuple(row[14] or ()),
             )
-        return result
+            for row in rows
+        ]
 
     def live(self) -> list[Allocation]:
         """This node's live allocations: reconcile, expiry and adoption never touch another's."""
@@ -89,35 +98,32 @@ class PostgresTx:
         return self._load("WHERE node = %s", (self.node,))
 
     def insert(self, allocation: Allocation) -> None:
-        node = allocation.node or self.node
-        self._conn.execute(
-            f"INSERT INTO allocations ({_COLUMNS})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                allocation.id,
-                allocation.user,
-                allocation.group,
-                allocation.state,
-                allocation.created_at,
-                allocation.expires_at,
-                allocation.container_id,
-                allocation.container_name,
-                allocation.container_type,
-                allocation.profile,
-                allocation.released_at,
-                allocation.release_reason,
-                node,
-            ),
-        )
-        live = allocation.state != RELEASED
-        rows = [(allocation.id, uuid, i, live) for i, uuid in enumerate(allocation.devices)]
+        """The allocation and its devices in one statement (one round trip)."""
         try:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO allocation_devices (allocation_id, device_uuid, position, live)"
-                    " VALUES (%s, %s, %s, %s)",
-                    rows,
-                )
+            self._conn.execute(
+                f"WITH made AS (INSERT INTO allocations ({_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)"
+                " INSERT INTO allocation_devices (allocation_id, device_uuid, position, live)"
+                " SELECT made.id, dev.uuid, dev.pos - 1, %s FROM made,"
+                " unnest(%s::text[]) WITH ORDINALITY AS dev(uuid, pos)",
+                (
+                    allocation.id,
+                    allocation.user,
+                    allocation.group,
+                    allocation.state,
+                    allocation.created_at,
+                    allocation.expires_at,
+                    allocation.container_id,
+                    allocation.container_name,
+                    allocation.container_type,
+                    allocation.profile,
+                    allocation.released_at,
+                    allocation.release_reason,
+                    allocation.node or self.node,
+                    allocation.state != RELEASED,
+                    list(allocation.devices),
+                ),
+            )
         except pg_errors.UniqueViolation as exc:
             raise StoreConflict(
                 f"allocation {allocation.id}: a device is already held ({exc})"
@@ -126,9 +132,11 @@ class PostgresTx:
     def update(self, allocation: Allocation) -> None:
         """Write state, container, deadlines and vanished marks; devices never change."""
         self._conn.execute(
-            "UPDATE allocations SET state = %s, expires_at = %s, container_id = %s,"
-            " container_name = %s, released_at = %s, release_reason = %s"
-            " WHERE id = %s AND node = %s",
+            "WITH changed AS (UPDATE allocations SET state = %s, expires_at = %s,"
+            " container_id = %s, container_name = %s, released_at = %s, release_reason = %s"
+            " WHERE id = %s AND node = %s RETURNING id)"
+            " UPDATE allocation_devices SET live = %s, vanished = (device_uuid = ANY(%s))"
+            " WHERE allocation_id IN (SELECT id FROM changed)",
             (
                 allocation.state,
                 allocation.expires_at,
@@ -138,12 +146,9 @@ class PostgresTx:
                 allocation.release_reason,
                 allocation.id,
                 self.node,
+                allocation.state != RELEASED,
+                list(allocation.vanished),
             ),
-        )
-        self._conn.execute(
-            "UPDATE allocation_devices SET live = %s, vanished = (device_uuid = ANY(%s))"
-            " WHERE allocation_id = %s",
-            (allocation.state != RELEASED, list(allocation.vanished), allocation.id),
         )
 
     def prune(self, released_before: float) -> int:
@@ -224,6 +229,7 @@ class PostgresAllocationStore:
         self.node = node
         self._dsn, self._connect_timeout = dsn, connect_timeout
         self.lock_timeout = lock_timeout
+        self._idle_ms = int(lock_timeout * 1000)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._migrated = False
@@ -234,7 +240,9 @@ class PostgresAllocationStore:
             return self._conn
         try:
             conn = psycopg.connect(
-                self._dsn, connect_timeout=max(1, int(self._connect_timeout)), autocommit=True
+                make_conninfo(self._dsn, **CLIENT_KEEPALIVES),
+                connect_timeout=max(1, int(self._connect_timeout)),
+                autocommit=True,
             )
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
@@ -244,6 +252,12 @@ class PostgresAllocationStore:
                 self._migrated = True
             # Waiting longer than this for the writer lock means a stuck peer: answer 503.
             conn.execute(f"SET lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
+            # A node that dies or is cut off mid-turn must not keep the writer lock: the
+            # server ends a session idle in a transaction, or whose peer stops answering
+            # keepalives, within about the lock timeout (its locks go with it).
+            conn.execute(f"SET idle_in_transaction_session_timeout = '{self._idle_ms}ms'")
+            for name, value in SERVER_KEEPALIVES.items():
+                conn.execute(f"SET {name} = {value}")
             conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
         except (psycopg.Error, SchemaTooNew) as exc:
             conn.close()
@@ -268,8 +282,11 @@ class PostgresAllocationStore:
                     self._unlock(conn)
             except _RACES as exc:
                 raise StoreRetry(f"transaction lost a race in {self.where}: {exc}") from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._discard(conn)
+            except psycopg.Error as exc:
+                lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                if not (lost or conn.closed or conn.broken):
+                    raise  # a bug in a statement, not an outage
+                self._discard(conn)  # e.g. the server ended the session: connect afresh
                 raise self._unavailable(exc) from exc
 
     def _unlock(self, conn: psycopg.Connection[Any]) -> None:
@@ -302,7 +319,7 @@ class PostgresAllocationStore:
 def _describe(dsn: str) -> str:
     """host:port/dbname of a DSN, never its password (for messages and logs)."""
     try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        info = conninfo_to_dict(dsn)
     except psycopg.Error:
         return "an unparsable DSN"
     host = info.get("host") or "localhost"

@@ -29,7 +29,7 @@ from ds01.postgres_server import start_postgres
 from tests.harness.allocators import start_allocator_node
 
 NAME = "allocator_cluster"
-NODES = ("node-a", "node-b", "node-c")
+NODES = ("node-a", "node-b", "node-c", "node-d", "node-e")
 POLICY = {
     "gpu_wait": "30s",
     "default_group": "admin",
@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="load per target (6)")
     parser.add_argument("--workers", type=int, default=6, help="client processes (6)")
     parser.add_argument("--rounds", type=int, default=3, help="turns per target (3)")
+    parser.add_argument(
+        "--nodes", type=int, default=3, choices=range(1, 6), help="allocators on PostgreSQL (3)"
+    )
     args = parser.parse_args(argv)
+    nodes = NODES[: args.nodes]
     root = Path(tempfile.mkdtemp(prefix="ds01-clbench-", dir="/tmp"))
     os.chmod(root, 0o755)  # the postgres account reaches its data folder
     started = []
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             root / "sqlite", "node-s", topology=layout, policy=POLICY, dsn=None
         )
         started.append(single)
-        for node in NODES:
+        for node in nodes:
             started.append(
                 start_allocator_node(root / node, node, topology=layout, policy=POLICY, dsn=dsn)
             )
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     lite, pg = loads["sqlite"], loads["postgres"]
     print(f"SQLite, 1 allocator:          {lite.text()}")
-    print(f"PostgreSQL, {len(NODES)} allocators:     {pg.text()}")
+    print(f"PostgreSQL, {len(nodes)} allocators:     {pg.text()}")
     grants = sum(p.grants for p in parts["postgres"])
     print(f"PostgreSQL: {races} transactions replayed after a lost serialization race "
           f"(over {grants} grants + releases, warm-up included)")  # fmt: skip
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     report(
         Goal(
             NAME,
-            f"grants/s, PostgreSQL across {len(NODES)} allocators vs SQLite on one node",
+            f"grants/s, PostgreSQL across {len(nodes)} allocators vs SQLite on one node",
             f"{pg.rate:.0f} vs {lite.rate:.0f} grants/s ({pg.rate / lite.rate:.2f}x)",
             "figure (issue 18 sets no number)",
             None,
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     report(
         Goal(
             NAME,
-            f"p99 grant latency, PostgreSQL across {len(NODES)} allocators vs SQLite",
+            f"p99 grant latency, PostgreSQL across {len(nodes)} allocators vs SQLite",
             f"{pg.p99_ms:.1f} vs {lite.p99_ms:.1f} ms ({pg.p99_ms / lite.p99_ms:.2f}x)",
             "figure (issue 18 sets no number)",
             None,

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from allocator.client import AllocatorClient, Refused
 from allocator.lifecycle import ContainerView
@@ -197,6 +198,11 @@ def test_outage_under_docker_stops_nothing_and_catches_up_when_back(
     )
     running.reload()
     assert running.status == "running"
+    errors = {
+        source: runtime.registry.get_sample_value("ds01_allocator_errors_total", {"source": source})
+        for source in ("store", "docker")
+    }
+    assert errors["store"] >= 1 and errors["docker"] == 0  # the store failed, not Docker
 
 
 def test_adoption_counts_the_owners_devices_on_other_nodes(nodes, postgres_dsn):
@@ -216,3 +222,48 @@ def test_adoption_counts_the_owners_devices_on_other_nodes(nodes, postgres_dsn):
     assert b.live() == []  # not adopted: alice holds 2 of 2 on node A
     (row,) = [r for r in b.devices() if r["device_uuid"] == device]
     assert row["state"] == "busy"  # still never granted while the container runs
+
+
+def test_the_dsn_file_is_read_and_checked_like_a_token(tmp_path, postgres_dsn, capsys):
+    from allocator import cli
+    from allocator.runtime import open_store
+    from ds01.tokenfile import TokenFileError
+    from ds01.webauth import write_private
+
+    dsn_file = write_private(tmp_path / "pg.dsn", postgres_dsn + "\n")
+    section = {"store": "postgres", "postgres_dsn_file": str(dsn_file)}
+    policy = parse_policy({"cluster": section, "services": {"node": "n1"}})
+    store = open_store(policy, tmp_path / "unused.sqlite")
+    try:
+        with store.transaction() as tx:
+            assert tx.live() == [] and store.node == "n1"
+    finally:
+        store.close()
+    assert not (tmp_path / "unused.sqlite").exists()
+    dsn_file.chmod(0o644)  # the password readable by every user
+    with pytest.raises(TokenFileError):
+        open_store(policy, tmp_path / "unused.sqlite")
+    policy_file = tmp_path / "ds01.yaml"
+    policy_file.write_text(yaml.safe_dump({"cluster": section, "services": {"node": "n1"}}))
+    argv = ["--policy", str(policy_file), "--state-dir", str(tmp_path), "--gpu-backend", "sim"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--socket", str(tmp_path / "a.sock")])
+    assert exited.value.code == 2
+    assert "cluster.postgres_dsn_file: refusing to start" in capsys.readouterr().err
+
+
+def test_an_allocator_started_while_postgres_is_down_serves_once_it_is_up(
+    allocator_factory, postgres_factory
+):
+    server = postgres_factory()
+    dsn = server.create_database("late")
+    server.stop()
+    runtime = allocator_factory(
+        policy={"cluster": {"store": "postgres", "postgres_dsn": dsn}, "services": {"node": "n1"}}
+    )
+    client = as_user(AllocatorClient(str(runtime.socket_path)), "alice")
+    with pytest.raises(Refused) as refused:
+        client.allocate(count=1)
+    assert refused.value.status == 503 and "PostgreSQL" in refused.value.message
+    server.start()
+    assert client.allocate(count=1)["node"] == "n1"  # connected and migrated on first use

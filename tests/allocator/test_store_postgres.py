@@ -192,3 +192,26 @@ def test_an_outage_fails_clearly_and_the_store_reconnects_by_itself(postgres_fac
 def test_a_dsn_without_a_node_is_refused(postgres_dsn):
     with pytest.raises(ValueError, match="node"):
         PostgresAllocationStore(postgres_dsn, node="")
+
+
+def test_a_peer_stuck_in_its_turn_is_a_503_then_loses_the_lock(postgres_dsn):
+    """A session that took the writer lock and went silent inside its transaction (a node cut
+    off mid-turn): others answer 503 after lock_timeout, and the server ends the silent session
+    (idle_in_transaction_session_timeout), so the turns resume without anyone's help."""
+    stuck_store = PostgresAllocationStore(postgres_dsn, node="gpu-a", lock_timeout=2.0)
+    waiting = PostgresAllocationStore(postgres_dsn, node="gpu-b", lock_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable, match="idle-in-transaction timeout"):
+            with stuck_store.transaction() as tx:
+                tx.live()  # holds the lock, in a transaction, and then says nothing
+                with pytest.raises(StoreUnavailable, match="lock timeout"):
+                    with waiting.transaction():
+                        pass
+                threading.Event().wait(2.5)  # silent past its idle-in-transaction timeout
+        with waiting.transaction() as tx:  # the server ended the stuck session and its lock
+            assert tx.live() == []
+        with stuck_store.transaction() as tx:  # and the stuck node reconnects by itself
+            assert tx.live() == []
+    finally:
+        stuck_store.close()
+        waiting.close()
