@@ -18,6 +18,9 @@ from .supervisor import ServicePorts
 
 NODE_PREFIX = "node-"
 MAX_NODES = 16  # one machine pretends to be a cluster; past this it only thrashes
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; dockerd's containerd adds ".ttrpc" and more
+# The longest socket a node's dockerd makes under its folder (containerd's, in the exec-root).
+_LONGEST_SOCKET = "docker/exec/containerd/containerd.sock.ttrpc"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ def plan_nodes(
             ),
         )
         for i in range(1, count + 1)
+    )
+
+
+def socket_path_problem(state_dir: Path, count: int) -> str | None:
+    """Why `state_dir` cannot hold `count` nodes' sockets (None: it can): dockerd fails late
+    and obscurely on a Unix socket path that is too long."""
+    longest = Path(state_dir).absolute() / f"{NODE_PREFIX}{count}" / _LONGEST_SOCKET
+    if len(str(longest)) <= SOCKET_PATH_MAX:
+        return None
+    return (
+        f"--state-dir {state_dir} is too long for the nodes' Unix sockets ({longest} would be "
+        f"{len(str(longest))} characters, at most {SOCKET_PATH_MAX}); use a shorter folder"
     )
 
 

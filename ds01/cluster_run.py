@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cluster_plan import MAX_NODES
+from .cluster_plan import MAX_NODES, socket_path_problem
 from .cluster_up import ClusterOptions, ClusterSupervisor, cluster_banner
 from .policy import PolicyError
 from .stack import StackError
@@ -27,6 +27,9 @@ def check_cluster_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         )
     if args.docker_host:
         parser.error("--nodes: each node starts its own private dockerd; drop --docker-host")
+    problem = socket_path_problem(Path(args.state_dir), args.nodes)
+    if problem:
+        parser.error(f"--nodes: {problem}")
     if os.geteuid() != 0:
         parser.error("--nodes: starting private dockerds needs root")
 
@@ -37,9 +40,12 @@ def run_cluster(args: argparse.Namespace, policy_file: Path, timings: Timings) -
 
     state_dir = Path(args.state_dir)
     stop, reload = signal_events()
-    supervisor = ClusterSupervisor(
-        ClusterOptions(policy_file, state_dir, args.nodes, timings, args.log_level)
-    )
+    options = ClusterOptions(policy_file, state_dir, args.nodes, timings, args.log_level)
+    try:
+        supervisor = ClusterSupervisor(options)
+    except PolicyError as exc:
+        print(f"ds01 up: {exc}", file=sys.stderr)
+        return 1
     try:
         endpoints = supervisor.start()
         for node in endpoints.nodes.values():

@@ -16,6 +16,7 @@ from ds01.cluster_plan import (
     cluster_section,
     node_policy,
     plan_nodes,
+    socket_path_problem,
 )
 from ds01.policy import parse_policy
 
@@ -121,3 +122,12 @@ def test_the_cluster_docs_policy_block_validates_with_the_example():
     policy = parse_policy(document, "docs/cluster.md")
     assert policy.cluster.node_names == ("gpu1", "gpu2")
     assert policy.services.enforcer_listen == "10.0.0.11:9102"
+
+
+def test_a_state_folder_too_long_for_the_nodes_sockets_is_named_before_anything_starts():
+    assert socket_path_problem(Path("/var/lib/ds01/up"), 16) is None
+    long = Path("/tmp") / ("x" * 60)
+    problem = socket_path_problem(long, 3)
+    assert problem is not None
+    assert str(long / "node-3" / "docker/exec/containerd/containerd.sock.ttrpc") in problem
+    assert "at most 100" in problem

@@ -50,13 +50,15 @@ def test_the_nodes_flag_defaults_to_one_host():
         (["--nodes", "17"], "--nodes: at most 16 on one machine, got 17"),
         (["--nodes", "2", "--gpu-backend", "nvml"], "every pretend node has simulated GPUs"),
         (["--nodes", "2", "--docker-host", "unix:///x.sock"], "drop --docker-host"),
+        (["--nodes", "2", "--state-dir", "/tmp/" + "d" * 80], "too long for the nodes' Unix"),
     ],
 )
 def test_nodes_refuses_what_cannot_work_on_one_machine(argv, message, tmp_path):
     done = _up("--state-dir", str(tmp_path / "state"), *argv)
     assert done.returncode == 2
     assert message in done.stderr
-    assert not (tmp_path / "state").exists(), "nothing started, nothing written"
+    given = argv[argv.index("--state-dir") + 1] if "--state-dir" in argv else tmp_path / "state"
+    assert not Path(given).exists(), "nothing started, nothing written"
 
 
 def test_a_policy_with_its_own_cluster_section_is_refused_by_name(tmp_path):
@@ -65,8 +67,14 @@ def test_a_policy_with_its_own_cluster_section_is_refused_by_name(tmp_path):
     example = yaml.safe_load((REPO / "config" / "ds01.example.yaml").read_text())
     example["cluster"] = {"nodes": [{"name": "a", "exporter": "a:1", "enforcer": "http://a:2"}]}
     policy.write_text(yaml.safe_dump(example))
-    done = _up("--nodes", "2", "--state-dir", str(tmp_path / "s"), "--policy", str(policy))
-    assert done.returncode == 1
+    state = Path(tempfile.mkdtemp(prefix="ds01p-", dir="/tmp"))  # short: socket paths
+    try:
+        done = _up("--nodes", "2", "--state-dir", str(state / "s"), "--policy", str(policy))
+        assert not (state / "s" / "node-1").exists(), "refused before any node started"
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     assert f"{policy}: cluster: ds01 up --nodes writes its own cluster section" in done.stderr
 
 
