@@ -198,19 +198,33 @@ class StackSupervisor:
 
     def _start_services(self, token: str, ports: ServicePorts) -> None:
         """Exporter, allocator, gateway and enforcer: what runs on every GPU host."""
-        state = self.options.state_dir
-        ep = self.endpoints
-        ep.sim_state = str(state / "sim-gpu-state.json")
-        ep.audit_log = str(state / "enforcer" / "enforcer-audit.jsonl")
-        backend = self.options.gpu_backend or self.policy.gpu.backend
-        topology = self.options.sim_topology or self.policy.gpu.sim_topology
-        gpu_flags = ["--gpu-backend", backend, "--sim-state", ep.sim_state]
-        if topology:
-            gpu_flags += ["--sim-topology", topology]
+        state, ep, t = self.options.state_dir, self.endpoints, self.options.timings
+        self._set_service_endpoints(ports)
         common = ["--policy", str(self.options.policy_path), "--docker-host", ep.docker_host]
         common += ["--log-level", self.options.log_level]
-        t = self.options.timings
+        gpu = self._gpu_flags()
+        extensions = str(state / "allocator" / "extensions.json")  # the allocator writes it
+        exporter = _py("exporter", *common, *gpu, "--state-dir", str(state / "exporter"),
+                       "--listen", f"127.0.0.1:{ports.exporter}",
+                       "--collect-interval", _duration(t.collect_interval),
+                       "--extensions-file", extensions)  # fmt: skip
+        self._spawn("exporter", exporter, _http_ready(f"{ep.exporter}/healthz"))
+        allocator = _py("allocator", *common, *gpu, "--state-dir", str(state / "allocator"),
+                        "--socket", ep.allocator_socket, "--listen", f"127.0.0.1:{ports.allocator}",
+                        "--token-file", token, "--audit-log", ep.audit_log)  # fmt: skip
+        self._spawn("allocator", allocator, _http_ready(f"{ep.allocator_http}/healthz"))
+        self._start_gateway(common)
+        enforcer = _py("enforcer", *common, "--state-dir", str(state / "enforcer"),
+                       "--listen", f"127.0.0.1:{ports.enforcer}", "--token-file", token,
+                       "--prometheus-url", ep.prometheus, "--audit-log", ep.audit_log,
+                       "--watch-interval", _duration(t.evaluation_interval))  # fmt: skip
+        self._spawn("enforcer", enforcer, _http_ready(f"{ep.enforcer}/healthz"))
+        ep.backend = self._exporter_backend()
 
+    def _set_service_endpoints(self, ports: ServicePorts) -> None:
+        state, ep = self.options.state_dir, self.endpoints
+        ep.sim_state = str(state / "sim-gpu-state.json")
+        ep.audit_log = str(state / "enforcer" / "enforcer-audit.jsonl")
         ep.exporter = f"http://127.0.0.1:{ports.exporter}"
         ep.enforcer = f"http://127.0.0.1:{ports.enforcer}"
         ep.allocator_http = f"http://127.0.0.1:{ports.allocator}"
@@ -218,64 +232,12 @@ class StackSupervisor:
         ep.prometheus = f"http://127.0.0.1:{ports.prometheus}"
         ep.alertmanager = f"http://127.0.0.1:{ports.alertmanager}"
 
-        self._spawn(
-            "exporter",
-            _py(
-                "exporter",
-                *common,
-                "--state-dir",
-                str(state / "exporter"),
-                *gpu_flags,
-                "--listen",
-                f"127.0.0.1:{ports.exporter}",
-                "--collect-interval",
-                _duration(t.collect_interval),
-                "--extensions-file",
-                str(state / "allocator" / "extensions.json"),
-            ),
-            _http_ready(f"{ep.exporter}/healthz"),
-        )
-        self._spawn(
-            "allocator",
-            _py(
-                "allocator",
-                *common,
-                "--state-dir",
-                str(state / "allocator"),
-                *gpu_flags,
-                "--socket",
-                ep.allocator_socket,
-                "--listen",
-                f"127.0.0.1:{ports.allocator}",
-                "--token-file",
-                token,
-                "--audit-log",
-                ep.audit_log,
-            ),
-            _http_ready(f"{ep.allocator_http}/healthz"),
-        )
-        self._start_gateway(common)
-        self._spawn(
-            "enforcer",
-            _py(
-                "enforcer",
-                *common,
-                "--state-dir",
-                str(state / "enforcer"),
-                "--listen",
-                f"127.0.0.1:{ports.enforcer}",
-                "--token-file",
-                token,
-                "--prometheus-url",
-                ep.prometheus,
-                "--audit-log",
-                ep.audit_log,
-                "--watch-interval",
-                _duration(t.evaluation_interval),
-            ),
-            _http_ready(f"{ep.enforcer}/healthz"),
-        )
-        ep.backend = self._exporter_backend()
+    def _gpu_flags(self) -> list[str]:
+        """The GPU backend flags the exporter and the allocator share (one sim state file)."""
+        backend = self.options.gpu_backend or self.policy.gpu.backend
+        topology = self.options.sim_topology or self.policy.gpu.sim_topology
+        flags = ["--gpu-backend", backend, "--sim-state", self.endpoints.sim_state]
+        return flags + (["--sim-topology", topology] if topology else [])
 
     def _start_monitoring(self, token: str, ports: ServicePorts) -> None:
         """One Prometheus and one Alertmanager, with rules and routes rendered from the policy."""
