@@ -9,7 +9,7 @@ of its own) and the shared `cluster:` section every node and the central Prometh
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,3 +161,15 @@ def node_policy(
     }
     document["gpu"] = {"backend": "sim", "sim_topology": str(node.topology_file)}
     return document
+
+
+def shared_device_uuids(devices_by_node: Mapping[str, Iterable[str]]) -> list[str]:
+    """Device UUIDs that more than one node would have (a topology with fixed `uuid:` entries):
+    one store cannot tell such devices apart."""
+    seen: dict[str, str] = {}
+    shared: set[str] = set()
+    for node, uuids in devices_by_node.items():
+        for device in uuids:
+            if seen.setdefault(device, node) != node:
+                shared.add(device)
+    return sorted(shared)

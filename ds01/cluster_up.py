@@ -25,8 +25,9 @@ from .cluster_plan import (
     cluster_section,
     node_policy,
     plan_nodes,
+    shared_device_uuids,
 )
-from .gpu.sim import topology_for_node
+from .gpu.sim import topology_devices, topology_for_node
 from .policy import PolicyError, load_policy, parse_policy
 from .postgres_server import PostgresServer, start_postgres
 from .promconfig import (
@@ -41,6 +42,7 @@ from .stack import (
     ChildProcess,
     Dockerd,
     Prometheus,
+    StackError,
     ensure_busybox_image,
     free_port,
     start_alertmanager,
@@ -133,6 +135,7 @@ class ClusterSupervisor:
             alertmanager_port=alertmanager_port,
             free_port=free_port,
         )
+        self._write_topologies()  # refused before anything starts
         dsn_file = self._start_postgres()
         section = cluster_section(self.plans, dsn_file)
         shared = cluster_policy(self.base, section)
@@ -164,7 +167,6 @@ class ClusterSupervisor:
         # The node's own enforcer token: Alertmanager sends each node's alerts with that
         # node's token (cluster.nodes[].token_file), so one leaked token opens one enforcer.
         write_private(plan.token_file, secrets.token_urlsafe(32) + "\n")
-        plan.topology_file.write_text(topology_for_node(plan.name, self._base_topology()))
         document = node_policy(
             self.base, plan, section, alertmanager_password_file=self._password_file()
         )
@@ -197,6 +199,21 @@ class ClusterSupervisor:
         endpoints = supervisor.start()
         endpoints.docker_private, endpoints.local_image = True, image
         self.endpoints.nodes[plan.name] = endpoints
+
+    def _write_topologies(self) -> None:
+        """Each node's sim topology (UUIDs of its own); fixed UUIDs shared by nodes are refused."""
+        devices = {}
+        for plan in self.plans:
+            text = topology_for_node(plan.name, self._base_topology())
+            plan.root.mkdir(parents=True, exist_ok=True)
+            plan.topology_file.write_text(text)
+            devices[plan.name] = [d.device_uuid for d in topology_devices(yaml.safe_load(text))]
+        shared = shared_device_uuids(devices)
+        if shared:
+            raise StackError(
+                f"sim topology {self._base_topology()} gives every node the same devices "
+                f"({', '.join(shared[:3])}…): remove its uuid: entries, the nodes get their own"
+            )
 
     def _base_topology(self) -> str | None:
         gpu = self.base.get("gpu") or {}

@@ -16,6 +16,7 @@ from ds01.cluster_plan import (
     cluster_section,
     node_policy,
     plan_nodes,
+    shared_device_uuids,
     socket_path_problem,
 )
 from ds01.policy import parse_policy
@@ -131,3 +132,11 @@ def test_a_state_folder_too_long_for_the_nodes_sockets_is_named_before_anything_
     assert problem is not None
     assert str(long / "node-3" / "docker/exec/containerd/containerd.sock.ttrpc") in problem
     assert "at most 100" in problem
+
+
+def test_device_uuids_two_nodes_would_share_are_named():
+    assert shared_device_uuids({"node-1": ["a", "b"], "node-2": ["c"]}) == []
+    assert shared_device_uuids({"node-1": ["a", "b"], "node-2": ["b"], "node-3": ["a"]}) == [
+        "a",
+        "b",
+    ]
