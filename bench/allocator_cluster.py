@@ -15,6 +15,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     nodes = NODES[: args.nodes]
+    # A time limit (summary.py, `timeout`) ends us with SIGTERM: still stop every child below.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(1))
     root = Path(tempfile.mkdtemp(prefix="ds01-clbench-", dir="/tmp"))
     os.chmod(root, 0o755)  # the postgres account reaches its data folder
     started = []
