@@ -83,10 +83,10 @@ def cluster(unprivileged_users) -> Iterator[Cluster]:
     endpoints = supervisor.start()
     running = Cluster(supervisor, endpoints, time.monotonic() - began)
     print(f"\ncluster of {len(NODES)} nodes started in {running.started_in:.1f}s")
-    pids = [child.pid for child in supervisor.children]
     try:
         yield running
     finally:
+        pids = [child.pid for child in supervisor.children]  # restarted ones included
         supervisor.stop()
         if not keep:
             shutil.rmtree(state, ignore_errors=True)
