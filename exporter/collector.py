@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from ds01.cgroups import container_id_of_pid
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.gpu import DeviceSample, GpuBackend, GpuDevice, GpuReading, device_is_busy
-from ds01.policy import Policy
+from ds01.policy import Limits, Policy
 
 from .clocks import ClockBook, ClockStore
 from .deadlines import container_busy, idle_deadline, keep_alive_fresh, runtime_deadline
@@ -251,6 +251,7 @@ class Collector:
         at = datetime.fromtimestamp(now, tz=UTC)
         max_age = self._policy.keep_alive.max_age
         granted = self._extensions()
+        limits_of: dict[tuple[str, str], Limits] = {}  # one policy lookup per user and type
         states = []
         for entry in running:
             facts = entry.facts
@@ -268,7 +269,10 @@ class Collector:
                 now=now,
                 measured_since=self._measured_since,
             )
-            limits = self._policy.limits_for(facts.user, facts.type, at)
+            limits = limits_of.get((facts.user, facts.type))
+            if limits is None:
+                limits = self._policy.limits_for(facts.user, facts.type, at)
+                limits_of[facts.user, facts.type] = limits
             extension = granted.get(facts.container_id, NO_EXTENSION)
             mtime = self._keepalive.mtime(entry, now)
             fresh = keep_alive_fresh(mtime=mtime, now=now, max_age=max_age)
