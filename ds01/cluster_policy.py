@@ -20,7 +20,7 @@ STORES = ("sqlite", "postgres")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\[\]:-]+:\d{1,5}$")
 _KEYS = ("store", "postgres_dsn", "postgres_dsn_file", "nodes")
-_NODE_KEYS = ("name", "exporter", "enforcer", "allocator")
+_NODE_KEYS = ("name", "exporter", "enforcer", "allocator", "token_file")
 
 
 class ClusterError(ValueError):
@@ -37,6 +37,9 @@ class ClusterNode:
     exporter: str  # host:port Prometheus scrapes
     enforcer: str  # base URL Alertmanager posts this node's alerts to
     allocator: str | None = None  # host:port of the allocator's TCP metrics, if any
+    # The bearer token file Alertmanager sends to this node's enforcer (absolute, on the
+    # Alertmanager host); None = the shared `services.token_file`.
+    token_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,12 @@ def _node(value: Any, key: str) -> ClusterNode:
     allocator = raw.get("allocator")
     if allocator is not None:
         allocator = _host_port(allocator, f"{key}.allocator")
-    return ClusterNode(name, exporter, enforcer.rstrip("/"), allocator)
+    token_file = raw.get("token_file")
+    if token_file is not None:
+        token_file = _text(token_file, f"{key}.token_file")
+        if not token_file.startswith("/"):
+            raise ClusterError(f"{key}.token_file", f"must be an absolute path, got {token_file!r}")
+    return ClusterNode(name, exporter, enforcer.rstrip("/"), allocator, token_file)
 
 
 def _host_port(value: Any, key: str) -> str:

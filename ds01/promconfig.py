@@ -3,20 +3,23 @@
 The files under `prometheus/` and `alertmanager/` are the render of the defaults (a test keeps
 them equal); `ds01 up` and the tests render their own with free ports and compressed timings.
 `python -m ds01.promconfig --policy FILE --prometheus-out F --alertmanager-out F` writes them
-for a policy's `services`.
+for a policy's `services`, or, when the policy lists `cluster.nodes`, for every node: each
+target carries its `node` label and each node's alerts go to that node's enforcer only.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .admin_receiver import admin_examples
 from .cliflags import add_policy_file_flag
+from .cluster_policy import ClusterNode, effective_node
 from .notify_policy import EmailNotifications
 from .policy import Policy, PolicyError, load_policy_or_default
 from .rulegen import (
@@ -58,51 +61,6 @@ ALERTMANAGER_HEADER = (
     "# receiver, which does nothing until you enable one of the examples at the end.\n"
 )
 
-# Admin receiver examples (Alertmanager 0.25 options only): (what it is, the YAML under `admin`).
-ADMIN_EXAMPLES = (
-    (
-        "Email:",
-        "email_configs:\n"
-        "- to: gpu-admins@example.org\n"
-        "  from: ds01-alertmanager@example.org\n"
-        "  smarthost: smtp.example.org:587\n"
-        "  auth_username: ds01-alertmanager@example.org\n"
-        "  auth_password: change-me\n"
-        "  send_resolved: true\n",
-    ),
-    (
-        "Slack (the incoming-webhook URL is a secret: keep it in a file only Alertmanager reads):",
-        "slack_configs:\n"
-        "- api_url_file: /etc/ds01/slack-webhook.url\n"
-        "  channel: '#gpu-admins'\n"
-        "  send_resolved: true\n",
-    ),
-    (
-        "Microsoft Teams: Alertmanager 0.25 has no Teams integration (msteams_configs came in\n"
-        "0.26); run the prometheus-msteams bridge and point a webhook at it:",
-        "webhook_configs:\n- url: http://127.0.0.1:2000/ds01\n  send_resolved: true\n",
-    ),
-)
-ADMIN_EXAMPLES_INTRO = (
-    "To send operator alerts (exporter, allocator or enforcer down, stop failures, ...)\n"
-    "somewhere, uncomment one or more of these under the `admin` receiver, then check the file\n"
-    "with `amtool check-config alertmanager.yml`.\n"
-)
-
-
-def admin_examples(*, enabled: bool) -> str:
-    """The examples under the `admin` receiver: commented out, or live (how they are tested)."""
-    if enabled:
-        return "".join(_indent(snippet, "  ") for _, snippet in ADMIN_EXAMPLES)
-    parts = [_indent(ADMIN_EXAMPLES_INTRO, "  # ")]
-    for title, snippet in ADMIN_EXAMPLES:
-        parts.append("  #\n" + _indent(title + "\n", "  # ") + _indent(snippet, "  # "))
-    return "".join(parts)
-
-
-def _indent(text: str, prefix: str) -> str:
-    return "".join(prefix + line + "\n" for line in text.splitlines())
-
 
 def host_port(address: str) -> str:
     """`HOST:PORT` for a target from a listen address or URL; wildcard hosts become loopback."""
@@ -136,6 +94,9 @@ class PrometheusSettings:
     evaluation_interval: float = 15.0
     rule_files: tuple[str, ...] = tuple(f"rules/{name}" for name in RULE_FILES)
     node: str = ""  # when set, every target gets a `node` label (one Prometheus, many hosts)
+    # A cluster: one target set per node, each labelled with its node; the *_targets and `node`
+    # above are then unused (nodes without an allocator address get no allocator target).
+    nodes: tuple[ClusterNode, ...] = ()
     # Alertmanager sits behind basic auth (ds01.webauth): Prometheus signs in as `prometheus`.
     alertmanager_password_file: str = "/etc/ds01/alertmanager/prometheus.password"
     alertmanager_username: str = "prometheus"
@@ -144,22 +105,43 @@ class PrometheusSettings:
         for name in ("scrape_interval", "evaluation_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be more than 0 seconds")
-        for name in ("exporter_targets", "allocator_targets", "enforcer_targets"):
+        for name in ("exporter_targets", "allocator_targets", "enforcer_targets", "nodes"):
             if isinstance(getattr(self, name), str):
-                raise ValueError(f"{name}: must be a list of HOST:PORT, not one string")
+                raise ValueError(f"{name}: must be a list, not one string")
+        _check_unique_nodes(self.nodes)
 
     @classmethod
     def from_policy(cls, policy: Policy, **overrides: Any) -> PrometheusSettings:
+        """This host's services labelled with its effective node, or the policy's node list."""
         services = policy.services
         base = cls(
             exporter_targets=(host_port(services.exporter_listen),),
             allocator_targets=(host_port(services.allocator_listen or DEFAULT_ALLOCATOR_TARGET),),
             enforcer_targets=(host_port(services.enforcer_listen),),
             alertmanager_targets=(host_port(services.alertmanager_url),),
-            node=services.node,
+            node=effective_node(services.node),
+            nodes=policy.cluster.nodes,
             alertmanager_password_file=services.alertmanager_password_file,
         )
         return replace(base, **overrides)
+
+
+def _check_unique_nodes(nodes: Sequence[ClusterNode]) -> None:
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"nodes: each node name must appear once, got {names}")
+
+
+def _node_static_configs(
+    nodes: Sequence[ClusterNode], target: Callable[[ClusterNode], str | None]
+) -> list[dict[str, Any]]:
+    """One static config per node that has the target, labelled with the node's name."""
+    configs = []
+    for node in nodes:
+        address = target(node)
+        if address:
+            configs.append({"targets": [host_port(address)], "labels": {"node": node.name}})
+    return configs
 
 
 def prometheus_config(s: PrometheusSettings) -> dict[str, Any]:
@@ -170,6 +152,24 @@ def prometheus_config(s: PrometheusSettings) -> dict[str, Any]:
         if s.node:
             static["labels"] = {"node": s.node}
         return {"job_name": name, "static_configs": [static]}
+
+    if s.nodes:
+        per_node = (
+            (EXPORTER_JOB, lambda n: n.exporter),
+            (ALLOCATOR_JOB, lambda n: n.allocator),
+            (ENFORCER_JOB, lambda n: n.enforcer),
+        )
+        scrape_configs = [
+            {"job_name": name, "static_configs": statics}
+            for name, target in per_node
+            if (statics := _node_static_configs(s.nodes, target))
+        ]
+    else:
+        scrape_configs = [
+            job(EXPORTER_JOB, s.exporter_targets),
+            job(ALLOCATOR_JOB, s.allocator_targets),
+            job(ENFORCER_JOB, s.enforcer_targets),
+        ]
 
     return {
         "global": {
@@ -189,11 +189,7 @@ def prometheus_config(s: PrometheusSettings) -> dict[str, Any]:
                 }
             ]
         },
-        "scrape_configs": [
-            job(EXPORTER_JOB, s.exporter_targets),
-            job(ALLOCATOR_JOB, s.allocator_targets),
-            job(ENFORCER_JOB, s.enforcer_targets),
-        ],
+        "scrape_configs": scrape_configs,
     }
 
 
@@ -215,15 +211,17 @@ class AlertmanagerSettings:
     repeat_interval: float = 300.0  # a stop the enforcer could not carry out is sent again
     notify_repeat_interval: float = 3600.0
     email: EmailNotifications | None = None  # owners' mail (policy notifications.email)
+    # A cluster: each node's stops and warnings go to that node's enforcer only (one route and
+    # two receivers per node); enforcer_url is then unused. Empty: the single-host render.
+    nodes: tuple[ClusterNode, ...] = ()
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.enforcer_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"enforcer_url: expected http(s)://HOST:PORT, got {self.enforcer_url!r}"
-            )
-        if parts.username or parts.password or parts.query:
-            raise ValueError("enforcer_url: credentials belong in token_file, never in the URL")
+        for key, url in (
+            ("enforcer_url", self.enforcer_url),
+            *((f"nodes[{n.name}].enforcer", n.enforcer) for n in self.nodes),
+        ):
+            _check_enforcer_url(key, url)
+        _check_unique_nodes(self.nodes)
         if not self.token_file:
             raise ValueError("token_file: the enforcer's bearer token file is required")
         if not self.group_interval > 0 or not self.repeat_interval > 0:
@@ -238,8 +236,26 @@ class AlertmanagerSettings:
             enforcer_url=f"http://{host_port(services.enforcer_listen)}",
             token_file=services.token_file,
             email=policy.notifications.email,
+            nodes=policy.cluster.nodes,
         )
         return replace(base, **overrides)
+
+
+def _check_enforcer_url(key: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{key}: expected http(s)://HOST:PORT, got {url!r}")
+    if parts.username or parts.password or parts.query:
+        raise ValueError(f"{key}: credentials belong in token_file, never in the URL")
+
+
+def stop_receiver(node: str | None = None) -> str:
+    """`ds01-enforcer-stop`, or `ds01-enforcer-stop-<node>` in a cluster render."""
+    return f"{STOP_RECEIVER}-{node}" if node else STOP_RECEIVER
+
+
+def notify_receiver(node: str | None = None) -> str:
+    return f"{NOTIFY_RECEIVER}-{node}" if node else NOTIFY_RECEIVER
 
 
 def owner_email_route(s: AlertmanagerSettings, email: EmailNotifications) -> dict[str, Any]:
@@ -250,7 +266,7 @@ def owner_email_route(s: AlertmanagerSettings, email: EmailNotifications) -> dic
     return {
         "receiver": OWNER_EMAIL_RECEIVER,
         "matchers": ['action=~"notify|stop"', 'user=~".+"'],
-        "group_by": ["container_id", "alertname"],
+        "group_by": _container_group_by(s),
         "group_wait": prom_duration(s.group_wait),
         "group_interval": prom_duration(s.group_interval),
         "repeat_interval": prom_duration(s.notify_repeat_interval),
@@ -287,33 +303,78 @@ def owner_email_receivers(email: EmailNotifications) -> list[dict[str, Any]]:
     ]
 
 
-def alertmanager_config(s: AlertmanagerSettings) -> dict[str, Any]:
-    base = s.enforcer_url.rstrip("/")
+def _container_group_by(s: AlertmanagerSettings) -> list[str]:
+    """Per container; in a cluster per node too (two nodes may run the same container id)."""
+    return ["node", "container_id", "alertname"] if s.nodes else ["container_id", "alertname"]
 
-    def enforcer(name: str, path: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "webhook_configs": [
-                {
-                    "url": f"{base}{path}",
-                    "send_resolved": False,
-                    "http_config": {
-                        "authorization": {"type": "Bearer", "credentials_file": s.token_file}
-                    },
-                }
-            ],
-        }
 
-    def enforcer_route(receiver: str, action: str, repeat: float) -> dict[str, Any]:
+def enforcer_routes(s: AlertmanagerSettings) -> list[dict[str, Any]]:
+    """action=stop -> /alerts, action=notify -> /notify; in a cluster, per node (`node="X"`).
+
+    An alert without a known node matches none of a cluster's routes and reaches the admin.
+    """
+
+    def route(receiver: str, matchers: list[str], repeat: float) -> dict[str, Any]:
         return {
             "receiver": receiver,
-            "matchers": [f'action="{action}"'],
-            "group_by": ["container_id", "alertname"],
+            "matchers": matchers,
+            "group_by": _container_group_by(s),
             "group_wait": prom_duration(s.group_wait),
             "group_interval": prom_duration(s.group_interval),
             "repeat_interval": prom_duration(repeat),
         }
 
+    if not s.nodes:
+        return [
+            route(STOP_RECEIVER, ['action="stop"'], s.repeat_interval),
+            route(NOTIFY_RECEIVER, ['action="notify"'], s.notify_repeat_interval),
+        ]
+    routes = []
+    for node in s.nodes:
+        on_node = f'node="{node.name}"'
+        routes.append(
+            route(stop_receiver(node.name), ['action="stop"', on_node], s.repeat_interval)
+        )
+        routes.append(
+            route(
+                notify_receiver(node.name), ['action="notify"', on_node], s.notify_repeat_interval
+            )
+        )
+    return routes
+
+
+def enforcer_receivers(s: AlertmanagerSettings) -> list[dict[str, Any]]:
+    """Webhooks with the bearer token from a file: one pair, or one pair per cluster node."""
+
+    def enforcer(name: str, base: str, path: str, token_file: str | None = None) -> dict[str, Any]:
+        token = token_file or s.token_file
+        return {
+            "name": name,
+            "webhook_configs": [
+                {
+                    "url": f"{base.rstrip('/')}{path}",
+                    "send_resolved": False,
+                    "http_config": {"authorization": {"type": "Bearer", "credentials_file": token}},
+                }
+            ],
+        }
+
+    if not s.nodes:
+        return [
+            enforcer(STOP_RECEIVER, s.enforcer_url, "/alerts"),
+            enforcer(NOTIFY_RECEIVER, s.enforcer_url, "/notify"),
+        ]
+    receivers = []
+    for node in s.nodes:
+        for receiver, path in (
+            (stop_receiver(node.name), "/alerts"),
+            (notify_receiver(node.name), "/notify"),
+        ):
+            receivers.append(enforcer(receiver, node.enforcer, path, node.token_file))
+    return receivers
+
+
+def alertmanager_config(s: AlertmanagerSettings) -> dict[str, Any]:
     per_container = ['container_id=~".+"']
     email_routes = [owner_email_route(s, s.email)] if s.email else []
     email_receivers = owner_email_receivers(s.email) if s.email else []
@@ -325,17 +386,13 @@ def alertmanager_config(s: AlertmanagerSettings) -> dict[str, Any]:
             "group_wait": "30s",
             "group_interval": "5m",
             "repeat_interval": "4h",
-            "routes": [
-                *email_routes,
-                enforcer_route(STOP_RECEIVER, "stop", s.repeat_interval),
-                enforcer_route(NOTIFY_RECEIVER, "notify", s.notify_repeat_interval),
-            ],
+            "routes": [*email_routes, *enforcer_routes(s)],
         },
         "inhibit_rules": [
             {
                 "source_matchers": ['severity="critical"', *per_container],
                 "target_matchers": ['severity="warning"', *per_container],
-                "equal": ["container_id"],
+                "equal": ["node", "container_id"] if s.nodes else ["container_id"],
             },
             {
                 "source_matchers": ['alertname="DS01ExporterDown"'],
@@ -344,8 +401,7 @@ def alertmanager_config(s: AlertmanagerSettings) -> dict[str, Any]:
             },
         ],
         "receivers": [
-            enforcer(STOP_RECEIVER, "/alerts"),
-            enforcer(NOTIFY_RECEIVER, "/notify"),
+            *enforcer_receivers(s),
             *email_receivers,
             {"name": ADMIN_RECEIVER},
         ],

@@ -3,7 +3,8 @@
 Nothing here acts on a container: a firing alert is written to the journal before the answer
 is sent, and the worker acts on it. 401 without the token, 400 on a malformed body, 413 on an
 oversized one, 503 when Docker (or, for stops, Prometheus) is unreachable — the alerts are
-journaled anyway, and the 503 makes Alertmanager retry as well.
+journaled anyway, and the 503 makes Alertmanager retry as well. An alert for another node is
+answered 200 as `not_mine`, audited, and never journaled (enforcer/node_scope.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 
+from .audit import AuditLog
 from .auth import authorized
 from .facts import Health
 from .intake import Intake
 from .journal import Journal
 from .metrics import ALERT_STATUSES, EnforcerMetrics
-from .payload import PayloadError, parse_body
+from .node_scope import NODE_LABEL, NodeScope, NodeVerdict, judge_node
+from .payload import Alert, PayloadError, parse_body
 from .worker import WorkerHealth
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,10 @@ def create_app(
     clock: Clock = SYSTEM_CLOCK,
     max_body: int = DEFAULT_MAX_BODY,
     worker_health: Callable[[], WorkerHealth] | None = None,
+    node_scope: Callable[[], NodeScope] | None = None,
+    audit: AuditLog | None = None,
 ) -> Flask:
+    """The webhook app; without `node_scope` every alert is this node's (the pre-cluster app)."""
     app = Flask("enforcer")
     intake = intake or Intake()
     app.config["MAX_CONTENT_LENGTH"] = max_body
@@ -83,6 +89,9 @@ def create_app(
         resolved = [a for a in webhook.alerts if not a.firing]
         wrong = [a for a in webhook.alerts if a.firing and a.action != action]
         firing = [a for a in webhook.alerts if a.firing and a.action == action]
+        firing, foreign = _split_by_node(firing, node_scope() if node_scope else None)
+        if foreign:
+            _refuse_foreign(endpoint, kind, foreign, audit)
         for alert in wrong:
             logger.warning(
                 "POST /%s: alert %s has action=%s, which this endpoint does not handle; ignored",
@@ -99,6 +108,7 @@ def create_app(
             ("duplicate", len(new) - accepted),
             ("resolved", len(resolved)),
             ("wrong_endpoint", len(wrong)),
+            ("not_mine", len(foreign)),
         ):
             if count:
                 counted[endpoint, status].inc(count)
@@ -110,6 +120,9 @@ def create_app(
             "resolved_skipped": len(resolved),
             "ignored": len(wrong),
         }
+        if foreign:
+            body["not_mine"] = len(foreign)
+            body["detail"] = "; ".join(sorted({verdict.why for _, verdict in foreign}))
         down = [d for d in needs if health is not None and firing and not health.ok(d)]
         if down:
             body["error"] = f"{' and '.join(down)} unreachable; alerts journaled, retry later"
@@ -147,3 +160,49 @@ def create_app(
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _split_by_node(
+    alerts: list[Alert], scope: NodeScope | None
+) -> tuple[list[Alert], list[tuple[Alert, NodeVerdict]]]:
+    """This node's alerts, and the others with the verdict that says why they are not."""
+    if scope is None:
+        return alerts, []
+    mine: list[Alert] = []
+    foreign: list[tuple[Alert, NodeVerdict]] = []
+    for alert in alerts:
+        verdict = judge_node(alert_node=alert.labels.get(NODE_LABEL, ""), scope=scope)
+        if verdict.mine:
+            mine.append(alert)
+        else:
+            foreign.append((alert, verdict))
+    return mine, foreign
+
+
+def _refuse_foreign(
+    endpoint: str, kind: str, foreign: list[tuple[Alert, NodeVerdict]], audit: AuditLog | None
+) -> None:
+    """One audit line per alert of another node; nothing else happens to it."""
+    for alert, verdict in foreign:
+        logger.warning(
+            "POST /%s: alert %s container=%s %s; not acted on",
+            endpoint, alert.fingerprint, alert.container or alert.container_id[:12], verdict.why,
+        )  # fmt: skip
+        if audit is None:
+            continue
+        try:
+            audit.write(
+                event=kind,
+                container_id=alert.container_id,
+                container=alert.container,
+                user=alert.user,
+                reason=alert.reason,
+                fingerprint=alert.fingerprint,
+                decision="not_mine",
+                detail=verdict.why,
+                alert_node=verdict.alert_node,
+                node=verdict.own_node,
+                starts_at=alert.starts_at,
+            )
+        except OSError:
+            logger.exception("audit write failed for a not-mine alert %s", alert.fingerprint)

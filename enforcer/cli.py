@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ds01.cliflags import add_common_flags, duration_arg, load_policy_for, split_listen
+from ds01.cluster_policy import valid_node_name
 from ds01.durations import format_duration
 from ds01.logs import setup_logging
 from ds01.policy_reload import PolicyReloader
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--notice-path",
         help="file inside the container that warnings are appended to (default: the policy's "
         "services.notice_path, /workspace/.ds01-alerts)",
+    )
+    parser.add_argument(
+        "--node",
+        help="this node's name: only alerts labelled with it (or, on a single host without a "
+        "cluster node list, with no node label) are acted on (default: the policy's "
+        "services.node, else the short host name)",
     )
     parser.add_argument(
         "--max-body",
@@ -142,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.node and not valid_node_name(args.node):
+        parser.error(f"--node: not a host-like name: {args.node!r}")
     setup_logging(args.log_level)
     # "Task queue depth is N" is normal during a webhook burst, not worth a warning line each
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -173,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dry_run=args.dry_run,
         max_body=args.max_body,
         health_ttl=args.health_ttl,
+        node=args.node or "",
         worker=WorkerSettings(
             threads=args.workers,
             action_delay=args.action_delay,
@@ -191,11 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = enforcer.make_server(host, port, threads=args.threads)
     logger.info(
         "enforcer listening on %s:%s policy=%s prometheus=%s docker=%s token_file=%s "
-        "journal=%s audit=%s notice_path=%s dry_run=%s workers=%d action_delay=%s pending=%d",
+        "journal=%s audit=%s notice_path=%s dry_run=%s workers=%d action_delay=%s pending=%d "
+        "node=%s cluster_nodes=%s",
         host, server.effective_port, policy.source, prometheus_url,
         args.docker_host or "default", token_file, journal_path, audit_path, notice_path,
         args.dry_run, args.workers, format_duration(args.action_delay),
-        enforcer.journal.stats().depth,
+        enforcer.journal.stats().depth, enforcer.node_scope.own,
+        ",".join(enforcer.node_scope.cluster) or "-",
     )  # fmt: skip
 
     def terminate(signum: int, _frame: object) -> None:

@@ -14,7 +14,7 @@ from ds01.clock import SYSTEM_CLOCK, Clock
 from .journal import QueueStats
 
 ENDPOINTS = ("alerts", "notify")
-ALERT_STATUSES = ("accepted", "duplicate", "resolved", "wrong_endpoint")
+ALERT_STATUSES = ("accepted", "duplicate", "resolved", "wrong_endpoint", "not_mine")
 REQUEST_CODES = ("200", "400", "401", "413", "503")
 ACTION_RESULTS = {
     "stop": ("stopped", "deferred", "skipped", "failed", "dry_run"),

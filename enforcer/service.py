@@ -19,6 +19,7 @@ from .facts import DockerSource, Health, PrometheusSource
 from .intake import Intake
 from .journal import Journal
 from .metrics import EnforcerMetrics
+from .node_scope import NodeScope
 from .warned import WarningBook
 from .worker import Worker, WorkerSettings
 
@@ -41,6 +42,7 @@ class EnforcerConfig:
     dry_run: bool = False
     max_body: int = DEFAULT_MAX_BODY
     health_ttl: float = 1.0
+    node: str = ""  # this node's name; "" = the policy's services.node, else the host name
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
 
@@ -51,6 +53,7 @@ class Enforcer:
         self, config: EnforcerConfig, *, policy: Policy, token: str, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.config = config
+        self.node_scope = NodeScope.from_policy(policy, node=config.node)
         self.journal = Journal(config.journal_path)
         self.warnings = WarningBook(config.journal_path.with_name("enforcer-warnings.sqlite"))
         self.audit = AuditLog(config.audit_path, dry_run=config.dry_run, clock=clock)
@@ -93,12 +96,15 @@ class Enforcer:
             clock=clock,
             max_body=config.max_body,
             worker_health=self.worker.liveness,
+            node_scope=lambda: self.node_scope,
+            audit=self.audit,
         )
 
     def use_policy(self, policy: Policy) -> None:
         """A reloaded policy: jobs decided from now on use it (SIGHUP)."""
         self.worker.policy = policy
         self.executor.policy = policy
+        self.node_scope = NodeScope.from_policy(policy, node=self.config.node)
 
     def _enqueued(self) -> None:
         self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook

@@ -14,12 +14,14 @@ from typing import IO
 
 from ..cliflags import duration_arg
 from ..clock import SYSTEM_CLOCK, Clock
+from ..cluster_policy import valid_node_name
 from ..policy import DEFAULT_POLICY_PATH, Exemption, PolicyError, load_policy_or_default
 from .in_force import in_force, in_force_lines, keep_alive_ends
 from .query import PrometheusClient, PrometheusError
 from .render import render_table, use_colour
 from .usage import UsageWindow, render_usage, user_usage
-from .view import DEFAULT_STALE_AFTER, StatusView, build_view, view_to_json
+from .view import DEFAULT_STALE_AFTER, StatusView, build_view
+from .view_json import view_to_json
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 EXIT_UNAVAILABLE = 2
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--mine", action="store_true", help="only devices held by your containers")
     who.add_argument("--user", metavar="USER", help="only devices held by USER")
+    parser.add_argument(
+        "--node",
+        metavar="NAME",
+        help="only devices of node NAME (the `node` label Prometheus adds per host); "
+        "default: every node, grouped by node when there are several",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print JSON (fields in docs/gpu-status.md)"
     )
@@ -118,7 +126,7 @@ def render_once(
     """One refresh: query, build the view, render it as text or JSON."""
     now = clock.time()
     raw = client.fetch_status(at=now)
-    view = build_view(raw, now=now, user=user, stale_after=args.stale_after)
+    view = build_view(raw, now=now, user=user, node=args.node, stale_after=args.stale_after)
     forced = _in_force(view, args) if user is not None else None
     usage = _usage(client, user, now) if user is not None else None
     if args.json:
@@ -203,6 +211,8 @@ def main(
 ) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.node is not None and not valid_node_name(args.node):
+        parser.error(f"--node: not a host-like name: {args.node!r}")
     stream = out or sys.stdout
     url = prometheus_url(parser, args)
     user = current_user() if args.mine else args.user

@@ -51,18 +51,20 @@ def in_force(
     keep_alive_until: Mapping[str, float],
 ) -> dict[str, Any]:
     """The JSON form: per container next stop and keep-alive, then the exemptions."""
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     containers = []
     for row in view.rows:
+        where = f"{row.node} " if view.several_nodes else ""  # "gpu-a 0:1": nodes repeat indexes
         for h in row.holders:
-            if h.container_id in seen or h.user != view.user_filter:
+            if (row.node, h.container_id) in seen or h.user != view.user_filter:
                 continue
-            seen.add(h.container_id)
+            seen.add((row.node, h.container_id))
             stop_at, kind = h.stop
             containers.append(
                 {
                     "container": h.container,
-                    "device": f"{row.index} ({row.profile or 'full GPU'})",
+                    "node": row.node,
+                    "device": f"{where}{row.index} ({row.profile or 'full GPU'})",
                     "next_stop": {"kind": kind, "at": stop_at} if stop_at is not None else None,
                     "keep_alive": bool(h.keep_alive),
                     "keep_alive_until": keep_alive_until.get(h.container_id),

@@ -8,7 +8,7 @@ from datetime import tzinfo
 from typing import IO
 
 from ..durations import format_duration, format_stop
-from .view import DeviceRow, StatusView, short_model
+from .view import DeviceRow, FreeCount, StatusView, short_model
 
 HEADERS = ("DEV", "PROFILE", "MEMORY", "ACTIVITY", "CONTAINER", "USER", "IDLE FOR", "STOPS AT")
 SOON = 600.0  # a stop closer than this is shown in red
@@ -102,34 +102,64 @@ def _cells(row: DeviceRow, now: float, tz: tzinfo | None) -> list[tuple[str, str
     ]
 
 
-def summary_line(view: StatusView) -> str:
-    free = " · ".join(f"{f.label} {f.free} of {f.total}" for f in view.free) or "no devices"
-    if view.queue_length is None:
+def summary_line(
+    view: StatusView, free: tuple[FreeCount, ...] | None = None, queue_length: int | None = -1
+) -> str:
+    """`Free: … Queue: …` for the whole view, or for one node's figures when given."""
+    free = view.free if free is None else free
+    queue_length = view.queue_length if queue_length == -1 else queue_length
+    shown = " · ".join(f"{f.label} {f.free} of {f.total}" for f in free) or "no devices"
+    if queue_length is None:
         queue = "unknown (no allocator metrics)"
     else:
-        queue = f"{view.queue_length} waiting"
-    return f"Free: {free}    Queue: {queue}"
+        queue = f"{queue_length} waiting"
+    return f"Free: {shown}    Queue: {queue}"
+
+
+def _no_rows(view: StatusView) -> str:
+    if view.user_filter is not None:
+        where = f" on node {view.node_filter}" if view.node_filter else ""
+        return f"No GPU or MIG device is held by {view.user_filter}{where}."
+    if view.node_filter is not None:
+        return f"No GPU or MIG device on node {view.node_filter} in Prometheus' current data."
+    return "No GPU or MIG device in Prometheus' current data."
 
 
 def render_table(view: StatusView, *, colour: bool = False, tz: tzinfo | None = None) -> str:
-    """The default view: warnings, one row per device, then the summary line."""
+    """The default view: warnings, one row per device, then the summary line; with several
+    nodes, a section per node (heading, its rows, its summary), columns aligned across all."""
     lines = [_paint(f"WARNING: {w}", "bold+yellow", colour) for w in view.warnings]
-    rows = [_cells(row, view.now, tz) for row in view.rows]
-    if rows:
-        widths = [len(h) for h in HEADERS]
-        for cells in rows:
-            widths = [max(w, len(text)) for w, (text, _) in zip(widths, cells, strict=True)]
-        header = "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)).rstrip()
-        lines.append(_paint(header, "bold", colour))
-        for cells in rows:
+    rows = [(row.node, _cells(row, view.now, tz)) for row in view.rows]
+    widths = [len(h) for h in HEADERS]
+    for _, cells in rows:
+        widths = [max(w, len(text)) for w, (text, _) in zip(widths, cells, strict=True)]
+    header = _paint(
+        "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)).rstrip(), "bold", colour
+    )
+
+    def table(cells_of: list[list[tuple[str, str | None]]]) -> list[str]:
+        out = [header]
+        for cells in cells_of:
             padded = [
                 _paint(text.ljust(w) if i < len(cells) - 1 else text, tone, colour)
                 for i, ((text, tone), w) in enumerate(zip(cells, widths, strict=True))
             ]
-            lines.append("  ".join(padded).rstrip())
-    elif view.user_filter is not None:
-        lines.append(f"No GPU or MIG device is held by {view.user_filter}.")
-    else:
-        lines.append("No GPU or MIG device in Prometheus' current data.")
-    lines.append(summary_line(view))
+            out.append("  ".join(padded).rstrip())
+        return out
+
+    if not view.several_nodes:
+        lines.extend(table([cells for _, cells in rows]) if rows else [_no_rows(view)])
+        lines.append(summary_line(view))
+        return "\n".join(lines) + "\n"
+    for summary in view.nodes:
+        mine = [cells for node, cells in rows if node == summary.node]
+        if not mine and view.user_filter is not None:
+            continue  # --user/--mine: only the nodes where that user holds something
+        lines.append(_paint(f"Node {summary.node or '(no node label)'}", "bold", colour))
+        lines.extend(table(mine) if mine else ["No GPU or MIG device on this node."])
+        lines.append(summary_line(view, summary.free, summary.queue_length))
+        lines.append("")
+    if not rows:
+        lines.append(_no_rows(view))
+    lines.append(f"All nodes: {summary_line(view)}")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ from typing import Any
 from ..durations import format_duration
 from .query import RawStatus, Sample
 
-JSON_VERSION = 1
 DEFAULT_STALE_AFTER = 60.0
 ALLOCATION_STATES = {"reserved": "reserved", "bound": "allocated", "held": "held"}
 
@@ -78,6 +77,7 @@ class DeviceRow:
     holders: tuple[Holder, ...]
     allocation: AllocationHold | None
     state: str  # free | in_use | reserved | allocated | held
+    node: str = ""  # the scrape target's `node` label; "" where Prometheus adds none
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -115,6 +115,15 @@ class FreeCount:
 
 
 @dataclass(frozen=True)
+class NodeSummary:
+    """One node's free devices and allocator queue (a cluster shows one line per node)."""
+
+    node: str
+    free: tuple[FreeCount, ...]
+    queue_length: int | None
+
+
+@dataclass(frozen=True)
 class StatusView:
     now: float
     rows: tuple[DeviceRow, ...]
@@ -124,14 +133,26 @@ class StatusView:
     stale: bool
     warnings: tuple[str, ...]
     user_filter: str | None = None
+    nodes: tuple[NodeSummary, ...] = ()  # one per node seen, sorted by name
+    node_filter: str | None = None
+
+    @property
+    def several_nodes(self) -> bool:
+        """More than one node in the data: rows and summaries are grouped per node."""
+        return len(self.nodes) > 1
 
 
 def short_model(model: str) -> str:
     return model.removeprefix("NVIDIA ").strip() or "GPU"
 
 
-def _by_container(samples: Iterable[Sample]) -> dict[str, float]:
-    return {s.labels.get("container_id", ""): s.value for s in samples}
+def _node(labels: Mapping[str, str]) -> str:
+    return labels.get("node", "")
+
+
+def _by_container(samples: Iterable[Sample]) -> dict[tuple[str, str], float]:
+    """Keyed by (node, container id): two nodes may report the same id."""
+    return {(_node(s.labels), s.labels.get("container_id", "")): s.value for s in samples}
 
 
 def _flag(value: float | None) -> bool | None:
@@ -158,32 +179,38 @@ def _index(labels: Mapping[str, str]) -> tuple[str, tuple[int, int, int]]:
     return shown, (gpu, 0 if labels.get("kind") != "mig" else 1, minor)
 
 
-def _holders(raw: RawStatus, now: float) -> dict[str, list[Holder]]:
+def _holders(raw: RawStatus, now: float) -> dict[tuple[str, str], list[Holder]]:
+    """Holders per (node, device UUID): the sim topology repeats its UUIDs on every node."""
     busy = _by_container(raw.named("ds01_container_busy"))
     last_busy = _by_container(raw.named("ds01_container_last_busy_timestamp_seconds"))
     idle_deadline = _by_container(raw.named("ds01_container_idle_deadline_timestamp_seconds"))
     runtime = _by_container(raw.named("ds01_container_runtime_deadline_timestamp_seconds"))
     keep_alive = _by_container(raw.named("ds01_container_keep_alive"))
-    info = {s.labels.get("container_id", ""): s.labels for s in raw.named("ds01_container_info")}
-    by_device: dict[str, list[Holder]] = {}
-    seen: set[tuple[str, str]] = set()
+    info = {
+        (_node(s.labels), s.labels.get("container_id", "")): s.labels
+        for s in raw.named("ds01_container_info")
+    }
+    by_device: dict[tuple[str, str], list[Holder]] = {}
+    seen: set[tuple[str, str, str]] = set()
     for sample in raw.named("ds01_container_gpu_device"):
         labels = sample.labels
+        node = _node(labels)
         cid, device = labels.get("container_id", ""), labels.get("device_uuid", "")
-        if (cid, device) in seen or sample.value == 0:
+        key = (node, cid)
+        if (node, cid, device) in seen or sample.value == 0:
             continue
-        seen.add((cid, device))
-        is_busy = _flag(busy.get(cid))
-        last = last_busy.get(cid)
+        seen.add((node, cid, device))
+        is_busy = _flag(busy.get(key))
+        last = last_busy.get(key)
         if is_busy:
             idle_for: float | None = 0.0
         elif last is not None and math.isfinite(last):
             idle_for = max(0.0, now - last)
         else:
             idle_for = None
-        extra = info.get(cid, {})
+        extra = info.get(key, {})
         managed = extra.get("managed")
-        by_device.setdefault(device, []).append(
+        by_device.setdefault((node, device), []).append(
             Holder(
                 container_id=cid,
                 container=labels.get("container", "") or cid[:12],
@@ -195,9 +222,9 @@ def _holders(raw: RawStatus, now: float) -> dict[str, list[Holder]]:
                 busy=is_busy,
                 last_busy=last,
                 idle_for=idle_for,
-                idle_deadline=idle_deadline.get(cid),
-                runtime_deadline=runtime.get(cid),
-                keep_alive=_flag(keep_alive.get(cid)),
+                idle_deadline=idle_deadline.get(key),
+                runtime_deadline=runtime.get(key),
+                keep_alive=_flag(keep_alive.get(key)),
             )
         )
     for holders in by_device.values():
@@ -205,8 +232,8 @@ def _holders(raw: RawStatus, now: float) -> dict[str, list[Holder]]:
     return by_device
 
 
-def _allocations(raw: RawStatus) -> dict[str, AllocationHold]:
-    found: dict[str, AllocationHold] = {}
+def _allocations(raw: RawStatus) -> dict[tuple[str, str], AllocationHold]:
+    found: dict[tuple[str, str], AllocationHold] = {}
     for sample in sorted(
         raw.named("ds01_allocation_device"), key=lambda s: s.labels.get("allocation", "")
     ):
@@ -214,7 +241,7 @@ def _allocations(raw: RawStatus) -> dict[str, AllocationHold]:
             continue
         labels = sample.labels
         found.setdefault(
-            labels.get("device_uuid", ""),
+            (_node(labels), labels.get("device_uuid", "")),
             AllocationHold(
                 allocation=labels.get("allocation", ""),
                 user=labels.get("user", ""),
@@ -227,8 +254,10 @@ def _allocations(raw: RawStatus) -> dict[str, AllocationHold]:
 
 
 def _device_rows(raw: RawStatus, now: float) -> list[DeviceRow]:
-    def per_device(name: str) -> dict[str, float]:
-        return {s.labels.get("device_uuid", ""): s.value for s in raw.named(name)}
+    def per_device(name: str) -> dict[tuple[str, str], float]:
+        return {
+            (_node(s.labels), s.labels.get("device_uuid", "")): s.value for s in raw.named(name)
+        }
 
     used = per_device("ds01_gpu_device_memory_used_bytes")
     total = per_device("ds01_gpu_device_memory_total_bytes")
@@ -237,10 +266,11 @@ def _device_rows(raw: RawStatus, now: float) -> list[DeviceRow]:
     processes = per_device("ds01_gpu_device_processes")
     holders = _holders(raw, now)
     allocations = _allocations(raw)
-    rows: dict[str, tuple[tuple[int, int, int], DeviceRow]] = {}
+    rows: dict[tuple[str, str], tuple[tuple[str, int, int, int], DeviceRow]] = {}
     for sample in raw.named("ds01_gpu_device_info"):
         labels = sample.labels
-        uuid = labels.get("device_uuid", "")
+        node = _node(labels)
+        uuid = (node, labels.get("device_uuid", ""))
         if uuid in rows:
             continue
         shown, key = _index(labels)
@@ -254,10 +284,10 @@ def _device_rows(raw: RawStatus, now: float) -> list[DeviceRow]:
             state = "free"
         procs = processes.get(uuid)
         rows[uuid] = (
-            key,
+            (node, *key),
             DeviceRow(
                 index=shown,
-                device_uuid=uuid,
+                device_uuid=uuid[1],
                 gpu_uuid=labels.get("gpu_uuid", ""),
                 gpu_index=key[0],
                 kind=labels.get("kind", ""),
@@ -271,6 +301,7 @@ def _device_rows(raw: RawStatus, now: float) -> list[DeviceRow]:
                 holders=held,
                 allocation=None if held else allocation,
                 state=state,
+                node=node,
             ),
         )
     return [row for _, row in sorted(rows.values(), key=lambda item: item[0])]
@@ -280,8 +311,10 @@ def _profile_order(item: FreeCount) -> tuple[Any, ...]:
     return (item.kind != "mig", _number(item.profile), item.profile, item.model)
 
 
-def _free_counts(raw: RawStatus, rows: list[DeviceRow]) -> tuple[FreeCount, ...]:
-    """Free devices per (profile, model, kind) from the recording rule; rows if it is absent."""
+def _free_counts(raw: RawStatus, rows: list[DeviceRow], node: str | None) -> tuple[FreeCount, ...]:
+    """Free devices per (profile, model, kind) from the recording rule, rows if it is absent;
+    for one node, or summed over all when `node` is None."""
+    rows = [row for row in rows if node is None or row.node == node]
     totals: dict[tuple[str, str, str], int] = {}
     for row in rows:
         key = (row.profile, row.model, row.kind)
@@ -290,6 +323,8 @@ def _free_counts(raw: RawStatus, rows: list[DeviceRow]) -> tuple[FreeCount, ...]
     if rule or raw.named("ds01:devices_allocated:count"):
         free: dict[tuple[str, str, str], int] = {}
         for s in rule:
+            if node is not None and _node(s.labels) != node:
+                continue
             key = (s.labels.get("profile", ""), s.labels.get("model", ""), s.labels.get("kind", ""))
             free[key] = free.get(key, 0) + int(s.value)
     else:
@@ -305,136 +340,93 @@ def _free_counts(raw: RawStatus, rows: list[DeviceRow]) -> tuple[FreeCount, ...]
     return tuple(sorted(counts, key=_profile_order))
 
 
+def _queue_length(raw: RawStatus, node: str | None) -> int | None:
+    queue = [
+        s
+        for s in raw.named("ds01_allocator_queue_length")
+        if node is None or _node(s.labels) == node
+    ]
+    return int(sum(s.value for s in queue)) if queue else None
+
+
+def _freshness(
+    samples: Iterable[Sample], *, now: float, stale_after: float, has_rows: bool
+) -> tuple[float | None, bool, list[str]]:
+    """One exporter's last collection, whether it is stale, and the warnings that say so."""
+    collected = [s.value for s in samples if math.isfinite(s.value)]
+    last_collect = max(collected) if collected else None
+    if last_collect is None:
+        return (
+            None,
+            True,
+            [
+                "no exporter data in Prometheus (ds01_exporter_last_collect_timestamp_seconds "
+                "is absent): is the exporter running and scraped?"
+            ],
+        )
+    if last_collect <= 0:
+        return last_collect, True, ["the exporter has not completed a collection yet"]
+    if now - last_collect > stale_after:
+        return (
+            last_collect,
+            True,
+            [
+                f"exporter data is stale: last collection {format_duration(now - last_collect)} "
+                "ago; the figures below may be out of date"
+            ],
+        )
+    return last_collect, False, [] if has_rows else ["the exporter reports no GPU devices"]
+
+
 def build_view(
     raw: RawStatus,
     *,
     now: float,
     user: str | None = None,
+    node: str | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
 ) -> StatusView:
-    """Rows for every device (or only those `user` holds), the summary and any warnings."""
-    rows = _device_rows(raw, now)
-    free = _free_counts(raw, rows)
-    queue = raw.named("ds01_allocator_queue_length")
-    queue_length = int(sum(s.value for s in queue)) if queue else None
-    collected = [s.value for s in raw.last_collect if math.isfinite(s.value)]
-    last_collect = max(collected) if collected else None
+    """Rows for every device (or only those `user` holds, on `node`), summaries and warnings;
+    with several nodes, per node: each exporter's freshness is judged on its own."""
+    all_rows = _device_rows(raw, now)
+    seen = {row.node for row in all_rows} | {_node(s.labels) for s in raw.last_collect}
+    seen |= {_node(s.labels) for s in raw.named("ds01_allocator_queue_length")}
+    names = sorted(seen) if node is None else [node]
+    per_node = len(names) > 1 or node is not None
     warnings: list[str] = []
-    stale = False
-    if last_collect is None:
-        stale = True
-        warnings.append(
-            "no exporter data in Prometheus (ds01_exporter_last_collect_timestamp_seconds "
-            "is absent): is the exporter running and scraped?"
+    if node is not None and node not in seen:
+        known = ", ".join(sorted(n for n in seen if n)) or "none labelled"
+        warnings.append(f"no node {node!r} in Prometheus' data (nodes: {known})")
+    last_collects: list[float] = []
+    stale = node is not None and node not in seen  # no data at all for the asked node
+    for name in (names or [""]) if node is None else [n for n in names if n in seen]:
+        at, node_stale, said = _freshness(
+            [s for s in raw.last_collect if not per_node or _node(s.labels) == name],
+            now=now,
+            stale_after=stale_after,
+            has_rows=any(not per_node or row.node == name for row in all_rows),
         )
-    elif last_collect <= 0:
-        stale = True
-        warnings.append("the exporter has not completed a collection yet")
-    elif now - last_collect > stale_after:
-        stale = True
-        warnings.append(
-            f"exporter data is stale: last collection {format_duration(now - last_collect)} "
-            "ago; the figures below may be out of date"
-        )
-    elif not rows:
-        warnings.append("the exporter reports no GPU devices")
+        stale = stale or node_stale
+        if at is not None:
+            last_collects.append(at)
+        prefix = f"node {name}: " if len(names) > 1 else ""
+        warnings.extend(prefix + line for line in said)
+    rows = [row for row in all_rows if node is None or row.node == node]
     if user is not None:
         rows = [row for row in rows if user in row.users]
     return StatusView(
         now=now,
         rows=tuple(rows),
-        free=free,
-        queue_length=queue_length,
-        last_collect=last_collect,
+        free=_free_counts(raw, all_rows, node),
+        queue_length=_queue_length(raw, node),
+        last_collect=min(last_collects) if last_collects else None,
         stale=stale,
         warnings=tuple(warnings),
         user_filter=user,
+        nodes=tuple(
+            NodeSummary(name, _free_counts(raw, all_rows, name), _queue_length(raw, name))
+            for name in names
+            if name in seen
+        ),
+        node_filter=node,
     )
-
-
-# --- JSON (fields documented in docs/gpu-status.md; change only with a version bump) --------
-
-
-def _time(value: float | None) -> float | None:
-    """JSON has no infinity: a deadline of +Inf ("never") and an unknown one are both null."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _holder_json(h: Holder) -> dict[str, Any]:
-    stop_at, reason = h.stop
-    return {
-        "container_id": h.container_id,
-        "container": h.container,
-        "user": h.user,
-        "group": h.group,
-        "type": h.type,
-        "managed": h.managed,
-        "allocation": h.allocation,
-        "busy": h.busy,
-        "last_busy": _time(h.last_busy),
-        "idle_for_seconds": h.idle_for,
-        "idle_deadline": _time(h.idle_deadline),
-        "runtime_deadline": _time(h.runtime_deadline),
-        "keep_alive": h.keep_alive,
-        "stop_at": stop_at,
-        "stop_reason": reason,
-    }
-
-
-def _row_json(row: DeviceRow) -> dict[str, Any]:
-    stop_at, reason = row.stop
-    allocation = row.allocation
-    return {
-        "index": row.index,
-        "device_uuid": row.device_uuid,
-        "gpu_uuid": row.gpu_uuid,
-        "gpu_index": row.gpu_index,
-        "kind": row.kind,
-        "model": row.model,
-        "profile": row.profile,
-        "memory_used_bytes": None if row.memory_used is None else int(row.memory_used),
-        "memory_total_bytes": None if row.memory_total is None else int(row.memory_total),
-        "activity_ratio": row.activity,
-        "busy": row.busy,
-        "processes": row.processes,
-        "state": row.state,
-        "users": list(row.users),
-        "containers": [_holder_json(h) for h in row.holders],
-        "allocation": None
-        if allocation is None
-        else {
-            "allocation": allocation.allocation,
-            "user": allocation.user,
-            "group": allocation.group,
-            "state": allocation.state,
-            "container_id": allocation.container_id,
-        },
-        "idle_for_seconds": row.idle_for,
-        "stop_at": stop_at,
-        "stop_reason": reason,
-    }
-
-
-def view_to_json(view: StatusView, *, prometheus_url: str) -> dict[str, Any]:
-    return {
-        "version": JSON_VERSION,
-        "prometheus_url": prometheus_url,
-        "time": view.now,
-        "user_filter": view.user_filter,
-        "exporter": {"last_collect": view.last_collect, "stale": view.stale},
-        "warnings": list(view.warnings),
-        "devices": [_row_json(row) for row in view.rows],
-        "summary": {
-            "free": [
-                {
-                    "profile": f.profile,
-                    "model": f.model,
-                    "kind": f.kind,
-                    "free": f.free,
-                    "total": f.total,
-                }
-                for f in view.free
-            ],
-            "queue_length": view.queue_length,
-        },
-    }

@@ -101,3 +101,12 @@ def test_a_node_name_that_is_not_host_like_is_refused() -> None:
 def test_the_node_defaults_to_the_short_host_name() -> None:
     assert effective_node("gpu-z") == "gpu-z"
     assert effective_node("") == socket.gethostname().split(".")[0]
+
+
+def test_a_node_may_name_its_own_enforcer_token_file() -> None:
+    node = {"name": "a", "exporter": "h:1", "enforcer": "http://h:2"}
+    policy = parse_policy({"cluster": {"nodes": [{**node, "token_file": "/etc/ds01/a.token"}]}})
+    assert policy.cluster.nodes[0].token_file == "/etc/ds01/a.token"
+    assert parse_policy({"cluster": {"nodes": [node]}}).cluster.nodes[0].token_file is None
+    with pytest.raises(PolicyError, match=r"cluster.nodes\[0\].token_file: must be an absolute"):
+        parse_policy({"cluster": {"nodes": [{**node, "token_file": "a.token"}]}})

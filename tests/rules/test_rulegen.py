@@ -205,3 +205,20 @@ def test_promtool_unit_tests_cover_every_rule():
     for doc in (lifecycle_rules(settings), operations_rules(settings), recording_rules(settings)):
         names |= set(_rules(doc))
     assert names <= covered, f"rules without a promtool test: {sorted(names - covered)}"
+
+
+def test_every_aggregation_and_join_keeps_the_node_label():
+    """One Prometheus serves many nodes (issue 18): a `by (...)` without `node` would merge two
+    nodes' series, an `on(...)` without it would join them (prometheus/tests/nodes.yml shows it)."""
+    import re
+
+    settings = RuleSettings()
+    grouping = re.compile(r"\b(by|on)\s*\(([^)]*)\)")
+    seen = 0
+    for doc in (lifecycle_rules(settings), operations_rules(settings), recording_rules(settings)):
+        for name, rule in _rules(doc).items():
+            for keyword, labels in grouping.findall(rule["expr"]):
+                seen += 1
+                names = [label.strip() for label in labels.split(",")]
+                assert "node" in names, f"{name}: `{keyword} ({labels})` drops the node label"
+    assert seen > 20

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ds01.gpu_status.query import Sample, raw_status
-from ds01.gpu_status.view import build_view, view_to_json
+from ds01.gpu_status.view import build_view
+from ds01.gpu_status.view_json import view_to_json
 
 NOW = 1_700_000_000.0
 MIG = "MIG-11111111-1111-1111-1111-111111111111"
