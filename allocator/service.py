@@ -140,6 +140,8 @@ class Allocator:
                 woken = self._serve(tx, live, reading, now)
                 if not waiter.resolved and not wait:
                     self.queue.drop(waiter.ticket, self.clock.time())
+            if isinstance(waiter.outcome, Allocation) or not (wait or waiter.resolved):
+                self.queue.forget(waiter.ticket)  # answered now: the ticket is never shown
             self._wake(woken)
         if isinstance(waiter.outcome, Allocation):
             return waiter.outcome

@@ -40,6 +40,10 @@ def test_depth_ignores_brackets_in_strings():
     with pytest.raises(ValueError, match="nested deeper than 64"):
         parse_json(b"[" * 65 + b"]" * 65, max_bytes=1000)
     assert parse_json(b"[" * 64 + b"]" * 64, max_bytes=1000) is not None
+    many_shallow = b"[" + b",".join([b"[]"] * 100) + b"]"  # 101 brackets, depth 2
+    assert parse_json(many_shallow, max_bytes=1000) == [[]] * 100
+    with pytest.raises(ValueError, match="nested deeper than 64"):
+        parse_json(b'{"a": "[[[", "b": ' + b"[" * 65 + b"]" * 65 + b"}", max_bytes=1000)
 
 
 @pytest.mark.parametrize(
