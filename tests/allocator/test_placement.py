@@ -53,8 +53,9 @@ def test_more_devices_than_the_host_has_is_impossible():
 
 def test_the_eligibility_cache_answers_as_eligible_devices_and_follows_a_new_inventory():
     cache = EligibilityCache()
-    for profile, full_gpu, allow in [(None, False, True), (None, False, False), ("3g.71gb", False, False),
-                                     (None, True, True), (None, False, True)]:  # fmt: skip
+    asks = [(None, False, True), (None, False, False), ("3g.71gb", False, False),
+            (None, True, True), (None, False, True)]  # fmt: skip
+    for profile, full_gpu, allow in asks:
         asked = {"profile": profile, "full_gpu": full_gpu, "allow_full_gpu": allow}
         assert cache.eligible(INVENTORY, **asked) == eligible_devices(INVENTORY, **asked)
     smaller = tuple(d for d in INVENTORY if d.kind == "gpu")  # the MIG instances went away
