@@ -25,7 +25,11 @@ class BadBody(ValueError):
 
 def json_body(*, required: bool) -> Any:
     """The request's JSON body (depth and size bounded), None when absent and not required."""
-    raw = request.get_data(cache=True)
+    environ = request.environ
+    if not environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+        raw = b""  # HTTP/1.1: no length and no chunks is no body; the stream need not be built
+    else:
+        raw = request.get_data(cache=True)
     if not raw:
         if required:
             raise BadBody("the body must be JSON (Content-Type: application/json)")

@@ -49,6 +49,37 @@ def eligible_devices(
     return tuple(sorted(chosen, key=device_order))
 
 
+class EligibilityCache:
+    """`eligible_devices` remembered per inventory: an inventory lasts many requests.
+
+    Keyed by the inventory's identity; the (inventory, answers) pair is swapped in whole, so
+    threads may share it: the worst a race costs is one answer computed twice.
+    """
+
+    def __init__(self) -> None:
+        self._memo: tuple[object, dict[tuple, tuple[GpuDevice, ...]]] = (None, {})
+
+    def eligible(
+        self,
+        inventory: Sequence[GpuDevice],
+        *,
+        profile: str | None,
+        full_gpu: bool,
+        allow_full_gpu: bool,
+    ) -> tuple[GpuDevice, ...]:
+        known, answers = self._memo
+        if known is not inventory:
+            answers = {}
+            self._memo = (inventory, answers)
+        key = (profile, full_gpu, allow_full_gpu)
+        found = answers.get(key)
+        if found is None:
+            found = answers[key] = eligible_devices(
+                inventory, profile=profile, full_gpu=full_gpu, allow_full_gpu=allow_full_gpu
+            )
+        return found
+
+
 def feasibility(
     inventory: Sequence[GpuDevice],
     *,
@@ -57,8 +88,11 @@ def feasibility(
     full_gpu: bool,
     allow_full_gpu: bool,
     group: str,
+    eligible: Sequence[GpuDevice] | None = None,
 ) -> Feasibility:
-    """Refuse requests no amount of waiting can serve: not allowed, unknown profile, too many."""
+    """Refuse requests no amount of waiting can serve: not allowed, unknown profile, too many.
+
+    `eligible`: `eligible_devices` of the same request, when the caller has it already."""
     if full_gpu and not allow_full_gpu:
         return Feasibility(
             False,
@@ -68,9 +102,10 @@ def feasibility(
         )
     if full_gpu and profile:
         return Feasibility(False, "impossible", "ask for either a profile or a whole GPU")
-    eligible = eligible_devices(
-        inventory, profile=profile, full_gpu=full_gpu, allow_full_gpu=allow_full_gpu
-    )
+    if eligible is None:
+        eligible = eligible_devices(
+            inventory, profile=profile, full_gpu=full_gpu, allow_full_gpu=allow_full_gpu
+        )
     if len(eligible) >= count:
         return Feasibility(True)
     if profile:

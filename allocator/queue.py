@@ -136,7 +136,16 @@ class WaitQueue:
             waiter = self._waiting[ticket]
             waiter.outcome, waiter.resolved_at = outcome, resolved_at
 
+    def forget(self, ticket: str) -> None:
+        """Keep no record of a ticket nobody was told about (granted or refused at once)."""
+        self._resolved.pop(ticket, None)
+
     def forget_old(self, now: float) -> None:
-        for ticket, waiter in list(self._resolved.items()):
-            if waiter.resolved_at is not None and now - waiter.resolved_at > self.keep_resolved:
-                del self._resolved[ticket]
+        """Forget tickets resolved over `keep_resolved` ago. They are kept in the order they
+        were resolved, so the pass stops at the first young one: each tick costs what it
+        forgets, not every ticket of the last minute (a clock stepped back only delays it)."""
+        while self._resolved:
+            ticket, waiter = next(iter(self._resolved.items()))
+            if waiter.resolved_at is not None and now - waiter.resolved_at <= self.keep_resolved:
+                return
+            del self._resolved[ticket]

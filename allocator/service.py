@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -36,7 +36,7 @@ from .model import (
     AllocatorError,
     Denial,
 )
-from .placement import eligible_devices, feasibility
+from .placement import EligibilityCache, feasibility
 from .queue import Candidate, Waiter, WaitQueue, plan_fifo
 from .quota import check_quota
 from .store import AllocationStore, StoreTx, WaitRecord
@@ -82,6 +82,7 @@ class Allocator:
         )
         self.owner_of_pid = owner_of_pid
         self.queue = WaitQueue()
+        self.placement = EligibilityCache()  # per inventory reading: asked on every request
         self.running = RunningContainers()  # guarded by _lock
         self.history = history or HistoryLog(None)  # grants and waits, for `container history`
         self._lock = threading.RLock()
@@ -111,6 +112,12 @@ class Allocator:
             full_gpu=request.full_gpu,
             allow_full_gpu=group.allow_full_gpu,
             group=group.name,
+            eligible=self.placement.eligible(
+                reading.devices,
+                profile=request.profile,
+                full_gpu=request.full_gpu,
+                allow_full_gpu=group.allow_full_gpu,
+            ),
         )
         if not verdict.ok:
             self._deny(verdict.reason, verdict.message)
@@ -142,7 +149,7 @@ class Allocator:
                         holding_by_node=by_node,
                     )
                 waiter = Waiter(
-                    ticket=f"t-{uuid.uuid4().hex[:16]}",
+                    ticket=f"t-{secrets.token_hex(8)}",
                     request=request,
                     group=group.name,
                     enqueued_at=now,
@@ -153,6 +160,8 @@ class Allocator:
                 woken = self._serve(tx, live, reading, now)
                 if not waiter.resolved and not wait:
                     self.queue.drop(waiter.ticket, self.clock.time())
+            if isinstance(waiter.outcome, Allocation) or not (wait or waiter.resolved):
+                self.queue.forget(waiter.ticket)  # answered now: the ticket is never shown
             self._wake(woken)
         if isinstance(waiter.outcome, Allocation):
             return waiter.outcome
@@ -568,7 +577,7 @@ class Allocator:
         for waiter in waiters:
             req = waiter.request
             group = self.policy.group_of(req.user)
-            eligible = eligible_devices(
+            eligible = self.placement.eligible(
                 reading.devices,
                 profile=req.profile,
                 full_gpu=req.full_gpu,
@@ -577,7 +586,7 @@ class Allocator:
             usable = tuple(
                 d.device_uuid
                 for d in eligible
-                if not (owners.get(d.device_uuid, set()) - {req.user})
+                if not owners or not (owners.get(d.device_uuid, set()) - {req.user})
             )
             candidates.append(Candidate(waiter.ticket, req.count, usable))
         woken = []
@@ -599,7 +608,7 @@ class Allocator:
                 woken.append(waiter)
                 continue
             alloc = Allocation(
-                id=uuid.uuid4().hex[:16],
+                id=secrets.token_hex(8),
                 user=req.user,
                 group=waiter.group,
                 devices=devices,
@@ -681,7 +690,7 @@ class Allocator:
                 container=view,
                 devices=decision.devices,
                 group=group.name,
-                allocation_id=uuid.uuid4().hex[:16],
+                allocation_id=secrets.token_hex(8),
                 now=now,
             )
             tx.insert(alloc)
@@ -730,6 +739,6 @@ class Allocator:
         owners: dict[str, set[str]] = {}
         for uuid_ in uuids:
             sample = reading.samples.get(uuid_)
-            if sample and sample.process_pids:
+            if sample is not None and sample.processes:  # no tuple built for idle devices
                 owners[uuid_] = {self.owner_of_pid(pid) or "?" for pid in sample.process_pids}
         return owners

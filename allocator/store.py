@@ -265,15 +265,11 @@ class SqliteTx:
                 allocation.id,
             ),
         )
-        self._conn.execute(
-            "UPDATE allocation_devices SET live = ? WHERE allocation_id = ?",
-            (0 if allocation.state == RELEASED else 1, allocation.id),
-        )
         gone = list(allocation.vanished)
-        self._conn.execute(
-            "UPDATE allocation_devices SET vanished = (device_uuid IN "
+        self._conn.execute(  # one statement: each one is a round through SQLite's VM
+            "UPDATE allocation_devices SET live = ?, vanished = (device_uuid IN "
             f"({','.join('?' * len(gone))})) WHERE allocation_id = ?",
-            (*gone, allocation.id),
+            (0 if allocation.state == RELEASED else 1, *gone, allocation.id),
         )
         self._remember(allocation)
 

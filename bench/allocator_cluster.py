@@ -61,8 +61,17 @@ def throughput(socks: list[str], seconds: float, workers: int) -> tuple[Load, li
     start_at = time.time() + 0.5  # forking the client processes is not part of the figure
     stop_at = start_at + seconds
     plan = [(socks[i % len(socks)], f"bench{i}", start_at, stop_at) for i in range(workers)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # close + join, not the context manager's terminate(): terminating a pool whose workers
+    # wait on its task queue can hang in join (seen here once in five runs).
+    # The workers take SIGTERM's default back (main()'s handler is for the parent).
+    pool = multiprocessing.get_context("fork").Pool(
+        workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)
+    )
+    try:
         parts = pool.starmap(_worker, plan)
+    finally:
+        pool.close()
+        pool.join()
     latencies = [value for part, _ in parts for value in part]
     return _load(latencies, seconds), [r for _, refused in parts for r in refused]
 

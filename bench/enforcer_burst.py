@@ -10,7 +10,9 @@ client sends:
   2. --posts concurrent webhooks of 5 alerts each (2 new, 3 repeats of step 1), while the
      enforcer's workers are busy with step 1.
 Goal (issue 16): ack p99 over all those webhooks <= 2x the empty app's, no alert lost, none
-decided twice, no container stopped twice.
+decided twice, no container stopped twice. Both bursts are repeated for --rounds rounds (fresh
+alerts, the containers started again), and the goal is judged on the median round: on a shared
+machine one pair of bursts swings from 1.3x to 3.5x with the neighbours' load alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -46,6 +49,7 @@ from ds01.stack import (  # noqa: E402
     start_prometheus,
 )
 from enforcer.audit import read_audit  # noqa: E402
+from enforcer.facts import IDLE_SERIES  # noqa: E402
 from tests.enforcer.series import (  # noqa: E402
     ContainerSeries,
     SeriesServer,
@@ -145,6 +149,131 @@ def burst(port: int, big_body: bytes, bodies: list[bytes]) -> tuple[list[float],
     return [big, *(r[0] for r in results)], big, codes
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round: the same webhooks to the empty app, then to the enforcer, and what it did."""
+
+    ratio: float
+    p99: float
+    base_p99: float
+    big: float
+    base_big: float
+    codes_ok: bool
+    lost: int
+    twice: int
+    double_stops: int
+    running: int
+
+    @property
+    def sound(self) -> bool:
+        return not (self.lost or self.twice or self.double_stops or self.running)
+
+
+def one_round(
+    tag: str, args, *, boxes: list, client, state: Path, enforcer: tuple, empty: tuple
+) -> Round:
+    """Fresh alerts (fingerprints prefixed with `tag`) for running containers; both bursts."""
+    (enforcer_pid, port), (empty_pid, empty_port) = enforcer, empty
+    starts_at = time.time()
+    first = [
+        alert(boxes[i % len(boxes)], f"{tag}-burst-{i}", starts_at) for i in range(args.alerts)
+    ]
+    posts = []
+    for j in range(args.posts):
+        batch = [
+            alert(boxes[(j + k) % len(boxes)], f"{tag}-post-{j}-{k}", starts_at) for k in (0, 1)
+        ]
+        batch += [first[(j * 3 + k) % len(first)] for k in range(3)]  # repeats
+        posts.append(batch)
+    distinct = {a["fingerprint"] for a in first} | {a["fingerprint"] for p in posts for a in p}
+    bodies = [json.dumps(webhook(alerts)).encode() for alerts in posts]
+    big_body = json.dumps(webhook(first)).encode()
+
+    cpu = cpu_seconds(empty_pid)
+    base, base_big, _ = burst(empty_port, big_body, bodies)
+    base_cpu = cpu_seconds(empty_pid) - cpu
+    t_start = time.monotonic()
+    cpu = cpu_seconds(enforcer_pid)
+    latencies, big_latency, codes = burst(port, big_body, bodies)
+    burst_cpu = cpu_seconds(enforcer_pid) - cpu
+    ms = 1e3
+    p99, b99 = percentile(latencies, 0.99), percentile(base, 0.99)
+    print(f"round {tag} (load {os.getloadavg()[0]:.1f}): server CPU during the burst: enforcer "
+          f"{burst_cpu * ms:.0f} ms, empty app {base_cpu * ms:.0f} ms", flush=True)  # fmt: skip
+    if args.intake_only:
+        print(f"intake only (workers held): p99 {p99 * ms:.1f} ms vs empty {b99 * ms:.1f} ms "
+              f"({p99 / b99:.2f}x)")  # fmt: skip
+        return Round(p99 / b99, p99, b99, big_latency, base_big, set(codes) == {200}, 0, 0, 0, 0)
+
+    def decisions() -> list[dict]:  # a stop deferred for its warning is not a decision
+        return [
+            r
+            for r in read_audit(state / "enforcer-audit.jsonl")
+            if r["fingerprint"] in distinct and not r["decision"].startswith("deferred:")
+        ]
+
+    wait(lambda: len(decisions()) >= len(distinct), 600, "every alert to be decided")
+    elapsed = time.monotonic() - t_start
+    records = decisions()
+    decided = Counter(r["fingerprint"] for r in records)
+    stops = Counter(r["container_id"] for r in records if r["decision"] == "stopped")
+    running = [b.name for b in boxes if client.containers.get(b.id).status == "running"]
+    print(
+        f"  empty app:  big webhook ack {base_big * ms:.1f} ms; all acks p50 "
+        f"{statistics.median(base) * ms:.1f} ms, p99 {b99 * ms:.1f} ms, max {max(base) * ms:.1f} ms"
+    )
+    print(
+        f"  enforcer:   big webhook ({len(first)} alerts) ack {big_latency * ms:.1f} ms; "
+        f"all acks p50 {statistics.median(latencies) * ms:.1f} ms, p99 {p99 * ms:.1f} ms, "
+        f"max {max(latencies) * ms:.1f} ms ({p99 / b99:.2f}x); HTTP {dict(codes)}"
+    )
+    kinds = Counter(r["decision"].split(" (")[0] for r in records)
+    print(
+        f"  {len(records)} decisions ({len(stops)} stops) in {elapsed:.1f}s: "
+        f"{len(records) / elapsed:.1f} decisions/s; "
+        + ", ".join(f"{n} {d}" for d, n in kinds.most_common())
+    )
+    return Round(
+        ratio=p99 / b99, p99=p99, base_p99=b99, big=big_latency, base_big=base_big,
+        codes_ok=set(codes) == {200}, lost=len(distinct - set(decided)),
+        twice=sum(1 for n in decided.values() if n > 1),
+        double_stops=sum(1 for n in stops.values() if n > 1), running=len(running),
+    )  # fmt: skip
+
+
+def summarize(rounds: list[Round], args) -> int:
+    """The goal on the median round (each round's ratio printed): one pair of bursts is at the
+    mercy of whatever else the machine does in that second."""
+    ms = 1e3
+    middle = sorted(rounds, key=lambda r: r.ratio)[len(rounds) // 2]
+    each = ", ".join(f"{r.ratio:.2f}x" for r in rounds)
+    report(
+        Goal(
+            "enforcer",
+            f"ack p99, 1 webhook of {args.alerts} + {args.posts} concurrent, vs empty app "
+            f"(median of {len(rounds)} rounds)",
+            f"{middle.p99 * ms:.1f} vs {middle.base_p99 * ms:.1f} ms ({middle.ratio:.2f}x; "
+            f"rounds {each}); big webhook {middle.big * ms:.1f} vs {middle.base_big * ms:.1f} ms",
+            "<= 2x",
+            middle.ratio <= 2.0 and all(r.codes_ok for r in rounds),
+        )
+    )
+    lost, twice = sum(r.lost for r in rounds), sum(r.twice for r in rounds)
+    double, running = sum(r.double_stops for r in rounds), sum(r.running for r in rounds)
+    sound = all(r.sound for r in rounds)
+    report(
+        Goal(
+            "enforcer",
+            "every alert decided once, no container stopped twice (all rounds)",
+            f"{lost} lost, {twice} decided twice, {double} stopped twice in a round, "
+            f"{running} left running",
+            "all 0",
+            sound,
+        )
+    )
+    return 0 if sound else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--containers", type=int, default=50, help="containers (default 50)")
@@ -161,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         "--intake-only",
         action="store_true",
         help="hold the workers (--action-delay 1h) and measure the acks alone",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of both bursts, each with fresh alerts for restarted containers; the goal "
+        "is judged on the median round (default 3)",
     )
     parser.add_argument("--serve-empty", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -251,18 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         enforcer.wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, 60, "ready")
 
-        starts_at = time.time()
-        first = [alert(boxes[i % len(boxes)], f"burst-{i}", starts_at) for i in range(args.alerts)]
-        posts = []
-        for j in range(args.posts):
-            batch = [alert(boxes[(j + k) % len(boxes)], f"post-{j}-{k}", starts_at) for k in (0, 1)]
-            batch += [first[(j * 3 + k) % len(first)] for k in range(3)]  # repeats
-            posts.append(batch)
-        distinct = {a["fingerprint"] for a in first} | {a["fingerprint"] for p in posts for a in p}
-
-        bodies = [json.dumps(webhook(alerts)).encode() for alerts in posts]
-        big_body = json.dumps(webhook(first)).encode()
-
         empty_port = free_port()
         empty = ChildProcess(
             "empty app",
@@ -280,91 +404,24 @@ def main(argv: list[str] | None = None) -> int:
         started.append(empty)
         empty_url = f"http://127.0.0.1:{empty_port}"
         empty.wait_until(lambda: requests.get(f"{empty_url}/healthz", timeout=1).ok, 60, "ready")
-        cpu = cpu_seconds(empty.pid)
-        base, base_big, _ = burst(empty_port, big_body, bodies)
-        base_cpu = cpu_seconds(empty.pid) - cpu
-        empty.stop()
 
-        t_start = time.monotonic()
-        cpu = cpu_seconds(enforcer.pid)
-        latencies, big_latency, codes = burst(port, big_body, bodies)
-        burst_cpu = cpu_seconds(enforcer.pid) - cpu
-        print(f"server CPU during the burst: enforcer {burst_cpu * 1e3:.0f} ms, empty app "
-              f"{base_cpu * 1e3:.0f} ms", flush=True)  # fmt: skip
-        if args.intake_only:
-            p99, b99 = percentile(latencies, 0.99), percentile(base, 0.99)
-            print(
-                f"intake only (workers held): p99 {p99 * 1e3:.1f} ms vs empty "
-                f"{b99 * 1e3:.1f} ms ({p99 / b99:.2f}x)"
-            )
-            return 0
-
-        def decisions() -> list[dict]:  # a stop deferred for its warning is not a decision
-            return [
-                r
-                for r in read_audit(root / "state" / "enforcer-audit.jsonl")
-                if not r["decision"].startswith("deferred:")
-            ]
-
-        def drained() -> bool:
-            return len(decisions()) >= len(distinct)
-
-        wait(drained, 600, "every alert to be decided")
-        elapsed = time.monotonic() - t_start
-        records = decisions()
-        decided = Counter(r["fingerprint"] for r in records)
-        stops = Counter(r["container_id"] for r in records if r["decision"] == "stopped")
-        lost = distinct - set(decided)
-        twice = [f for f, n in decided.items() if n > 1]
-        double_stops = [c for c, n in stops.items() if n > 1]
-        running = [b.name for b in boxes if client.containers.get(b.id).status == "running"]
-
-        ms = 1e3
-        p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
-        b50, b99 = statistics.median(base), percentile(base, 0.99)
-        rate, stop_rate = len(records) / elapsed, len(stops) / elapsed
-        print(
-            f"empty app:  big webhook ack {base_big * ms:.1f} ms; all acks p50 "
-            f"{b50 * ms:.1f} ms, p99 {b99 * ms:.1f} ms, max {max(base) * ms:.1f} ms"
-        )
-        print(
-            f"enforcer:   big webhook ({len(first)} alerts) ack {big_latency * ms:.1f} ms; "
-            f"all acks p50 {p50 * ms:.1f} ms, p99 {p99 * ms:.1f} ms, "
-            f"max {max(latencies) * ms:.1f} ms; HTTP {dict(codes)}"
-        )
-        print(
-            f"{len(records)} decisions ({len(stops)} stops) in {elapsed:.1f}s: "
-            f"{rate:.1f} decisions/s, {stop_rate:.1f} stops/s"
-        )
-        kinds = Counter(r["decision"].split(" (")[0] for r in records)
-        print("decisions: " + ", ".join(f"{n} {d}" for d, n in kinds.most_common()))
-        print(
-            f"alerts lost: {len(lost)}; decided twice: {len(twice)}; "
-            f"containers stopped twice: {len(double_stops)}; still running: {len(running)}"
-        )
-        ratio = p99 / b99
-        report(
-            Goal(
-                "enforcer",
-                f"ack p99, 1 webhook of {len(first)} + {len(posts)} concurrent, vs empty app",
-                f"{p99 * ms:.1f} vs {b99 * ms:.1f} ms ({ratio:.2f}x); big webhook "
-                f"{big_latency * ms:.1f} vs {base_big * ms:.1f} ms",
-                "<= 2x",
-                ratio <= 2.0 and set(codes) == {200},
-            )
-        )
-        sound = not lost and not twice and not double_stops and not running
-        report(
-            Goal(
-                "enforcer",
-                "every alert decided once, no container stopped twice",
-                f"{len(lost)} lost, {len(twice)} decided twice, {len(double_stops)} stopped "
-                f"twice, {len(running)} left running",
-                "all 0",
-                sound,
-            )
-        )
-        return 0 if sound else 1
+        rounds = []
+        for number in range(args.rounds):
+            if number:  # the enforcer stopped them all: start them again for the next round
+                for box in boxes:
+                    box.start()
+                restarted = time.time()  # an idle stop needs facts measured after the start
+                scraped = f'timestamp({IDLE_SERIES}{{container_id="{last}"}}) > {restarted}'
+                wait(lambda q=scraped: prometheus_has(prometheus.url, q), 60, "a scrape after it")
+            rounds.append(
+                one_round(
+                    f"r{number}", args, boxes=boxes, client=client, state=root / "state",
+                    enforcer=(enforcer.pid, port), empty=(empty.pid, empty_port),
+                )
+            )  # fmt: skip
+            if args.intake_only:
+                return 0
+        return summarize(rounds, args)
     finally:
         for component in reversed(started):
             component.stop()

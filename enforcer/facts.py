@@ -163,7 +163,8 @@ class PrometheusSource:
 
 
 class Health:
-    """Cached reachability of Docker and Prometheus, so a webhook burst pings each only once."""
+    """Cached reachability of Docker and Prometheus, so a webhook burst pings each only once
+    and no acknowledgement waits for a ping (a stale answer is refreshed in the background)."""
 
     def __init__(
         self,
@@ -181,24 +182,35 @@ class Health:
         self._lock = threading.Lock()
 
     def ok(self, dependency: str) -> bool:
-        """Reachable? One caller re-checks when the answer is stale; while it does, the others
-        use the last answer instead of queueing behind the check (acks never wait on pings)."""
+        """Reachable? The last answer; once it is older than the ttl it is re-checked in the
+        background, so no ack waits on a ping. Only the first check, and the first after a worker
+        saw a failure (mark_down), are made by the caller."""
         with self._lock:
             cached = self._cache.get(dependency)
-            if cached is not None and (
-                self._monotonic() - cached[0] < self._ttl or dependency in self._checking
-            ):
+            if cached is not None:
+                stale = self._monotonic() - cached[0] >= self._ttl
+                if stale and dependency not in self._checking:
+                    self._checking.add(dependency)
+                    threading.Thread(
+                        target=self._check, args=(dependency,), name=f"health-{dependency}",
+                        daemon=True,
+                    ).start()  # fmt: skip
                 return cached[1]
             self._checking.add(dependency)
+        return self._check(dependency)
+
+    def _check(self, dependency: str) -> bool:
+        up = False
         try:
             up = self._checks[dependency]()
+        except Exception:  # a probe that raises is a dependency we cannot reach
+            logger.exception("checking %s failed", dependency)
         finally:
             with self._lock:
+                self._cache[dependency] = (self._monotonic(), up)
                 self._checking.discard(dependency)
         if not up:
             logger.warning("%s is unreachable", dependency)
-        with self._lock:
-            self._cache[dependency] = (self._monotonic(), up)
         return up
 
     def mark_down(self, dependency: str) -> None:

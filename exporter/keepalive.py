@@ -96,11 +96,23 @@ class KeepAliveChecker:
         self._interval = interval
         self._errors = errors
         self._cache: dict[str, _Checked] = {}
+        # container id -> (its mounts, the path looked up, where that is on the host): a
+        # container's mounts never change, so the lookup is done once, not every cycle.
+        self._host_paths: dict[str, tuple[tuple[Mount, ...], str, tuple[str, str] | None]] = {}
         self._episode = Episode(logger, "keep-alive check")
+
+    def _host_path(self, container: KnownContainer) -> tuple[str, str] | None:
+        container_id = container.facts.container_id
+        known = self._host_paths.get(container_id)
+        if known is not None and known[0] is container.mounts and known[1] == self.path:
+            return known[2]
+        found = host_path(container.mounts, self.path)
+        self._host_paths[container_id] = (container.mounts, self.path, found)
+        return found
 
     def mtime(self, container: KnownContainer, now: float) -> float | None:
         """The file's mtime (Unix seconds), or None when it is absent or cannot be read."""
-        found = host_path(container.mounts, self.path)
+        found = self._host_path(container)
         if found is not None:
             target, mount_source = found
             try:
@@ -136,5 +148,6 @@ class KeepAliveChecker:
 
     def retain(self, container_ids: Iterable[str]) -> None:
         keep = set(container_ids)
-        for cid in [c for c in self._cache if c not in keep]:
-            del self._cache[cid]
+        for known in (self._cache, self._host_paths):
+            for cid in [c for c in known if c not in keep]:
+                del known[cid]

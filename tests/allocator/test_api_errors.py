@@ -40,6 +40,10 @@ def test_depth_ignores_brackets_in_strings():
     with pytest.raises(ValueError, match="nested deeper than 64"):
         parse_json(b"[" * 65 + b"]" * 65, max_bytes=1000)
     assert parse_json(b"[" * 64 + b"]" * 64, max_bytes=1000) is not None
+    many_shallow = b"[" + b",".join([b"[]"] * 100) + b"]"  # 101 brackets, depth 2
+    assert parse_json(many_shallow, max_bytes=1000) == [[]] * 100
+    with pytest.raises(ValueError, match="nested deeper than 64"):
+        parse_json(b'{"a": "[[[", "b": ' + b"[" * 65 + b"]" * 65 + b"}", max_bytes=1000)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +91,27 @@ def test_a_full_disk_is_a_503_with_a_message_and_the_allocator_recovers(
         disk.free()
         assert alice.allocate()["state"] == "reserved"
         runtime.stop()
+
+
+def test_a_chunked_body_is_read_and_a_body_on_release_is_still_checked(allocator):
+    """No Content-Length is no body only without chunks: both kinds reach the JSON checks."""
+    import json
+
+    conn = _Unix(str(allocator.socket_path))
+    conn.putrequest("POST", "/v1/allocations")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    for chunk in (b'{"count": 1,', b' "queue": false}'):
+        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    conn.send(b"0\r\n\r\n")
+    reply = conn.getresponse()
+    granted = json.loads(reply.read())
+    conn.close()
+    assert reply.status == 201, granted
+    alloc_id = granted["allocation"]["id"]
+
+    status, _, text = raw(allocator, "DELETE", f"/v1/allocations/{alloc_id}", b"{bad")
+    assert (status, json.loads(text)["error"]) == (400, "invalid")
+    status, _, text = raw(allocator, "DELETE", f"/v1/allocations/{alloc_id}")
+    assert (status, json.loads(text)["allocation"]["state"]) == (200, "released")

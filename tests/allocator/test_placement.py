@@ -1,4 +1,4 @@
-from allocator.placement import eligible_devices, feasibility
+from allocator.placement import EligibilityCache, eligible_devices, feasibility
 from ds01.gpu.sim import load_topology
 
 INVENTORY = load_topology(None)  # GPU 0: 3g.71gb, 2g.35gb, 1g.18gb, 1g.18gb; GPU 1 whole
@@ -49,3 +49,24 @@ def test_more_devices_than_the_host_has_is_impossible():
         INVENTORY, count=5, profile=None, full_gpu=False, allow_full_gpu=False, group="student"
     )
     assert not verdict.ok and "asked for 5" in verdict.message
+
+
+def test_the_eligibility_cache_answers_as_eligible_devices_and_follows_a_new_inventory():
+    cache = EligibilityCache()
+    asks = [(None, False, True), (None, False, False), ("3g.71gb", False, False),
+            (None, True, True), (None, False, True)]  # fmt: skip
+    for profile, full_gpu, allow in asks:
+        asked = {"profile": profile, "full_gpu": full_gpu, "allow_full_gpu": allow}
+        assert cache.eligible(INVENTORY, **asked) == eligible_devices(INVENTORY, **asked)
+    smaller = tuple(d for d in INVENTORY if d.kind == "gpu")  # the MIG instances went away
+    assert _indexes(cache.eligible(smaller, profile=None, full_gpu=False, allow_full_gpu=True)) == [
+        "1"
+    ]
+
+
+def test_feasibility_uses_the_eligible_devices_it_is_given():
+    verdict = feasibility(
+        INVENTORY, count=2, profile=None, full_gpu=False, allow_full_gpu=False, group="g",
+        eligible=(),
+    )  # fmt: skip
+    assert not verdict.ok and "only 0 device(s)" in verdict.message

@@ -1,4 +1,5 @@
-from allocator.queue import Candidate, plan_fifo
+from allocator.model import AllocationRequest, Denial
+from allocator.queue import Candidate, Waiter, WaitQueue, plan_fifo
 
 
 def test_first_come_first_served_for_the_same_devices():
@@ -42,3 +43,29 @@ def test_restore_puts_back_what_a_rolled_back_transaction_decided():
     assert [w.ticket for w in queue] == ["t1", "t2"]  # FIFO order kept, the newcomer gone
     assert not first.resolved and first.resolved_at is None
     assert queue.get("t3") is None
+
+
+def _waiter(ticket: str) -> Waiter:
+    return Waiter(ticket, AllocationRequest("alice"), "staff", enqueued_at=0.0, deadline=300.0)
+
+
+def test_resolved_tickets_are_forgotten_oldest_first_once_past_their_keep():
+    queue = WaitQueue(keep_resolved=60.0)
+    for ticket, at in (("t1", 1.0), ("t2", 2.0), ("t3", 30.0)):
+        queue.add(_waiter(ticket))
+        queue.resolve(ticket, Denial("timeout", "waited too long"), at)
+    queue.forget_old(now=62.5)
+    assert [queue.get(t) is not None for t in ("t1", "t2", "t3")] == [False, False, True]
+    queue.forget_old(now=90.0)
+    assert queue.get("t3") is not None  # exactly 60 s: still kept
+    queue.forget_old(now=90.5)
+    assert queue.get("t3") is None
+
+
+def test_a_ticket_nobody_was_shown_can_be_forgotten_at_once():
+    queue = WaitQueue()
+    queue.add(_waiter("t1"))
+    queue.resolve("t1", Denial("quota", "over quota"), 1.0)
+    queue.forget("t1")
+    assert queue.get("t1") is None
+    queue.forget("never-seen")  # nothing to forget: no error

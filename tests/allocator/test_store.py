@@ -1,4 +1,5 @@
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -136,3 +137,23 @@ def test_a_rolled_back_transaction_leaves_live_as_it_was(tmp_path):
     store.close()
     with SqliteAllocationStore(path).transaction() as tx:
         assert tx.live() == cached == [_alloc("a3", ["MIG-1"], state=BOUND)]
+
+
+def test_vanished_marks_and_release_are_stored_together(tmp_path):
+    """Read back through a fresh store (no in-memory copy): what update() wrote to disk."""
+    path = tmp_path / "a.sqlite"
+    with SqliteAllocationStore(path).transaction() as tx:
+        tx.insert(_alloc("a1", ["MIG-1", "MIG-2"]))
+        tx.update(replace(tx.get("a1"), vanished=("MIG-2",)))
+    with SqliteAllocationStore(path).transaction() as tx:
+        [alloc] = tx.live()
+        assert (alloc.id, alloc.vanished) == ("a1", ("MIG-2",))
+        tx.update(released(alloc, at=2.0, reason="released"))
+    with SqliteAllocationStore(path).transaction() as tx:
+        assert tx.live() == []
+        assert tx.get("a1").vanished == ("MIG-2",)
+        tx.insert(_alloc("a2", ["MIG-1", "MIG-2"], user="bob"))  # released: free again
+        tx.update(replace(tx.get("a2"), vanished=("MIG-1",)))
+        tx.update(replace(tx.get("a2"), vanished=()))
+    with SqliteAllocationStore(path).transaction() as tx:
+        assert [(a.id, a.vanished) for a in tx.live()] == [("a2", ())]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from ds01.stack import free_port
@@ -26,65 +29,66 @@ def test_closed_prometheus_port_is_unavailable():
     assert source.ready() is False
 
 
-def test_health_caches_and_forgets_on_failure(tmp_path):
-    calls = []
+class Probe(DockerSource):
+    """A Docker ping that answers what the test says, counted; `gate` holds it while cleared."""
 
-    class Probe(DockerSource):
-        def ping(self, timeout: float = 2.0) -> bool:
-            calls.append(timeout)
-            return True
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.answers: list[bool] = []
+        self.up = True
+        self.checked = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.gate.set()
 
-    clock = [0.0]
-    health = Health(
-        Probe(None), PrometheusSource("http://127.0.0.1:1"), ttl=5.0, monotonic=lambda: clock[0]
+    def ping(self, timeout: float = 2.0) -> bool:
+        assert self.gate.wait(60)
+        self.answers.append(self.up)
+        self.checked.release()
+        return self.up
+
+
+def health_with(probe: Probe, clock: list[float]) -> Health:
+    return Health(
+        probe, PrometheusSource("http://127.0.0.1:1"), ttl=5.0, monotonic=lambda: clock[0]
     )
 
+
+def test_health_caches_and_forgets_on_failure():
+    probe, clock = Probe(), [0.0]
+    health = health_with(probe, clock)
+
     assert health.ok("docker") and health.ok("docker")
-    assert len(calls) == 1
-    health.mark_down("docker")
+    assert len(probe.answers) == 1
+    health.mark_down("docker")  # a worker saw Docker fail: the next caller checks itself
     assert health.ok("docker")
-    assert len(calls) == 2
+    assert len(probe.answers) == 2
     clock[0] = 10.0
-    health.ok("docker")
-    assert len(calls) == 3
+    assert health.ok("docker")  # stale: answered from the cache, re-checked behind it
+    for _ in range(3):
+        assert probe.checked.acquire(timeout=30)
+    assert len(probe.answers) == 3
 
 
-def test_while_one_caller_rechecks_the_others_use_the_last_answer():
-    """A slow ping during a webhook burst holds up one ack, not all of them."""
-    import threading
-
-    entered, release = threading.Event(), threading.Event()
-    calls = []
-
-    class SlowProbe(DockerSource):
-        def ping(self, timeout: float = 2.0) -> bool:
-            calls.append(timeout)
-            if len(calls) == 2:  # the re-check after the cache went stale
-                entered.set()
-                release.wait(60)
-            return True
-
-    clock = [0.0]
-    health = Health(
-        SlowProbe(None), PrometheusSource("http://127.0.0.1:1"), ttl=5.0,
-        monotonic=lambda: clock[0],
-    )  # fmt: skip
+def test_a_stale_answer_is_rechecked_in_the_background_and_no_caller_waits_for_the_ping():
+    """A slow ping during a webhook burst holds up no ack; the next answer is the fresh one."""
+    probe, clock = Probe(), [0.0]
+    health = health_with(probe, clock)
     assert health.ok("docker")
+    assert probe.checked.acquire(timeout=30)
+    probe.up = False  # Docker went away
+    probe.gate.clear()  # and its ping hangs
     clock[0] = 10.0
-    checker = threading.Thread(target=health.ok, args=("docker",))
-    checker.start()
-    assert entered.wait(30)
-    answers: list[bool] = []
-    other = threading.Thread(target=lambda: answers.append(health.ok("docker")))
-    other.start()
     try:
-        other.join(30)  # bounds a hang: before the fix it waited for the slow ping
-        assert answers == [True]  # answered from the last check while the ping was stuck
-        assert len(calls) == 2
+        answers = [health.ok("docker") for _ in range(3)]  # none waits for the stuck ping
+        assert answers == [True, True, True]
+        assert len(probe.answers) == 1  # one re-check in flight, not one per caller
     finally:
-        release.set()
-        checker.join(30)
-        other.join(30)
+        probe.gate.set()
+    deadline = time.monotonic() + 30
+    while health.ok("docker") and time.monotonic() < deadline:  # until the re-check lands
+        time.sleep(0.01)
+    assert health.ok("docker") is False
+    assert probe.answers == [True, False]
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from ds01.clock import FrozenClock
 from ds01.containers import parse_docker_time
 from ds01.policy import parse_policy
 from exporter.clocks import ClockStore
-from exporter.collector import Collector
+from exporter.collector import SAVE_EVERY, Collector
 from exporter.health import ErrorCounters
 from exporter.inventory import Inventory
 from exporter.keepalive import KeepAliveChecker
@@ -346,3 +346,33 @@ def test_the_published_duration_covers_the_whole_cycle_rendering_included(
     assert collector.collect_once()
     assert collector.snapshot.duration >= 0.2
     assert rendered[0].containers is collector.snapshot.containers  # the same series
+
+
+def test_clocks_that_only_moved_forward_are_saved_once_a_minute_new_ones_at_once(
+    make_collector, sim_state, sim_inventory, clock, start, tmp_path
+):
+    sim_state.set_device(sim_inventory[0].index, busy=True)  # alice-train's: its clock moves
+    store = ClockStore(tmp_path / "state")
+    collector = make_collector()
+    clock.current = start + 10
+    collector.collect_once()
+    first = store.load().containers
+    assert first  # new clocks: saved by the cycle that made them
+    clock.current = start + 20
+    collector.collect_once()
+    moved = {c.facts.container_id: c.last_busy for c in collector.snapshot.containers}
+    assert any(moved[cid] != saved.last_busy for cid, saved in first.items() if cid in moved)
+    assert store.load().containers == first  # only last-busy times moved: not saved yet
+
+    clock.current = start + 10 + SAVE_EVERY
+    collector.collect_once()
+    saved = store.load().containers
+    for state in collector.snapshot.containers:
+        assert saved[state.facts.container_id].last_busy == state.last_busy
+
+    clock.current += 5
+    collector.collect_once()
+    collector.stop()  # stopping saves whatever moved since
+    saved = store.load().containers
+    for state in collector.snapshot.containers:
+        assert saved[state.facts.container_id].last_busy == state.last_busy

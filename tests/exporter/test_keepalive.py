@@ -72,6 +72,20 @@ def test_reads_through_the_mount_every_time_without_docker(tmp_path):
     assert stub.calls == 0
 
 
+def test_a_reloaded_keep_alive_path_is_read_at_its_new_place(tmp_path):
+    """The host path of each container is remembered between cycles, but per policy path."""
+    ka = checker(None)
+    c = container(mounts=(Mount("/workspace", str(tmp_path), "bind"),))
+    for name, mtime in ((".keep-alive", 1000.0), ("keep", 2000.0)):
+        (tmp_path / name).touch()
+        os.utime(tmp_path / name, (mtime, mtime))
+    assert ka.mtime(c, now=0.0) == 1000.0
+    ka.path = "/workspace/keep"  # SIGHUP with a new keep_alive.path
+    assert ka.mtime(c, now=1.0) == 2000.0
+    same_id_new_mounts = container(mounts=(Mount("/workspace", str(tmp_path / "gone"), "bind"),))
+    assert ka.mtime(same_id_new_mounts, now=2.0) is None  # not the remembered place
+
+
 def test_a_host_path_that_cannot_be_a_folder_is_counted_not_taken_as_absent(tmp_path):
     errors = ErrorCounters()
     stub = ArchiveStub(mtime=42.0)
