@@ -6,11 +6,13 @@ help: the worker backs off and the webhook answers 503); anything else is a real
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import requests
@@ -100,6 +102,17 @@ class DockerSource:
         return self._default_runtime
 
 
+def _loopback(url: str) -> bool:
+    """True for a URL on this host (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PrometheusSource:
     """Instant queries for the contract series of one container."""
 
@@ -108,7 +121,13 @@ class PrometheusSource:
     ) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
-        self._session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # On this host no proxy is right (a global HTTP_PROXY would swallow every query),
+            # and reading the proxy variables and ~/.netrc costs CPU on each call; a remote
+            # Prometheus keeps the environment's proxy settings.
+            session.trust_env = not _loopback(self.url)
+        self._session = session
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -27,6 +30,63 @@ def test_closed_prometheus_port_is_unavailable():
         source.deadlines("c" * 64, reason="idle")
     assert error.value.dependency == "prometheus"
     assert source.ready() is False
+
+
+class EmptyAnswers(BaseHTTPRequestHandler):
+    """Answers every GET with an empty Prometheus result and records the request line's path
+    (absolute when the request came through it as a proxy)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        body = json.dumps({"status": "success", "data": {"result": []}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass  # no access log on the test's stderr
+
+
+@pytest.fixture
+def answering_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyAnswers)
+    server.paths = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def proxy_environment(monkeypatch, proxy: str) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy)
+
+
+def test_a_prometheus_on_this_host_is_queried_directly_whatever_proxy_the_environment_names(
+    monkeypatch, answering_server
+):
+    proxy_environment(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    port = answering_server.server_address[1]
+
+    for host in ("127.0.0.1", "localhost"):
+        source = PrometheusSource(f"http://{host}:{port}")
+        assert source.query("up") == []
+        assert source.ready() is True
+    assert all(path.startswith("/") for path in answering_server.paths)
+
+
+def test_a_remote_prometheus_keeps_the_environments_proxy(monkeypatch, answering_server):
+    proxy_environment(monkeypatch, f"http://127.0.0.1:{answering_server.server_address[1]}")
+    source = PrometheusSource("http://prometheus.invalid:9090")
+
+    assert source.query("up") == []
+    assert answering_server.paths[0].startswith("http://prometheus.invalid:9090/api/v1/query")
 
 
 class Probe(DockerSource):
