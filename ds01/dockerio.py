@@ -8,7 +8,6 @@ from typing import Any
 
 import docker
 
-
 # The Docker SDK's scheme for a socket (unix, npipe, ssh): no HTTP proxy can sit on that path.
 _SOCKET_SCHEME = "http+docker://"
 

@@ -36,7 +36,7 @@ class EmptyAnswers(BaseHTTPRequestHandler):
     """Answers every GET with an empty Prometheus result and records the request line's path
     (absolute when the request came through it as a proxy)."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
         body = json.dumps({"status": "success", "data": {"result": []}}).encode()
         self.send_response(200)
