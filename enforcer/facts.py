@@ -52,8 +52,10 @@ class DockerSource:
         inventory: Iterable[GpuDevice] = (),
         timeout: float = 30.0,
         connector: Callable[..., docker.DockerClient] = connect,
+        give_way: Callable[[], None] = lambda: None,
     ) -> None:
         self.docker_host = docker_host
+        self._give_way = give_way
         self.inventory = tuple(inventory)
         self._timeout = timeout
         self._connector = connector
@@ -71,8 +73,10 @@ class DockerSource:
             return self._client
 
     def call(self, what: str, fn: Callable[[docker.DockerClient], Any]) -> Any:
-        """Run one Docker API call; connection trouble becomes `Unavailable`."""
+        """Run one Docker API call (after `give_way`: the enforcer lets a webhook burst be
+        acknowledged first); connection trouble becomes `Unavailable`."""
         client = self.client()
+        self._give_way()
         try:
             return fn(client)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
@@ -117,10 +121,16 @@ class PrometheusSource:
     """Instant queries for the contract series of one container."""
 
     def __init__(
-        self, url: str, *, timeout: float = 5.0, session: requests.Session | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        session: requests.Session | None = None,
+        give_way: Callable[[], None] = lambda: None,
     ) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self._give_way = give_way
         if session is None:
             session = requests.Session()
             # On this host no proxy is right (a global HTTP_PROXY would swallow every query),
@@ -130,6 +140,8 @@ class PrometheusSource:
         self._session = session
 
     def query(self, promql: str) -> list[dict[str, Any]]:
+        """One instant query, after `give_way` (as for Docker calls)."""
+        self._give_way()
         try:
             reply = self._session.get(
                 f"{self.url}/api/v1/query", params={"query": promql}, timeout=self._timeout

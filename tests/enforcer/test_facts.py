@@ -89,6 +89,22 @@ def test_a_remote_prometheus_keeps_the_environments_proxy(monkeypatch, answering
     assert answering_server.paths[0].startswith("http://prometheus.invalid:9090/api/v1/query")
 
 
+def test_each_prometheus_query_gives_way_first_and_a_readiness_check_never_waits(
+    answering_server,
+):
+    seen_by_server: list[int] = []  # how many queries had arrived at each give_way
+    port = answering_server.server_address[1]
+    source = PrometheusSource(
+        f"http://127.0.0.1:{port}",
+        give_way=lambda: seen_by_server.append(len(answering_server.paths)),
+    )
+
+    assert source.ready() is True and seen_by_server == []  # a webhook's health check
+    source.query("up")
+    source.query("up")
+    assert seen_by_server == [1, 2]  # each before its own query (the ready() was the first)
+
+
 class Probe(DockerSource):
     """A Docker ping that answers what the test says, counted; `gate` holds it while cleared."""
 
@@ -163,6 +179,17 @@ def test_gone_container_is_none_and_running_one_is_classified(dockerd, container
     )  # fmt: skip
     assert source.container("0" * 64) is None
     assert source.ping() is True
+
+
+@pytest.mark.integration
+def test_docker_calls_give_way_first_and_a_health_ping_never_waits(dockerd, containers):
+    gave_way: list[str] = []
+    source = DockerSource(dockerd.url, give_way=lambda: gave_way.append("before a call"))
+    box = containers()
+
+    assert source.ping() is True and gave_way == []  # a webhook's health check
+    assert source.container(box.id) is not None
+    assert gave_way  # the inspect (and dockerd's default runtime, asked once) waited first
 
 
 @pytest.mark.integration
