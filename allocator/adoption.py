@@ -50,9 +50,11 @@ def decide_adoption(
     max_gpus: int | None,
     allow_full_gpu: bool,
     waiting: int = 0,
+    holding_elsewhere: int = 0,
 ) -> AdoptionDecision:
     """Adopt when the owner is known, every device is in the inventory, held by no allocation,
-    used by no container that started before this one, and the owner stays within quota."""
+    used by no container that started before this one, and the owner stays within quota
+    (`holding_elsewhere`: the owner's devices on other nodes of a cluster store)."""
     devices = container.gpu_devices
     user = container.user
     if not user or user == UNKNOWN_OWNER:
@@ -77,7 +79,7 @@ def decide_adoption(
             )
     if not allow_full_gpu and any(known[u].kind == "gpu" for u in devices):
         return AdoptionDecision(False, f"group {group} may not hold a whole GPU")
-    holding = sum(len(a.devices) for a in live if a.user == user)
+    holding = sum(len(a.devices) for a in live if a.user == user) + holding_elsewhere
     if max_gpus is not None and holding + waiting + len(devices) > max_gpus:
         waits = f" and waits for {waiting}" if waiting else ""
         return AdoptionDecision(

@@ -12,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 from ds01.jsonbody import JsonBodyError, parse_json
 
+from .store import StoreRetry, StoreUnavailable
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # an allocation request is a few hundred bytes
@@ -55,6 +57,12 @@ def register_error_handlers(app: Flask) -> None:
         logger.error("allocator state: %s", exc)
         message = f"the GPU allocator cannot record allocations right now ({exc}); try again later"
         return jsonify({"error": "unavailable", "message": message}), 503
+
+    @app.errorhandler(StoreUnavailable)
+    @app.errorhandler(StoreRetry)
+    def store_unavailable(exc: StoreUnavailable | StoreRetry):
+        # Nothing was written (the transaction rolled back): the caller may simply retry.
+        return jsonify({"error": "store_unavailable", "message": str(exc)}), 503
 
     @app.errorhandler(Exception)
     def internal(exc: Exception):

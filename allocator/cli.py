@@ -135,20 +135,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--socket: refusing to start: {exc}")
     # Made on first use: while Docker is down the watcher keeps retrying, then reconciles.
     docker_client = DockerLink(lambda: connect(args.docker_host))
-    runtime = build_runtime(
-        policy,
-        db_path=args.db or state_dir / "allocator.sqlite",
-        socket_path=socket_path,
-        backend=backend,
-        docker_client=docker_client,
-        listen=listen,
-        token=token,
-        threads=args.threads,
-        tick=args.tick,
-        settings=Settings(ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh),
-        audit_log=args.audit_log or policy.services.audit_log or state_dir / "enforcer-audit.jsonl",
-        history_log=args.history_log or state_dir / "allocator-history.jsonl",
-    )
+    try:
+        runtime = build_runtime(
+            policy,
+            db_path=args.db or state_dir / "allocator.sqlite",
+            socket_path=socket_path,
+            backend=backend,
+            docker_client=docker_client,
+            listen=listen,
+            token=token,
+            threads=args.threads,
+            tick=args.tick,
+            settings=Settings(
+                ticket_grace=args.ticket_grace, inventory_refresh=args.inventory_refresh
+            ),
+            audit_log=args.audit_log
+            or policy.services.audit_log
+            or state_dir / "enforcer-audit.jsonl",
+            history_log=args.history_log or state_dir / "allocator-history.jsonl",
+        )
+    except TokenFileError as exc:
+        parser.error(f"cluster.postgres_dsn_file: refusing to start: {exc}")
 
     def use_policy(fresh: Policy) -> None:
         runtime.allocator.policy = fresh
@@ -158,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).on_sighup()
     logger.info(
         "allocator serving socket=%s tcp=%s policy=%s backend=%s devices=%d gpu_wait=%s "
-        "hold_after_stop=%s reservation_ttl=%s db=%s",
+        "hold_after_stop=%s reservation_ttl=%s store=%s node=%s",
         socket_path,
         "{}:{}".format(*runtime.server.tcp_address) if runtime.server.tcp_address else "off",
         policy.source,
@@ -167,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_duration(policy.gpu_wait),
         format_duration(policy.gpu_hold_after_stop),
         format_duration(policy.reservation_ttl),
-        runtime.store.path,
+        runtime.store.where,
+        runtime.allocator.node,
     )
 
     def stop(signum: int, _frame: object) -> None:

@@ -20,6 +20,7 @@ from ds01.docker_events import EventFollower
 from ds01.gpu import GpuDevice
 
 from .model import BOUND, HELD, RELEASED, RESERVED, Allocation
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .service import Allocator
@@ -283,4 +284,6 @@ class DockerWatcher:
 
     def _failed(self, reason: object) -> None:
         self.errors += 1
-        self.allocator.metrics.count_error("docker")
+        # The store down (PostgreSQL) is not Docker's failure: say which one is broken.
+        source = "store" if isinstance(reason, StoreUnavailable) else "docker"
+        self.allocator.metrics.count_error(source)

@@ -11,7 +11,9 @@ from prometheus_client.registry import Collector
 
 from .model import DENIAL_REASONS, Allocation
 
-ERROR_SOURCES = ("docker", "gpu", "tick")  # events stream/reconcile, GPU reading, expiry pass
+# events stream/reconcile, GPU reading, expiry pass, the cluster store down while following
+# Docker, a cluster-store transaction replayed
+ERROR_SOURCES = ("docker", "gpu", "tick", "store", "store_race")
 ADOPTION_RESULTS = ("adopted", "refused")
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
 
@@ -72,7 +74,9 @@ class AllocatorMetrics:
         self.errors = Counter(
             "ds01_allocator_errors",
             "Failures of the allocator's background work, by source: docker (events stream or "
-            "reconcile), gpu (GPU inventory read), tick (expiry pass).",
+            "reconcile), gpu (GPU inventory read), tick (expiry pass), store (the cluster "
+            "store unreachable while following Docker), store_race (a cluster-store "
+            "transaction lost a serialization race and was replayed).",
             ["source"],
             registry=registry,
         )

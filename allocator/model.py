@@ -45,6 +45,7 @@ class Allocation:
     released_at: float | None = None
     release_reason: str = ""
     vanished: tuple[str, ...] = ()  # devices no longer in the GPU inventory
+    node: str = ""  # the GPU node whose devices these are (a cluster store holds every node's)
 
     @property
     def live(self) -> bool:
@@ -66,6 +67,7 @@ class Allocation:
             "released_at": self.released_at,
             "release_reason": self.release_reason,
             "vanished": list(self.vanished),
+            "node": self.node,
         }
 
     @classmethod
@@ -85,6 +87,7 @@ class Allocation:
             released_at=data.get("released_at"),
             release_reason=data.get("release_reason", ""),
             vanished=tuple(data.get("vanished", ())),
+            node=data.get("node", ""),
         )
 
 

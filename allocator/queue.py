@@ -60,6 +60,13 @@ class Waiter:
         return self.outcome is not None
 
 
+@dataclass(frozen=True)
+class QueueMark:
+    waiting: dict[str, Waiter]
+    resolved: dict[str, Waiter]
+    outcomes: dict[str, tuple[Allocation | Denial | None, float | None]]
+
+
 class WaitQueue:
     """Tickets in arrival order; resolved ones are kept a while so a late poll still learns."""
 
@@ -113,6 +120,21 @@ class WaitQueue:
 
     def abandoned(self, now: float, grace: float) -> list[Waiter]:
         return [w for w in self._waiting.values() if w.attached == 0 and now - w.last_seen > grace]
+
+    def checkpoint(self) -> QueueMark:
+        """The queue as it is now, to put back if the transaction deciding on it rolls back."""
+        return QueueMark(
+            dict(self._waiting),
+            dict(self._resolved),
+            {t: (w.outcome, w.resolved_at) for t, w in self._waiting.items()},
+        )
+
+    def restore(self, mark: QueueMark) -> None:
+        """Undo what happened since `mark` (a rolled-back grant is waiting again)."""
+        self._waiting, self._resolved = dict(mark.waiting), dict(mark.resolved)
+        for ticket, (outcome, resolved_at) in mark.outcomes.items():
+            waiter = self._waiting[ticket]
+            waiter.outcome, waiter.resolved_at = outcome, resolved_at
 
     def forget(self, ticket: str) -> None:
         """Keep no record of a ticket nobody was told about (granted or refused at once)."""

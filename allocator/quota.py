@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -12,9 +13,19 @@ class QuotaDecision:
 
 
 def check_quota(
-    *, user: str, group: str, max_gpus: int | None, holding: int, waiting: int, count: int
+    *,
+    user: str,
+    group: str,
+    max_gpus: int | None,
+    holding: int,
+    waiting: int,
+    count: int,
+    by_node: Mapping[str, int] | None = None,
 ) -> QuotaDecision:
-    """Refuse at once, with the numbers, when holding + waiting + count would pass max_gpus."""
+    """Refuse at once, with the numbers, when holding + waiting + count would pass max_gpus.
+
+    `by_node` (a cluster store) breaks `holding` down per node, so the refusal says where.
+    """
     if max_gpus is None or holding + waiting + count <= max_gpus:
         return QuotaDecision(True)
     unit = "GPU" if max_gpus == 1 else "GPUs"
@@ -29,8 +40,14 @@ def check_quota(
         advice = f"Ask for at most {max_gpus} {unit} (your group's limit)."
     message = (
         f"GPU quota exceeded: {user} (group {group}) holds {holding} of {max_gpus} {unit}"
+        + (f" ({where(by_node)})" if by_node else "")
         + (f" and waits for {waiting} more" if waiting else "")
         + f"; this request asks for {count} more.\n"
         + advice
     )
     return QuotaDecision(False, message)
+
+
+def where(by_node: Mapping[str, int]) -> str:
+    """`gpu-a: 1, gpu-b: 1`: a user's devices per node, in node order."""
+    return ", ".join(f"{node}: {count}" for node, count in sorted(by_node.items()) if count)

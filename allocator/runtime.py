@@ -16,8 +16,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.cluster_policy import effective_node
 from ds01.gpu import GpuBackend
 from ds01.policy import Policy
+from ds01.tokenfile import load_token
 
 from .api import create_app
 from .extension_desk import ExtensionDesk
@@ -26,7 +28,7 @@ from .lifecycle import DockerWatcher
 from .metrics import AllocatorCollector, AllocatorMetrics
 from .server import AllocatorServer
 from .service import Allocator, Settings
-from .store import SqliteAllocationStore
+from .store import AllocationStore, SqliteAllocationStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class Ticker:
 @dataclass
 class AllocatorRuntime:
     allocator: Allocator
-    store: SqliteAllocationStore
+    store: AllocationStore
     server: AllocatorServer
     ticker: Ticker
     watcher: DockerWatcher | None
@@ -114,6 +116,21 @@ class AllocatorRuntime:
         if self.watcher is not None:
             self.watcher.stop()
         self.store.close()
+
+
+def open_store(policy: Policy, db_path: str | os.PathLike[str]) -> AllocationStore:
+    """`cluster.store`: SQLite at `db_path` (one node) or the shared PostgreSQL (every node)."""
+    node = effective_node(policy.services.node)
+    cluster = policy.cluster
+    if cluster.store != "postgres":
+        return SqliteAllocationStore(db_path, node=node)
+    from .store_postgres import PostgresAllocationStore  # psycopg only where it is used
+
+    # The DSN file holds a password: the same checks as a token file (owner, mode).
+    dsn = cluster.postgres_dsn or load_token(cluster.postgres_dsn_file)
+    store = PostgresAllocationStore(dsn, node=node)
+    logger.info("allocation store: PostgreSQL at %s, node %s", store.where, node)
+    return store
 
 
 def build_runtime(
@@ -137,7 +154,7 @@ def build_runtime(
 ) -> AllocatorRuntime:
     """Everything wired and reconciled, not yet serving (call .server.run() or start_in_thread)."""
     registry = CollectorRegistry()
-    store = SqliteAllocationStore(db_path)
+    store = open_store(policy, db_path)
     allocator = Allocator(
         store=store,
         backend=backend,
@@ -160,7 +177,10 @@ def build_runtime(
             logger.warning("Docker not reachable at start (%s); following it once it answers", exc)
     # The totals file the exporter adds to its deadlines, rewritten from the database now.
     desk = ExtensionDesk(allocator, extensions_path or Path(db_path).parent / "extensions.json")
-    desk.publish()
+    try:
+        desk.publish()
+    except StoreUnavailable as exc:  # PostgreSQL down at start: the ticker publishes later
+        logger.warning("extension totals not written at start: %s", exc)
     app = create_app(
         allocator,
         registry=registry,

@@ -8,14 +8,16 @@ allocator is adopted (given a bound allocation) when `adoption.decide_adoption` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.cluster_policy import effective_node
 from ds01.durations import format_duration
 from ds01.gpu import GpuBackend, GpuReading
 from ds01.policy import Policy
@@ -37,7 +39,8 @@ from .model import (
 from .placement import EligibilityCache, feasibility
 from .queue import Candidate, Waiter, WaitQueue, plan_fifo
 from .quota import check_quota
-from .store import AllocationStore, StoreTx
+from .store import AllocationStore, StoreTx, WaitRecord
+from .store_retry import replay_lost_races
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,10 @@ class Allocator:
         self.running = RunningContainers()  # guarded by _lock
         self.history = history or HistoryLog(None)  # grants and waits, for `container history`
         self._lock = threading.RLock()
+        # This node's name: its allocations are the ones reconcile, expiry and adoption touch.
+        self.node = store.node or effective_node(policy.services.node)
+        self._shared = store.shared  # a cluster store: other allocators write too
+        self._published: tuple[WaitRecord, ...] | None = None  # waits other nodes see
 
     @property
     def lock(self) -> threading.RLock:
@@ -91,6 +98,7 @@ class Allocator:
 
     # --- requests ---------------------------------------------------------------------------
 
+    @replay_lost_races
     def submit(self, request: AllocationRequest, *, wait: bool = True) -> Allocation | Waiter:
         """Grant now, or return the queued Waiter; raise AllocatorError for a refusal."""
         if request.count < 1:
@@ -115,10 +123,13 @@ class Allocator:
             self._deny(verdict.reason, verdict.message)
         with self._lock:
             now = self.clock.time()  # inside the lock: times follow commit order
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 live = tx.live()
-                holding = sum(len(a.devices) for a in live if a.user == request.user)
-                waiting = self.queue.waiting_for(request.user)
+                by_node = tx.holdings(request.user)  # every node's: the quota is cluster-wide
+                holding = sum(by_node.values())
+                waiting = self.queue.waiting_for(request.user) + sum(
+                    tx.waiting_elsewhere(request.user, now).values()
+                )
                 quota = check_quota(
                     user=request.user,
                     group=group.name,
@@ -126,6 +137,7 @@ class Allocator:
                     holding=holding,
                     waiting=waiting,
                     count=request.count,
+                    by_node=by_node if self._shared else None,
                 )
                 if not quota.allowed:
                     self._deny(
@@ -134,6 +146,7 @@ class Allocator:
                         holding=holding,
                         waiting=waiting,
                         max_gpus=group.max_gpus,
+                        holding_by_node=by_node,
                     )
                 waiter = Waiter(
                     ticket=f"t-{secrets.token_hex(8)}",
@@ -214,6 +227,7 @@ class Allocator:
             if not waiter.resolved:
                 self._drop(waiter, "cancelled by the client")
 
+    @replay_lost_races
     def release(
         self, allocation_id: str, *, user: str, admin: bool = False, reason: str = "released"
     ) -> Allocation:
@@ -221,7 +235,7 @@ class Allocator:
         reading = self.inventory.current()
         with self._lock:
             now = self.clock.time()  # inside the lock: times follow commit order
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 alloc = tx.get(allocation_id)
                 if alloc is None:
                     raise NotFound(f"no allocation {allocation_id}")
@@ -243,8 +257,9 @@ class Allocator:
             self._wake(woken)
         return done
 
+    @replay_lost_races
     def get(self, allocation_id: str, *, user: str, admin: bool = False) -> Allocation:
-        with self._lock, self.store.transaction() as tx:
+        with self._lock, self._transaction() as tx:
             alloc = tx.get(allocation_id)
         if alloc is None:
             raise NotFound(f"no allocation {allocation_id}")
@@ -252,27 +267,37 @@ class Allocator:
             raise Forbidden(f"allocation {allocation_id} belongs to {alloc.user}")
         return alloc
 
+    @replay_lost_races
     def live(self, user: str | None = None) -> list[Allocation]:
-        with self._lock, self.store.transaction() as tx:
+        with self._lock, self._transaction() as tx:
             allocations = tx.live()
         return [a for a in allocations if user is None or a.user == user]
 
     def usage(self, user: str) -> dict:
+        """The user's numbers against the quota (every node's) and this node's allocations."""
         group = self.policy.group_of(user)
         mine = self.live(user)
+        by_node, elsewhere = self._cluster_usage(user)
         with self._lock:
             waiting = self.queue.waiting_for(user)
         return {
             "user": user,
             "group": group.name,
-            "holding": sum(len(a.devices) for a in mine),
-            "waiting": waiting,
+            "node": self.node,
+            "holding": sum(by_node.values()),
+            "holding_by_node": by_node,
+            "waiting": waiting + sum(elsewhere.values()),
             "max_gpus": group.max_gpus,
             "allow_full_gpu": group.allow_full_gpu,
             "allocations": [a.to_json() for a in mine],
             "gpu_wait": self.policy.gpu_wait,
             "gpu_hold_after_stop": self.policy.gpu_hold_after_stop,
         }
+
+    @replay_lost_races
+    def _cluster_usage(self, user: str) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock, self._transaction() as tx:
+            return tx.holdings(user), tx.waiting_elsewhere(user, self.clock.time())
 
     def devices(self) -> list[dict]:
         """Every device with its holder and state (free, busy, reserved, bound, held, vanished).
@@ -328,13 +353,14 @@ class Allocator:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @replay_lost_races
     def apply_event(self, event: ContainerEvent) -> Allocation | None:
         """Apply one Docker container event: move the allocation bound to the container (by id)
         or named by its label, track running GPU containers, adopt foreign ones."""
         reading = self.inventory.current()
         view = event.container
         with self._lock:
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 now = self.clock.time()
                 alloc = self._allocation_of(tx, view)
                 changed = None
@@ -366,6 +392,7 @@ class Allocator:
             return next((a for a in adopted if a.container_id == view.container_id), None)
         return changed
 
+    @replay_lost_races
     def reconcile(self, containers: Iterable[ContainerView]) -> int:
         """Bring the store in line with Docker's containers and the GPU inventory; adopt."""
         views = list(containers)
@@ -378,7 +405,7 @@ class Allocator:
         present = {d.device_uuid for d in reading.devices}
         with self._lock:
             now = self.clock.time()  # inside the lock: times follow commit order
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 live = tx.live()
                 changes = reconcile(
                     live,
@@ -417,12 +444,13 @@ class Allocator:
         )
         return len(changes) + len(adopted)
 
+    @replay_lost_races
     def tick(self) -> None:
         """Expire reservations, holds and overdue or abandoned tickets; serve the queue."""
         reading = self.inventory.current()
         with self._lock:
             now = self.clock.time()  # inside the lock: times follow commit order
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 live = tx.live()
                 for alloc in live:
                     if alloc.expires_at is None or now < alloc.expires_at:
@@ -507,6 +535,34 @@ class Allocator:
         for waiter in waiters:
             waiter.event.set()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[StoreTx]:
+        """A store transaction; with a shared store, a rollback also rolls back the queue (so
+        a replay after a lost race decides again from the same waiters) and this node's
+        published waits are brought up to date before the commit."""
+        if not self._shared:
+            with self.store.transaction() as tx:
+                yield tx
+            return
+        mark, published = self.queue.checkpoint(), self._published
+        try:
+            with self.store.transaction() as tx:
+                yield tx
+                self._publish_waits(tx)
+        except BaseException:
+            self.queue.restore(mark)
+            self._published = published
+            raise
+
+    def _publish_waits(self, tx: StoreTx) -> None:
+        """Tell the other nodes what this node's users wait for (their quota counts it)."""
+        waits = tuple(
+            WaitRecord(w.ticket, w.request.user, w.request.count, w.deadline) for w in self.queue
+        )
+        if waits != self._published:
+            tx.publish_waits(waits)
+            self._published = waits
+
     def _serve(
         self, tx: StoreTx, live: list[Allocation], reading: GpuReading, now: float
     ) -> list[Waiter]:
@@ -535,12 +591,16 @@ class Allocator:
             candidates.append(Candidate(waiter.ticket, req.count, usable))
         woken = []
         holding: dict[str, int] = {}
+        counted: set[str] = set()  # users whose cluster-wide holdings were read
         for alloc in live:
             holding[alloc.user] = holding.get(alloc.user, 0) + len(alloc.devices)
         for ticket, devices in plan_fifo(candidates, free):
             waiter = next(w for w in waiters if w.ticket == ticket)
             req = waiter.request
             limit = self.policy.group_of(req.user).max_gpus
+            if self._shared and req.user not in counted:
+                holding[req.user] = sum(tx.holdings(req.user).values())  # every node's
+                counted.add(req.user)
             if limit is not None and holding.get(req.user, 0) + req.count > limit:
                 denial = Denial("quota", f"GPU quota exceeded for {req.user} while waiting")
                 self.queue.resolve(ticket, denial, now)
@@ -558,6 +618,7 @@ class Allocator:
                 container_name=req.container_name,
                 container_type=req.container_type,
                 profile=req.profile or "",
+                node=self.node,
             )
             tx.insert(alloc)
             holding[req.user] = holding.get(req.user, 0) + req.count
@@ -618,7 +679,9 @@ class Allocator:
                 group=group.name,
                 max_gpus=group.max_gpus,
                 allow_full_gpu=group.allow_full_gpu,
-                waiting=self.queue.waiting_for(view.user),
+                waiting=self.queue.waiting_for(view.user)
+                + self._waits_elsewhere(tx, view.user, now),
+                holding_elsewhere=self._held_elsewhere(tx, view.user),
             )
             if not decision.adopt:
                 self._note_refusal(view, decision.reason)
@@ -646,6 +709,15 @@ class Allocator:
                 decision.reason,
             )
         return adopted
+
+    def _held_elsewhere(self, tx: StoreTx, user: str) -> int:
+        """The user's devices on other nodes (0 for a single node's store)."""
+        if not self._shared:
+            return 0
+        return sum(n for node, n in tx.holdings(user).items() if node != self.node)
+
+    def _waits_elsewhere(self, tx: StoreTx, user: str, now: float) -> int:
+        return sum(tx.waiting_elsewhere(user, now).values()) if self._shared else 0
 
     def _note_refusal(self, view: ContainerView, reason: str) -> None:
         """Count a refusal once per container start; log it again only when the reason changes."""

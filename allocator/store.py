@@ -2,7 +2,7 @@
 
 One writer: every decision runs inside `store.transaction()` (BEGIN IMMEDIATE, one lock), and
 a partial unique index makes "a device in two live allocations" impossible even for a bug.
-A cluster implementation would put the same operations on PostgreSQL (SERIALIZABLE).
+The cluster implementation puts the same operations on PostgreSQL (allocator/store_postgres.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ds01.statefiles import private_database
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS allocations (
     container_type TEXT NOT NULL DEFAULT 'docker',
     profile TEXT NOT NULL DEFAULT '',
     released_at REAL,
-    release_reason TEXT NOT NULL DEFAULT ''
+    release_reason TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT ''
 );
 DROP INDEX IF EXISTS allocations_by_state;
 CREATE INDEX IF NOT EXISTS allocations_by_state_released
@@ -67,6 +69,24 @@ class StoreConflict(RuntimeError):
     """A write that would put a device in two live allocations."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or keeps refusing: nothing was written; retry later (503)."""
+
+
+class StoreRetry(RuntimeError):
+    """The transaction lost a race (serialization failure) and was rolled back: run it again."""
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """One queued request as other nodes see it: its devices count against the user's quota."""
+
+    ticket: str
+    user: str
+    count: int
+    deadline: float
+
+
 class StoreTx(Protocol):
     """The operations one transaction offers."""
 
@@ -86,8 +106,24 @@ class StoreTx(Protocol):
 
     def add_extension(self, extension: Extension) -> None: ...
 
+    def holdings(self, user: str) -> dict[str, int]:
+        """Devices `user` holds in live allocations, per node, on every node of the store."""
+        ...
+
+    def waiting_elsewhere(self, user: str, now: float) -> dict[str, int]:
+        """Devices `user` waits for on other nodes (unexpired published waits), per node."""
+        ...
+
+    def publish_waits(self, waits: Sequence[WaitRecord]) -> None:
+        """Replace this node's published waits (a no-op for a single node)."""
+        ...
+
 
 class AllocationStore(Protocol):
+    node: str
+    shared: bool  # other allocators write too (the cluster store)
+    where: str  # for logs and messages: a path, or host:port/dbname (never a password)
+
     def transaction(self) -> contextlib.AbstractContextManager[StoreTx]: ...
 
     def close(self) -> None: ...
@@ -97,14 +133,20 @@ class SqliteTx:
     """One transaction's operations. With `live` (the store's in-memory copy of the live
     allocations, kept by the single writer) live() and get() of a live one need no query."""
 
-    def __init__(self, conn: sqlite3.Connection, live: dict[str, Allocation] | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        live: dict[str, Allocation] | None = None,
+        node: str = "",
+    ) -> None:
         self._conn = conn
         self.live_cache = live
+        self.node = node
 
     def _load(self, where: str, args: tuple = ()) -> list[Allocation]:
         rows = self._conn.execute(
             "SELECT id, user, grp, state, created_at, expires_at, container_id, container_name,"
-            " container_type, profile, released_at, release_reason FROM allocations "
+            " container_type, profile, released_at, release_reason, node FROM allocations "
             f"{where} ORDER BY created_at, id",
             args,
         ).fetchall()
@@ -140,6 +182,7 @@ class SqliteTx:
                     release_reason=row[11],
                     devices=tuple(uuid for _, uuid, _ in devs),
                     vanished=tuple(uuid for _, uuid, gone in devs if gone),
+                    node=row[12],
                 )
             )
         return result
@@ -174,8 +217,8 @@ class SqliteTx:
     def insert(self, allocation: Allocation) -> None:
         self._conn.execute(
             "INSERT INTO allocations (id, user, grp, state, created_at, expires_at, container_id,"
-            " container_name, container_type, profile, released_at, release_reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " container_name, container_type, profile, released_at, release_reason, node)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 allocation.id,
                 allocation.user,
@@ -189,8 +232,11 @@ class SqliteTx:
                 allocation.profile,
                 allocation.released_at,
                 allocation.release_reason,
+                allocation.node or self.node,
             ),
         )
+        if not allocation.node:
+            allocation = replace(allocation, node=self.node)
         live = 0 if allocation.state == RELEASED else 1
         try:
             self._conn.executemany(
@@ -264,6 +310,21 @@ class SqliteTx:
             ),
         )
 
+    def holdings(self, user: str) -> dict[str, int]:
+        """One node holds everything: the live allocations, grouped by their node."""
+        found: dict[str, int] = {}
+        for alloc in self.live():
+            if alloc.user == user:
+                node = alloc.node or self.node
+                found[node] = found.get(node, 0) + len(alloc.devices)
+        return found
+
+    def waiting_elsewhere(self, user: str, now: float) -> dict[str, int]:
+        return {}  # a single node: every wait is in this allocator's own queue
+
+    def publish_waits(self, waits: Sequence[WaitRecord]) -> None:
+        return None
+
 
 class SqliteAllocationStore:
     """SQLite (WAL) at `path`; one connection, one lock: the single writer.
@@ -272,8 +333,12 @@ class SqliteAllocationStore:
     only by committed transactions), so the hot path reads no rows at all.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    shared = False
+
+    def __init__(self, path: str | os.PathLike[str], *, node: str = "") -> None:
+        self.node = node
         self.path = private_database(path)  # 0600: every user's allocations
+        self.where = str(self.path)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
@@ -284,6 +349,9 @@ class SqliteAllocationStore:
         # 64 MiB of page cache: the indexes of a long history stay in memory (default: 2 MiB).
         self._conn.execute("PRAGMA cache_size=-65536")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(allocations)")}
+        if "node" not in columns:  # a database from before the cluster store
+            self._conn.execute("ALTER TABLE allocations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
         self._live: dict[str, Allocation] | None = None
 
     @contextlib.contextmanager
@@ -293,7 +361,7 @@ class SqliteAllocationStore:
             try:
                 if self._live is None:
                     self._live = {a.id: a for a in SqliteTx(self._conn).load_live()}
-                tx = SqliteTx(self._conn, dict(self._live))  # a rollback drops the copy
+                tx = SqliteTx(self._conn, dict(self._live), self.node)  # a rollback drops the copy
                 yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -14,13 +14,15 @@ MARK = "GOAL "
 
 @dataclass(frozen=True)
 class Goal:
-    """One measured goal: `figure` is what was measured, `target` what it had to be."""
+    """One measured goal: `figure` is what was measured, `target` what it had to be.
+
+    `held` None: a figure reported without a goal (the issue set no number)."""
 
     bench: str
     goal: str
     figure: str
     target: str
-    held: bool
+    held: bool | None
 
     def line(self) -> str:
         return MARK + json.dumps(asdict(self), separators=(",", ":"))
@@ -34,10 +36,7 @@ class Goal:
 
 def report(goal: Goal) -> None:
     """Print the goal for a person and for the summary."""
-    print(
-        f"  {'held    ' if goal.held else 'NOT held'}  {goal.goal}: {goal.figure}"
-        f"  (target {goal.target})"
-    )
+    print(f"  {verdict(goal):<8}  {goal.goal}: {goal.figure}  (target {goal.target})")
     print(goal.line(), flush=True)
 
 
@@ -45,3 +44,7 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1) of a non-empty list."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def verdict(goal: Goal) -> str:
+    return "figure" if goal.held is None else "held" if goal.held else "NOT held"

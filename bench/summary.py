@@ -18,11 +18,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.goals import Goal  # noqa: E402
+from bench.goals import Goal, verdict  # noqa: E402
 
 BENCHMARKS = (
     "enforcer_burst",
     "allocator_load",
+    "allocator_cluster",
     "exporter_scrape",
     "e2e_latency",
     "gateway_overhead",
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         goals, ended = run(name, args.limit)
         print(f"   ({ended})", flush=True)
         for g in goals:
-            rows.append((g.bench, g.goal, g.figure, g.target, "held" if g.held else "NOT held"))
+            rows.append((g.bench, g.goal, g.figure, g.target, verdict(g)))
         if not ended.startswith("ok"):
             failed = True
             rows.append((name, "(benchmark)", ended, "runs to the end", "FAILED"))

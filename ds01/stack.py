@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 
@@ -65,9 +66,11 @@ class ChildProcess:
         log_path: str | os.PathLike[str],
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        user: str | None = None,
     ) -> None:
         self.name, self.argv, self.log_path = name, list(argv), Path(log_path)
         self.env, self.cwd = dict(env) if env is not None else None, cwd
+        self.user = user  # run as this account (root only); None = as ourselves
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ChildProcess:
@@ -82,6 +85,7 @@ class ChildProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
+            **_as_account(self.user),
         )
         log.close()
         return self
@@ -142,6 +146,14 @@ class ChildProcess:
             pass
         self.process.wait(5)
         logger.info("stopped %s", self.name)
+
+
+def _as_account(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` (its primary group, no supplementary groups)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:

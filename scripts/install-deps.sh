@@ -10,6 +10,10 @@ command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || need+=(docker.
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# The cluster store's tests (and `ds01 up --nodes N`) start a private PostgreSQL from Debian's
+# package; psycopg (pure Python) loads Debian's libpq5, which the server package pulls in.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+dpkg -s libpq5 >/dev/null 2>&1 || need+=(libpq5)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need+=(make)
 # Real clients for the gateway's compatibility matrix (tests/gateway): compose 1.29, and Node

@@ -6,6 +6,7 @@ component and fail under CI=true (see tests/harness/components.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from ds01.gpu import GpuDevice
 from ds01.gpu.sim import SimBackend, SimStateFile, load_topology
+from ds01.postgres_server import PostgresServer, find_postgres_bindir, start_postgres
 from ds01.stack import (
     Alertmanager,
     Dockerd,
@@ -26,7 +28,7 @@ from ds01.stack import (
     start_dockerd,
     start_prometheus,
 )
-from tests.harness.components import require_binary, require_root
+from tests.harness.components import missing, require_binary, require_root
 from tests.harness.smtp import smtp_sink
 
 __all__ = ["smtp_sink"]  # a real SMTP server for Alertmanager's email receiver
@@ -156,3 +158,52 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]
     yield start
     for server in started:
         server.stop()
+
+
+def start_private_postgres() -> tuple[PostgresServer, Path]:
+    """A throwaway PostgreSQL in a short, world-traversable /tmp folder (fsync off)."""
+    if find_postgres_bindir() is None:
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="ds01pg-", dir="/tmp"))
+    os.chmod(root, 0o755)  # the postgres account must reach its data folder
+    try:
+        return start_postgres(root, fsync=False), root
+    except StackError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL for the session; tests take their own database from it."""
+    server, root = start_private_postgres()
+    yield server
+    server.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped at teardown): its DSN."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    if not postgres_server.running():
+        postgres_server.start()  # a test that stopped the shared server left it down
+    dsn = postgres_server.create_database(name)
+    yield dsn
+    if postgres_server.running():
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
+    """Factory: a PostgreSQL of the test's own (to stop and restart for outages); stopped after."""
+    started: list[tuple[PostgresServer, Path]] = []
+
+    def start() -> PostgresServer:
+        started.append(start_private_postgres())
+        return started[-1][0]
+
+    yield start
+    for server, root in started:
+        server.close()
+        shutil.rmtree(root, ignore_errors=True)

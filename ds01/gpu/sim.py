@@ -72,6 +72,15 @@ def load_topology(path: str | os.PathLike[str] | None = None) -> tuple[GpuDevice
     return topology_devices(*read_topology(path))
 
 
+def topology_for_node(node: str, path: str | os.PathLike[str] | None = None) -> str:
+    """A topology (the default, or `path`) as YAML whose seed names `node`: every simulated
+    node gets device UUIDs of its own, as real GPUs have, so a cluster store can tell them
+    apart. Explicit `uuid:` entries are kept as they are."""
+    data, _ = read_topology(path)
+    data = dict(data, seed=f"{data.get('seed', 'ds01-sim')}/{node}")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def topology_devices(data: Mapping[str, Any], source: str = "<sim>") -> tuple[GpuDevice, ...]:
     """Build stable devices: UUIDs derive from the seed and position unless given."""
     seed = str(data.get("seed", "ds01-sim"))

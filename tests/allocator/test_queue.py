@@ -26,6 +26,25 @@ def test_several_grants_in_order_without_sharing_devices():
     assert grants == [("t1", ("a",)), ("t2", ("b", "c"))]
 
 
+def test_restore_puts_back_what_a_rolled_back_transaction_decided():
+    from allocator.model import Allocation, AllocationRequest
+    from allocator.queue import Waiter, WaitQueue
+
+    queue = WaitQueue()
+    first = Waiter("t1", AllocationRequest("alice"), "student", 1.0, 100.0)
+    second = Waiter("t2", AllocationRequest("bob"), "student", 2.0, 100.0)
+    queue.add(first)
+    queue.add(second)
+    mark = queue.checkpoint()
+    granted = Allocation("a1", "alice", "student", ("MIG-1",), "reserved", created_at=3.0)
+    queue.resolve("t1", granted, 3.0)
+    queue.add(Waiter("t3", AllocationRequest("carol"), "student", 3.0, 100.0))
+    queue.restore(mark)
+    assert [w.ticket for w in queue] == ["t1", "t2"]  # FIFO order kept, the newcomer gone
+    assert not first.resolved and first.resolved_at is None
+    assert queue.get("t3") is None
+
+
 def _waiter(ticket: str) -> Waiter:
     return Waiter(ticket, AllocationRequest("alice"), "staff", enqueued_at=0.0, deadline=300.0)
 

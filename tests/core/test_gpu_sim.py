@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from ds01.cgroups import container_id_from_cgroup
 from ds01.cli import main as ds01_main
 from ds01.gpu import DeviceSample, GpuProcess, device_is_busy, open_backend, resolve_device_spec
-from ds01.gpu.sim import SimBackend, SimTopologyError, load_topology, topology_devices
+from ds01.gpu.sim import (
+    SimBackend,
+    SimTopologyError,
+    load_topology,
+    topology_devices,
+    topology_for_node,
+)
 
 CID = "8283d9fa9194ce26c70d7b798b7452e54d175d9217fc90901779bbbdf72a6d4f"
 
@@ -120,3 +127,16 @@ def test_container_id_from_cgroup_forms(text):
 
 def test_no_container_in_cgroup():
     assert container_id_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n") is None
+
+
+def test_each_node_gets_its_own_device_uuids():
+    default = {d.device_uuid for d in load_topology(None)}
+    per_node = {
+        node: {d.device_uuid for d in topology_devices(yaml.safe_load(topology_for_node(node)))}
+        for node in ("gpu-a", "gpu-b")
+    }
+    assert per_node["gpu-a"].isdisjoint(per_node["gpu-b"])
+    assert per_node["gpu-a"].isdisjoint(default)
+    assert len(per_node["gpu-a"]) == len(default)  # the same layout, other names
+    again = {d.device_uuid for d in topology_devices(yaml.safe_load(topology_for_node("gpu-a")))}
+    assert again == per_node["gpu-a"]  # stable: a restarted node keeps its UUIDs
