@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from ds01.statefiles import private_database
 
@@ -129,6 +129,30 @@ class AllocationStore(Protocol):
     def close(self) -> None: ...
 
 
+def allocation_from_row(
+    row: Sequence[Any], devices: Sequence[str], vanished: Sequence[str]
+) -> Allocation:
+    """An allocation from the 13 columns both stores select (id … node, in schema order) and
+    its device UUIDs in position order, with those that vanished."""
+    return Allocation(
+        id=row[0],
+        user=row[1],
+        group=row[2],
+        state=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        container_id=row[6],
+        container_name=row[7],
+        container_type=row[8],
+        profile=row[9],
+        released_at=row[10],
+        release_reason=row[11],
+        node=row[12],
+        devices=tuple(devices),
+        vanished=tuple(vanished),
+    )
+
+
 class SqliteTx:
     """One transaction's operations. With `live` (the store's in-memory copy of the live
     allocations, kept by the single writer) live() and get() of a live one need no query."""
@@ -166,25 +190,8 @@ class SqliteTx:
         result = []
         for row in rows:
             devs = sorted(devices[row[0]])
-            result.append(
-                Allocation(
-                    id=row[0],
-                    user=row[1],
-                    group=row[2],
-                    state=row[3],
-                    created_at=row[4],
-                    expires_at=row[5],
-                    container_id=row[6],
-                    container_name=row[7],
-                    container_type=row[8],
-                    profile=row[9],
-                    released_at=row[10],
-                    release_reason=row[11],
-                    devices=tuple(uuid for _, uuid, _ in devs),
-                    vanished=tuple(uuid for _, uuid, gone in devs if gone),
-                    node=row[12],
-                )
-            )
+            found = [uuid for _, uuid, _ in devs]
+            result.append(allocation_from_row(row, found, [u for _, u, gone in devs if gone]))
         return result
 
     def live(self) -> list[Allocation]:

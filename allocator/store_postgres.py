@@ -21,7 +21,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
-from .store import StoreConflict, StoreRetry, StoreUnavailable, WaitRecord
+from .store import (
+    StoreConflict,
+    StoreRetry,
+    StoreUnavailable,
+    WaitRecord,
+    allocation_from_row,
+)
 from .store_schema import SchemaTooNew, apply_migrations
 
 logger = logging.getLogger(__name__)
@@ -65,26 +71,7 @@ class PostgresTx:
             f" FROM allocations a {where} ORDER BY created_at, id",
             args,
         ).fetchall()
-        return [
-            Allocation(
-                id=row[0],
-                user=row[1],
-                group=row[2],
-                state=row[3],
-                created_at=row[4],
-                expires_at=row[5],
-                container_id=row[6],
-                container_name=row[7],
-                container_type=row[8],
-                profile=row[9],
-                released_at=row[10],
-                release_reason=row[11],
-                node=row[12],
-                devices=tuple(row[13] or ()),
-                vanished=tuple(row[14] or ()),
-            )
-            for row in rows
-        ]
+        return [allocation_from_row(row, row[13] or (), row[14] or ()) for row in rows]
 
     def live(self) -> list[Allocation]:
         """This node's live allocations: reconcile, expiry and adoption never touch another's."""

@@ -8,12 +8,21 @@ from typing import Any
 
 import docker
 
+# The Docker SDK's scheme for a socket (unix, npipe, ssh): no HTTP proxy can sit on that path.
+_SOCKET_SCHEME = "http+docker://"
+
 
 def connect(docker_host: str | None = None, *, timeout: float = 30.0) -> docker.DockerClient:
     """A client for `docker_host` (a unix:// or tcp:// URL), or the environment's default."""
     if docker_host:
-        return docker.DockerClient(base_url=docker_host, timeout=int(timeout))
-    return docker.from_env(timeout=int(timeout))
+        client = docker.DockerClient(base_url=docker_host, timeout=int(timeout))
+    else:
+        client = docker.from_env(timeout=int(timeout))
+    if client.api.base_url.startswith(_SOCKET_SCHEME):
+        # requests reads the proxy variables and ~/.netrc before every call (about 40% of an
+        # inspect's client CPU), and a socket uses neither; tcp:// keeps the environment's proxy.
+        client.api.trust_env = False
+    return client
 
 
 class DockerLink:

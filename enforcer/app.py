@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,8 +66,13 @@ def create_app(
         for status in ALERT_STATUSES
     }
 
+    answered: dict[tuple[str, int], Any] = {}  # the same for the request counter, by code
+
     def answer(endpoint: str, code: int, body: dict) -> tuple[Response, int]:
-        metrics.requests.labels(endpoint, str(code)).inc()
+        child = answered.get((endpoint, code))
+        if child is None:
+            child = answered[endpoint, code] = metrics.requests.labels(endpoint, str(code))
+        child.inc()
         return jsonify(body), code
 
     def receive(endpoint: str) -> tuple[Response, int]:
@@ -86,9 +92,7 @@ def create_app(
             logger.warning("malformed POST /%s: %s", endpoint, exc)
             return answer(endpoint, 400, {"error": str(exc)})
 
-        resolved = [a for a in webhook.alerts if not a.firing]
-        wrong = [a for a in webhook.alerts if a.firing and a.action != action]
-        firing = [a for a in webhook.alerts if a.firing and a.action == action]
+        resolved, wrong, firing = _sort_alerts(webhook.alerts, action)
         firing, foreign = _split_by_node(firing, node_scope() if node_scope else None)
         if foreign:
             _refuse_foreign(endpoint, kind, foreign, audit)
@@ -162,16 +166,38 @@ def create_app(
     return app
 
 
+def _sort_alerts(
+    alerts: tuple[Alert, ...], action: str
+) -> tuple[list[Alert], list[Alert], list[Alert]]:
+    """(resolved, firing for another endpoint's action, firing for this one), in one pass."""
+    resolved: list[Alert] = []
+    wrong: list[Alert] = []
+    firing: list[Alert] = []
+    for alert in alerts:
+        if alert.status != "firing":
+            resolved.append(alert)
+        elif alert.action != action:
+            wrong.append(alert)
+        else:
+            firing.append(alert)
+    return resolved, wrong, firing
+
+
 def _split_by_node(
     alerts: list[Alert], scope: NodeScope | None
 ) -> tuple[list[Alert], list[tuple[Alert, NodeVerdict]]]:
-    """This node's alerts, and the others with the verdict that says why they are not."""
+    """This node's alerts, and the others with the verdict that says why they are not (each
+    alert judged; a verdict depends on the node label alone, so one per label value)."""
     if scope is None:
         return alerts, []
     mine: list[Alert] = []
     foreign: list[tuple[Alert, NodeVerdict]] = []
+    verdicts: dict[str, NodeVerdict] = {}
     for alert in alerts:
-        verdict = judge_node(alert_node=alert.labels.get(NODE_LABEL, ""), scope=scope)
+        node = alert.labels.get(NODE_LABEL, "")
+        verdict = verdicts.get(node)
+        if verdict is None:
+            verdict = verdicts[node] = judge_node(alert_node=node, scope=scope)
         if verdict.mine:
             mine.append(alert)
         else:

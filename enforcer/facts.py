@@ -6,11 +6,13 @@ help: the worker backs off and the webhook answers 503); anything else is a real
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import requests
@@ -50,8 +52,10 @@ class DockerSource:
         inventory: Iterable[GpuDevice] = (),
         timeout: float = 30.0,
         connector: Callable[..., docker.DockerClient] = connect,
+        give_way: Callable[[], None] = lambda: None,
     ) -> None:
         self.docker_host = docker_host
+        self._give_way = give_way
         self.inventory = tuple(inventory)
         self._timeout = timeout
         self._connector = connector
@@ -69,8 +73,10 @@ class DockerSource:
             return self._client
 
     def call(self, what: str, fn: Callable[[docker.DockerClient], Any]) -> Any:
-        """Run one Docker API call; connection trouble becomes `Unavailable`."""
+        """Run one Docker API call (after `give_way`: the enforcer lets a webhook burst be
+        acknowledged first); connection trouble becomes `Unavailable`."""
         client = self.client()
+        self._give_way()
         try:
             return fn(client)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
@@ -100,17 +106,42 @@ class DockerSource:
         return self._default_runtime
 
 
+def _loopback(url: str) -> bool:
+    """True for a URL on this host (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PrometheusSource:
     """Instant queries for the contract series of one container."""
 
     def __init__(
-        self, url: str, *, timeout: float = 5.0, session: requests.Session | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        session: requests.Session | None = None,
+        give_way: Callable[[], None] = lambda: None,
     ) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
-        self._session = session or requests.Session()
+        self._give_way = give_way
+        if session is None:
+            session = requests.Session()
+            # On this host no proxy is right (a global HTTP_PROXY would swallow every query),
+            # and reading the proxy variables and ~/.netrc costs CPU on each call; a remote
+            # Prometheus keeps the environment's proxy settings.
+            session.trust_env = not _loopback(self.url)
+        self._session = session
 
     def query(self, promql: str) -> list[dict[str, Any]]:
+        """One instant query, after `give_way` (as for Docker calls)."""
+        self._give_way()
         try:
             reply = self._session.get(
                 f"{self.url}/api/v1/query", params={"query": promql}, timeout=self._timeout

@@ -26,7 +26,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,28 @@ class Job:
     watch_started: float | None = None
 
 
-@dataclass
 class _Write:
-    """One caller's write, waiting for the next group commit; `run` gets the open cursor."""
+    """One caller's write, waiting for the next group commit; `run` gets the open cursor.
 
-    run: Callable[[sqlite3.Cursor], Any]
-    durable: bool  # must survive a power cut once answered (new alerts)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
+    The caller blocks on a lock taken at creation, released once by the writer: the cheapest
+    wake-up there is (an Event builds a Condition, a deque and a waiter lock per write)."""
+
+    __slots__ = ("run", "durable", "result", "error", "_done")
+
+    def __init__(self, run: Callable[[sqlite3.Cursor], Any], durable: bool) -> None:
+        self.run = run
+        self.durable = durable  # must survive a power cut once answered (new alerts)
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def wait(self) -> None:
+        self._done.acquire()
+
+    def answer(self) -> None:
+        """The writer's reply: called exactly once per write."""
+        self._done.release()
 
 
 @dataclass(frozen=True)
@@ -147,16 +160,20 @@ def _job(row: Sequence[Any]) -> Job:
     )
 
 
-def _insert(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> list[bool]:
-    """Insert each row unless an open row (or a delivered warning) already answers for it; a
-    repeat within `rows`, or already written in this transaction, is found the same way."""
+def _insert(
+    cur: sqlite3.Cursor, kind: str, alerts: Sequence[Alert], now: float, due: float
+) -> list[bool]:
+    """Insert each alert unless an open row (or a delivered warning) already answers for it; a
+    repeat within `alerts`, or already written in this transaction, is found the same way.
+    Only a new row's alert is encoded: a repeat costs its duplicate check alone."""
     flags = []
-    for row in rows:
-        kind, fingerprint, starts_at, container_id, reason = row[:5]
-        key = (fingerprint, kind, container_id, reason, starts_at)
+    for a in alerts:
+        key = (a.fingerprint, kind, a.container_id, a.reason, a.starts_at)
         if cur.execute(_DUPLICATE, key).fetchone() is not None:
             flags.append(False)
             continue
+        text = _compact(a.to_json())
+        row = (kind, a.fingerprint, a.starts_at, a.container_id, a.reason, text, now, due)
         cur.execute(_INSERT, row)
         flags.append(True)
     return flags
@@ -223,7 +240,7 @@ class Journal:
                 raise sqlite3.ProgrammingError("the journal is closed")
             self._pending.append(write)
             self._pending_cond.notify()
-        write.done.wait()
+        write.wait()
         if write.error is not None:
             raise write.error
         return write.result
@@ -254,7 +271,7 @@ class Journal:
                 if self._db.in_transaction:
                     cur.execute("ROLLBACK")
                 write.error = exc
-                write.done.set()
+                write.answer()
                 if n:  # the ones before it were rolled back with it: run them again
                     self._commit(writes[:n])
                 if writes[n + 1 :]:
@@ -268,7 +285,7 @@ class Journal:
             for write in writes:
                 write.result, write.error = None, exc
         for write in writes:
-            write.done.set()
+            write.answer()
 
     def _write(self, sql: str, args: Sequence[Any]) -> int:
         """One statement through the writer; the number of rows it changed."""
@@ -289,14 +306,7 @@ class Journal:
         if not alerts:
             return []
         due = now if due_at is None else due_at
-        rows = [
-            (
-                kind, a.fingerprint, a.starts_at, a.container_id, a.reason,
-                _compact(a.to_json()), now, due,
-            )
-            for a in alerts
-        ]  # fmt: skip
-        return self._submit(lambda cur: _insert(cur, rows), durable=True)
+        return self._submit(lambda cur: _insert(cur, kind, alerts, now, due), durable=True)
 
     def due(self, now: float, *, limit: int = 100, exclude: Iterable[int] = ()) -> list[Job]:
         """Open jobs (pending or watching) whose time has come, oldest first."""

@@ -58,10 +58,16 @@ class Enforcer:
         self.warnings = WarningBook(config.journal_path.with_name("enforcer-warnings.sqlite"))
         self.audit = AuditLog(config.audit_path, dry_run=config.dry_run, clock=clock)
         self.metrics = EnforcerMetrics(clock=clock)
-        self.docker = DockerSource(config.docker_host)
-        self.prometheus = PrometheusSource(config.prometheus_url)
-        self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
         intake = Intake()
+
+        def give_way() -> None:
+            """Before each call out of a worker (every Docker call, every Prometheus query):
+            a webhook burst is acknowledged first (at most `intake_hold` seconds)."""
+            intake.wait_quiet(config.worker.intake_hold)
+
+        self.docker = DockerSource(config.docker_host, give_way=give_way)
+        self.prometheus = PrometheusSource(config.prometheus_url, give_way=give_way)
+        self.health = Health(self.docker, self.prometheus, ttl=config.health_ttl)
         self.executor = executor = Executor(
             self.docker,
             policy=policy,

@@ -340,13 +340,8 @@ class Worker:
         logger.info("container_id=%s %s; verifying again", job.alert.container_id, watch.why)
         return False
 
-    def _give_way(self) -> None:
-        """Before each call out (Docker, Prometheus): let a webhook burst be acknowledged first."""
-        self.intake.wait_quiet(self.settings.intake_hold)
-
     def _decide_and_act(self, job: Job) -> tuple[ContainerFacts | None, Outcome]:
         alert, now = job.alert, self._clock.time()
-        self._give_way()
         container = self.docker.container(alert.container_id)
         if job.kind == "remove":
             decision = decide_remove(
@@ -366,7 +361,6 @@ class Worker:
         decision = check_container(alert=alert, container=container, policy=self.policy, now=now)
         deadline = None
         if decision.act:
-            self._give_way()
             deadlines = self.prometheus.deadlines(alert.container_id, reason=alert.reason)
             decision = check_deadline(
                 alert=alert,
@@ -381,7 +375,6 @@ class Worker:
                 decision = self._warned_first(container, job, deadlines.idle, decision)
         if not decision.act or container is None:
             return container, Outcome("skipped", decision.label, decision.why)
-        self._give_way()
         stopped = self.executor.stop(container, alert, deadline=deadline)
         return container, self._with_why(decision.why, stopped)
 

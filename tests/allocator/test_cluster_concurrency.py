@@ -8,7 +8,6 @@ devices on every node), and the final state.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections import defaultdict
 
@@ -16,10 +15,9 @@ import psycopg
 import pytest
 import yaml
 
-from allocator.client import AllocatorClient, Refused
 from ds01.gpu.sim import topology_devices, topology_for_node
-from tests.allocator.conftest import as_user, write_topology
-from tests.allocator.test_concurrency import QUOTA, USERS
+from tests.allocator.conftest import write_topology
+from tests.allocator.test_concurrency import QUOTA, USERS, burst
 from tests.harness.allocators import start_allocator_node
 
 pytestmark = pytest.mark.integration
@@ -48,36 +46,6 @@ def cluster(short_dir, postgres_dsn):
     finally:
         for node in started:
             node.stop()
-
-
-def _burst(clients: list[AllocatorClient], *, release: bool, seed: int) -> list:
-    rng = random.Random(seed)
-    plan = [(USERS[i % 20], rng.choice((1, 1, 2)), clients[i % len(clients)]) for i in range(200)]
-    start = threading.Barrier(len(plan))
-    results: list = []
-    lock = threading.Lock()
-
-    def one(user: str, count: int, client: AllocatorClient) -> None:
-        me = as_user(client, user)
-        start.wait()
-        try:
-            alloc = me.allocate(count=count, poll=0.5)
-        except Refused as exc:
-            outcome = ("refused", exc.reason)
-        else:
-            outcome = ("granted", alloc)
-            if release:
-                me.release(alloc["id"])
-        with lock:
-            results.append((user, count, outcome))
-
-    threads = [threading.Thread(target=one, args=item) for item in plan]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert len(results) == 200
-    return results
 
 
 class SnapshotWatch:
@@ -139,8 +107,8 @@ def test_200_simultaneous_requests_across_3_allocators_on_postgres(cluster, post
     nodes, topology = cluster
     clients = [node.client for node in nodes]
     with SnapshotWatch(postgres_dsn) as watch:
-        churn = _burst(clients, release=True, seed=1)
-        held = _burst(clients, release=False, seed=2)
+        churn = burst(clients, release=True, seed=1)
+        held = burst(clients, release=False, seed=2)
     granted = [r for r in churn if r[2][0] == "granted"]
     assert len(granted) > 24  # devices were handed out again after releases
     assert {r[2][1] for r in churn + held if r[2][0] == "refused"} <= {"quota", "timeout"}

@@ -20,14 +20,16 @@ USERS = [f"user{i:02d}" for i in range(20)]
 QUOTA = 2
 
 
-def _burst(client: AllocatorClient, *, release: bool, seed: int) -> list:
+def burst(clients: list[AllocatorClient], *, release: bool, seed: int) -> list:
+    """200 requests from 20 users released at once, spread over `clients` (one per allocator):
+    (user, count, ("granted", allocation) | ("refused", reason)) each."""
     rng = random.Random(seed)
-    plan = [(USERS[i % 20], rng.choice((1, 1, 2))) for i in range(200)]
+    plan = [(USERS[i % 20], rng.choice((1, 1, 2)), clients[i % len(clients)]) for i in range(200)]
     start = threading.Barrier(len(plan))
     results: list = []
     lock = threading.Lock()
 
-    def one(user: str, count: int) -> None:
+    def one(user: str, count: int, client: AllocatorClient) -> None:
         me = as_user(client, user)
         start.wait()
         try:
@@ -45,7 +47,7 @@ def _burst(client: AllocatorClient, *, release: bool, seed: int) -> list:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(120)
     assert len(results) == 200
     return results
 
@@ -88,12 +90,12 @@ def test_200_simultaneous_requests_20_users_8_devices(
         policy={"gpu_wait": "1s", "users": users}, topology=topology, threads=64
     )
     client = AllocatorClient(str(runtime.socket_path))
-    churn = _burst(client, release=True, seed=1)
+    churn = burst([client], release=True, seed=1)
     granted = [r for r in churn if r[2][0] == "granted"]
     assert len(granted) > 8  # devices were handed out again after releases
     # A granted request must never look cancelled to its client (that would orphan devices).
     assert {r[2][1] for r in churn if r[2][0] == "refused"} <= {"quota", "timeout"}
-    held = _burst(client, release=False, seed=2)
+    held = burst([client], release=False, seed=2)
     kept = [r[2][1] for r in held if r[2][0] == "granted"]
     assert 1 <= len(kept) <= 8
     reasons = {r[2][1] for r in held if r[2][0] == "refused"}

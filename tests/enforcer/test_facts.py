@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -27,6 +30,79 @@ def test_closed_prometheus_port_is_unavailable():
         source.deadlines("c" * 64, reason="idle")
     assert error.value.dependency == "prometheus"
     assert source.ready() is False
+
+
+class EmptyAnswers(BaseHTTPRequestHandler):
+    """Answers every GET with an empty Prometheus result and records the request line's path
+    (absolute when the request came through it as a proxy)."""
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        body = json.dumps({"status": "success", "data": {"result": []}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass  # no access log on the test's stderr
+
+
+@pytest.fixture
+def answering_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyAnswers)
+    server.paths = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def proxy_environment(monkeypatch, proxy: str) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy)
+
+
+def test_a_prometheus_on_this_host_is_queried_directly_whatever_proxy_the_environment_names(
+    monkeypatch, answering_server
+):
+    proxy_environment(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    port = answering_server.server_address[1]
+
+    for host in ("127.0.0.1", "localhost"):
+        source = PrometheusSource(f"http://{host}:{port}")
+        assert source.query("up") == []
+        assert source.ready() is True
+    assert all(path.startswith("/") for path in answering_server.paths)
+
+
+def test_a_remote_prometheus_keeps_the_environments_proxy(monkeypatch, answering_server):
+    proxy_environment(monkeypatch, f"http://127.0.0.1:{answering_server.server_address[1]}")
+    source = PrometheusSource("http://prometheus.invalid:9090")
+
+    assert source.query("up") == []
+    assert answering_server.paths[0].startswith("http://prometheus.invalid:9090/api/v1/query")
+
+
+def test_each_prometheus_query_gives_way_first_and_a_readiness_check_never_waits(
+    answering_server,
+):
+    seen_by_server: list[int] = []  # how many queries had arrived at each give_way
+    port = answering_server.server_address[1]
+    source = PrometheusSource(
+        f"http://127.0.0.1:{port}",
+        give_way=lambda: seen_by_server.append(len(answering_server.paths)),
+    )
+
+    assert source.ready() is True and seen_by_server == []  # a webhook's health check
+    source.query("up")
+    source.query("up")
+    assert seen_by_server == [1, 2]  # each before its own query (the ready() was the first)
 
 
 class Probe(DockerSource):
@@ -103,6 +179,17 @@ def test_gone_container_is_none_and_running_one_is_classified(dockerd, container
     )  # fmt: skip
     assert source.container("0" * 64) is None
     assert source.ping() is True
+
+
+@pytest.mark.integration
+def test_docker_calls_give_way_first_and_a_health_ping_never_waits(dockerd, containers):
+    gave_way: list[str] = []
+    source = DockerSource(dockerd.url, give_way=lambda: gave_way.append("before a call"))
+    box = containers()
+
+    assert source.ping() is True and gave_way == []  # a webhook's health check
+    assert source.container(box.id) is not None
+    assert gave_way  # the inspect (and dockerd's default runtime, asked once) waited first
 
 
 @pytest.mark.integration
