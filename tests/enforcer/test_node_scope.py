@@ -123,6 +123,8 @@ def test_a_single_host_acts_on_unlabelled_and_own_alerts_but_not_another_nodes(
     assert (reply.json()["accepted"], reply.json()["not_mine"]) == (2, 1)
     assert enforcer.journaled(other.id) == []
     assert len(enforcer.journaled(plain.id)) == 1 and len(enforcer.journaled(own.id)) == 1
+    for acted_on in (plain, own):  # notices written before the containers are removed
+        enforcer.wait_done(acted_on.id)
     [record] = enforcer.records_for(other.id)
     assert (record["event"], record["decision"], record["alert_node"]) == (
         "notify",
