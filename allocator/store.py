@@ -129,6 +129,39 @@ class AllocationStore(Protocol):
     def close(self) -> None: ...
 
 
+def allocation_row(allocation: Allocation, node: str) -> tuple[Any, ...]:
+    """The 13 columns both stores write (id … node, in schema order): the inverse of
+    `allocation_from_row`; an allocation without a node is this store's node's."""
+    return (
+        allocation.id,
+        allocation.user,
+        allocation.group,
+        allocation.state,
+        allocation.created_at,
+        allocation.expires_at,
+        allocation.container_id,
+        allocation.container_name,
+        allocation.container_type,
+        allocation.profile,
+        allocation.released_at,
+        allocation.release_reason,
+        allocation.node or node,
+    )
+
+
+def extension_row(extension: Extension) -> tuple[Any, ...]:
+    """An extension's columns in the order both stores insert them."""
+    return (
+        extension.allocation_id,
+        extension.container_id,
+        extension.container_name,
+        extension.user,
+        extension.kind,
+        extension.seconds,
+        extension.granted_at,
+    )
+
+
 def allocation_from_row(
     row: Sequence[Any], devices: Sequence[str], vanished: Sequence[str]
 ) -> Allocation:
@@ -226,21 +259,7 @@ class SqliteTx:
             "INSERT INTO allocations (id, user, grp, state, created_at, expires_at, container_id,"
             " container_name, container_type, profile, released_at, release_reason, node)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                allocation.id,
-                allocation.user,
-                allocation.group,
-                allocation.state,
-                allocation.created_at,
-                allocation.expires_at,
-                allocation.container_id,
-                allocation.container_name,
-                allocation.container_type,
-                allocation.profile,
-                allocation.released_at,
-                allocation.release_reason,
-                allocation.node or self.node,
-            ),
+            allocation_row(allocation, self.node),
         )
         if not allocation.node:
             allocation = replace(allocation, node=self.node)
@@ -306,15 +325,7 @@ class SqliteTx:
         self._conn.execute(
             "INSERT INTO extensions (allocation_id, container_id, container_name, user, kind,"
             " seconds, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                extension.allocation_id,
-                extension.container_id,
-                extension.container_name,
-                extension.user,
-                extension.kind,
-                extension.seconds,
-                extension.granted_at,
-            ),
+            extension_row(extension),
         )
 
     def holdings(self, user: str) -> dict[str, int]:

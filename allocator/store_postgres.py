@@ -27,6 +27,8 @@ from .store import (
     StoreUnavailable,
     WaitRecord,
     allocation_from_row,
+    allocation_row,
+    extension_row,
 )
 from .store_schema import SchemaTooNew, apply_migrations
 
@@ -94,19 +96,7 @@ class PostgresTx:
                 " SELECT made.id, dev.uuid, dev.pos - 1, %s FROM made,"
                 " unnest(%s::text[]) WITH ORDINALITY AS dev(uuid, pos)",
                 (
-                    allocation.id,
-                    allocation.user,
-                    allocation.group,
-                    allocation.state,
-                    allocation.created_at,
-                    allocation.expires_at,
-                    allocation.container_id,
-                    allocation.container_name,
-                    allocation.container_type,
-                    allocation.profile,
-                    allocation.released_at,
-                    allocation.release_reason,
-                    allocation.node or self.node,
+                    *allocation_row(allocation, self.node),
                     allocation.state != RELEASED,
                     list(allocation.devices),
                 ),
@@ -158,15 +148,7 @@ class PostgresTx:
         self._conn.execute(
             "INSERT INTO extensions (allocation_id, container_id, container_name, user_name,"
             " kind, seconds, granted_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (
-                extension.allocation_id,
-                extension.container_id,
-                extension.container_name,
-                extension.user,
-                extension.kind,
-                extension.seconds,
-                extension.granted_at,
-            ),
+            extension_row(extension),
         )
 
     def holdings(self, user: str) -> dict[str, int]:
