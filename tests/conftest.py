@@ -17,7 +17,7 @@ import pytest
 
 from ds01.gpu import GpuDevice
 from ds01.gpu.sim import SimBackend, SimStateFile, load_topology
-from ds01.postgres_server import PostgresServer, find_postgres_bindir, start_postgres
+from ds01.postgres_server import PostgresServer, start_postgres
 from ds01.stack import (
     Alertmanager,
     Dockerd,
@@ -28,7 +28,7 @@ from ds01.stack import (
     start_dockerd,
     start_prometheus,
 )
-from tests.harness.components import missing, require_binary, require_root
+from tests.harness.components import require_binary, require_postgres, require_root
 from tests.harness.smtp import smtp_sink
 
 __all__ = ["smtp_sink"]  # a real SMTP server for Alertmanager's email receiver
@@ -162,8 +162,7 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]
 
 def start_private_postgres() -> tuple[PostgresServer, Path]:
     """A throwaway PostgreSQL in a short, world-traversable /tmp folder (fsync off)."""
-    if find_postgres_bindir() is None:
-        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    require_postgres()
     root = Path(tempfile.mkdtemp(prefix="ds01pg-", dir="/tmp"))
     os.chmod(root, 0o755)  # the postgres account must reach its data folder
     try:

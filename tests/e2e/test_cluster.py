@@ -28,11 +28,10 @@ import requests
 
 from allocator.client import AllocatorClient
 from ds01.cluster_up import ClusterEndpoints, ClusterOptions, ClusterSupervisor
-from ds01.postgres_server import find_postgres_bindir
 from ds01.supervisor import Endpoints, Timings
 from tests.e2e.conftest import POLICY, TOPOLOGY
 from tests.gateway.clients import CompatUser, run_as
-from tests.harness.components import missing, require_binary, require_root
+from tests.harness.components import require_cluster_stack
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -63,12 +62,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(unprivileged_users) -> Iterator[Cluster]:
-    require_root("private dockerds")
-    for binary in ("dockerd", "docker", "busybox", "prometheus"):
-        require_binary(binary)
-    require_binary("prometheus-alertmanager", "alertmanager")
-    if find_postgres_bindir() is None:
-        missing("PostgreSQL is not installed (package postgresql)")
+    require_cluster_stack()
     keep = os.environ.get("DS01_E2E_STATE")  # a folder to keep for a look afterwards
     state = Path(keep or tempfile.mkdtemp(prefix="ds01c-", dir="/tmp"))  # short: socket paths
     state.mkdir(parents=True, exist_ok=True)

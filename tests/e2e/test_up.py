@@ -22,6 +22,7 @@ from ds01.supervisor import Endpoints, unreachable_folder
 from ds01.up import banner, demo_policy
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
 from tests.harness.components import require_binary
+from tests.harness.processes import processes_mentioning, wait_for_log
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -82,18 +83,6 @@ def test_unreachable_folder_names_the_first_closed_parent():
         assert unreachable_folder(closed / "open" / "docker.sock") is None
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def gpu_run_through(docker_host: str, name: str, image: str, user: object = None):
@@ -193,15 +182,15 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
         # the alert rules.
         policy.write_text(example + "\nidle_warning: soon\n")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(log, "policy reload refused", proc)
+        wait_for_log(log, "policy reload refused", proc)
         assert "idle_warning" in log.read_text()
         policy.write_text(example + "\nidle_warning: 7m\n")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(log, "policy reloaded", proc)
+        wait_for_log(log, "policy reloaded", proc)
         rules = "".join(p.read_text() for p in (state / "state/prometheus/rules").glob("*"))
         assert "time() + 420" in rules
         for part in ("exporter", "allocator", "gateway", "enforcer"):
-            _wait_for(state / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
+            wait_for_log(state / "state" / "logs" / f"{part}.log", "policy reloaded from", proc)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
@@ -219,12 +208,3 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
             except Exception:  # noqa: BLE001 - never created
                 continue
         shutil.rmtree(state, ignore_errors=True)
-
-
-def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 60.0) -> None:
-    """Until `text` shows in the log at `path` (a hang bound, not a speed expectation)."""
-    deadline = time.monotonic() + bound
-    while not (path.exists() and text in path.read_text()):
-        assert proc.poll() is None, path.read_text() if path.exists() else ""
-        assert time.monotonic() < deadline, f"{text!r} not in {path}"
-        time.sleep(0.2)

@@ -10,18 +10,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ds01.cluster_up import ClusterEndpoints, cluster_banner
-from ds01.postgres_server import find_postgres_bindir
 from ds01.supervisor import Endpoints
 from ds01.up import build_parser
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
-from tests.harness.components import missing, require_binary, require_root
+from tests.harness.components import require_cluster_stack, require_root
+from tests.harness.processes import processes_mentioning, wait_for_log
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -130,12 +129,7 @@ def test_cluster_banner_prints_each_nodes_docker_host_and_the_shared_parts():
 def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
     unprivileged_users,  # noqa: F811
 ):
-    require_root("private dockerds")
-    for binary in ("dockerd", "docker", "busybox", "prometheus"):
-        require_binary(binary)
-    require_binary("prometheus-alertmanager", "alertmanager")
-    if find_postgres_bindir() is None:
-        missing("PostgreSQL is not installed (package postgresql)")
+    require_cluster_stack()
     base = Path(tempfile.mkdtemp(prefix="ds01n-", dir="/tmp"))
     os.chmod(base, 0o755)
     policy = base / "ds01.yaml"
@@ -154,7 +148,7 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
             start_new_session=True,
         )
     try:
-        text = _wait_for(log, "Ctrl-C stops everything", proc)
+        text = wait_for_log(log, "Ctrl-C stops everything", proc, 180.0)
         hosts = re.findall(r"^    gateway\s+(unix://\S+)\s+export DOCKER_HOST=(\S+)$", text, re.M)
         assert len(hosts) == 2 and all(a == b for a, b in hosts), text
         alice = unprivileged_users[0]
@@ -175,18 +169,18 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
         before = {n: (state / n / "ds01.yaml").read_text() for n in ("node-1", "node-2")}
         policy.write_text(example + "\nidle_warning: soon\n")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(log, "policy reload refused", proc)
+        wait_for_log(log, "policy reload refused", proc, 180.0)
         assert {n: (state / n / "ds01.yaml").read_text() for n in before} == before
         policy.write_text(example + "\nidle_warning: 7m\n")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(log, "policy reloaded from", proc)
+        wait_for_log(log, "policy reloaded from", proc, 180.0)
         for node in ("node-1", "node-2"):
             assert yaml.safe_load((state / node / "ds01.yaml").read_text())["idle_warning"] == "7m"
         rules = "".join(p.read_text() for p in (state / "prometheus" / "rules").glob("*"))
         assert "time() + 420" in rules
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 0
-        assert _processes_mentioning(str(state)) == []
+        assert processes_mentioning(str(state)) == []
     finally:
         _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
@@ -202,25 +196,3 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _wait_for(path: Path, text: str, proc: subprocess.Popen, bound: float = 180.0) -> str:
-    """Until `text` shows in the log (a hang bound, not a speed expectation)."""
-    deadline = time.monotonic() + bound
-    while text not in path.read_text():
-        assert proc.poll() is None, path.read_text()
-        assert time.monotonic() < deadline, path.read_text()
-        time.sleep(0.2)
-    return path.read_text()

@@ -31,3 +31,20 @@ def require_binary(name: str, *alternatives: str) -> str:
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         missing(f"{what} needs root")
+
+
+def require_postgres() -> None:
+    from ds01.postgres_server import find_postgres_bindir
+
+    if find_postgres_bindir() is None:
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+
+
+def require_cluster_stack() -> None:
+    """What `ds01 up --nodes` starts: private dockerds (root), Prometheus, Alertmanager and
+    PostgreSQL."""
+    require_root("private dockerds")
+    for binary in ("dockerd", "docker", "busybox", "prometheus"):
+        require_binary(binary)
+    require_binary("prometheus-alertmanager", "alertmanager")
+    require_postgres()
