@@ -36,7 +36,6 @@ from .promconfig import (
     render_alertmanager_config,
     render_prometheus_config,
 )
-from .rulegen import RuleSettings, render_rule_files
 from .stack import (
     Alertmanager,
     ChildProcess,
@@ -49,7 +48,15 @@ from .stack import (
     start_dockerd,
     start_prometheus,
 )
-from .supervisor import RELOADED_ON_SIGHUP, Endpoints, StackOptions, StackSupervisor, Timings
+from .supervisor import (
+    RELOADED_ON_SIGHUP,
+    Endpoints,
+    StackOptions,
+    StackSupervisor,
+    Timings,
+    rewrite_rule_files,
+    rule_files,
+)
 from .webauth import write_private
 
 logger = logging.getLogger(__name__)
@@ -243,16 +250,11 @@ class ClusterSupervisor:
             scrape_interval=t.scrape_interval,
             evaluation_interval=t.evaluation_interval,
         )
-        rules = RuleSettings.from_policy(
-            policy,
-            exporter_stale_after=t.exporter_stale_after,
-            usage_interval=t.evaluation_interval,
-        )
         self._prometheus = start_prometheus(
             state / "prometheus",
             render_prometheus_config(prom),
             port=self.plans[0].ports.prometheus,
-            extra_files={f"rules/{n}": text for n, text in render_rule_files(rules).items()},
+            extra_files=rule_files(policy, t),
         )
         for node in ep.nodes.values():
             node.alertmanager_http_config = ep.alertmanager_http_config
@@ -280,7 +282,11 @@ class ClusterSupervisor:
         for plan, document in documents.items():
             self._write_policy(plan.policy_file, document)
         self._write_policy(Path(self.endpoints.cluster_policy), shared)
-        self._rewrite_rules(load_policy(self.endpoints.cluster_policy))
+        rewrite_rule_files(
+            self.options.state_dir / "prometheus",
+            load_policy(self.endpoints.cluster_policy),
+            self.options.timings,
+        )
         for child in self.children:
             if child.name in RELOADED_ON_SIGHUP and child.running():
                 child.signal(signal.SIGHUP)
@@ -289,17 +295,6 @@ class ClusterSupervisor:
 
     def _password_file(self) -> Path:
         return self.options.state_dir / "alertmanager" / "prometheus.password"
-
-    def _rewrite_rules(self, policy: Any) -> None:
-        t = self.options.timings
-        rules = RuleSettings.from_policy(
-            policy,
-            exporter_stale_after=t.exporter_stale_after,
-            usage_interval=t.evaluation_interval,
-        )
-        rules_dir = self.options.state_dir / "prometheus" / "rules"
-        for name, text in render_rule_files(rules).items():
-            (rules_dir / name).write_text(text)
 
     def stop(self) -> None:
         """Prometheus and Alertmanager first (no new alerts), then each node's services and its

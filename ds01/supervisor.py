@@ -122,6 +122,22 @@ def _py(*args: str) -> list[str]:
     return [sys.executable, "-m", "ds01.cli", *args]
 
 
+def rule_files(policy: Policy, timings: Timings) -> dict[str, str]:
+    """The alert and recording rules for this stack's timings, as `rules/<name>` -> text."""
+    settings = RuleSettings.from_policy(
+        policy,
+        exporter_stale_after=timings.exporter_stale_after,
+        usage_interval=timings.evaluation_interval,
+    )
+    return {f"rules/{name}": text for name, text in render_rule_files(settings).items()}
+
+
+def rewrite_rule_files(prometheus_dir: Path, policy: Policy, timings: Timings) -> None:
+    """A reloaded policy's rules over the running Prometheus' files (it re-reads them on SIGHUP)."""
+    for name, text in rule_files(policy, timings).items():
+        (prometheus_dir / name).write_text(text)
+
+
 def _duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
@@ -244,11 +260,6 @@ class StackSupervisor:
         state = self.options.state_dir
         ep = self.endpoints
         t = self.options.timings
-        rules = RuleSettings.from_policy(
-            self.policy,
-            exporter_stale_after=t.exporter_stale_after,
-            usage_interval=t.evaluation_interval,
-        )
         alerts = AlertmanagerSettings.from_policy(
             self.policy,
             enforcer_url=ep.enforcer,
@@ -273,12 +284,11 @@ class StackSupervisor:
             scrape_interval=t.scrape_interval,
             evaluation_interval=t.evaluation_interval,
         )
-        rule_files = {f"rules/{name}": text for name, text in render_rule_files(rules).items()}
         self._prometheus = start_prometheus(
             state / "prometheus",
             render_prometheus_config(prom),
             port=ports.prometheus,
-            extra_files=rule_files,
+            extra_files=rule_files(self.policy, t),
         )
         self.children.append(self._prometheus.child)
 
@@ -378,14 +388,7 @@ class StackSupervisor:
             return False
         self.policy = fresh
         if self._prometheus is not None:
-            settings = RuleSettings.from_policy(
-                fresh,
-                exporter_stale_after=self.options.timings.exporter_stale_after,
-                usage_interval=self.options.timings.evaluation_interval,
-            )
-            rules_dir = self.options.state_dir / "prometheus" / "rules"
-            for name, text in render_rule_files(settings).items():
-                (rules_dir / name).write_text(text)
+            rewrite_rule_files(self.options.state_dir / "prometheus", fresh, self.options.timings)
         for child in self.children:
             if child.name in RELOADED_ON_SIGHUP and child.process is not None and child.running():
                 child.process.send_signal(signal.SIGHUP)
