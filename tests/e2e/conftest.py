@@ -95,6 +95,18 @@ CLI_SHIM = textwrap.dedent(
 )
 
 
+# Seconds, not minutes: a collect every 0.5 s, scrapes and rule evaluations every second.
+E2E_TIMINGS = Timings(
+    collect_interval=0.5,
+    scrape_interval=1.0,
+    evaluation_interval=1.0,
+    group_wait=0.0,
+    group_interval=1.0,
+    repeat_interval=5.0,
+    exporter_stale_after=15.0,
+)
+
+
 @pytest.fixture
 def stack_policy() -> str:
     """The policy template (`%s` = the topology file); a test module may override it."""
@@ -132,15 +144,7 @@ def stack(
     # A short, world-traversable state folder: unprivileged users open the gateway socket in it.
     state = Path(os.environ.get("DS01_E2E_STATE") or tempfile.mkdtemp(prefix="ds01e-", dir="/tmp"))
     os.chmod(state, 0o755)
-    timings = Timings(
-        collect_interval=0.5,
-        scrape_interval=1.0,
-        evaluation_interval=1.0,
-        group_wait=0.0,
-        group_interval=1.0,
-        repeat_interval=5.0,
-        exporter_stale_after=15.0,
-    )
+    timings = E2E_TIMINGS
     supervisor = StackSupervisor(
         StackOptions(policy, state, timings, docker_host=dockerd.url, log_level="DEBUG")
     )

@@ -28,8 +28,8 @@ import requests
 
 from allocator.client import AllocatorClient
 from ds01.cluster_up import ClusterEndpoints, ClusterOptions, ClusterSupervisor
-from ds01.supervisor import Endpoints, Timings
-from tests.e2e.conftest import POLICY, TOPOLOGY
+from ds01.supervisor import Endpoints
+from tests.e2e.conftest import E2E_TIMINGS, POLICY, TOPOLOGY
 from tests.gateway.clients import CompatUser, run_as
 from tests.harness.components import require_cluster_stack
 from tests.harness.waiting import eventually
@@ -39,15 +39,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 IMAGE = "ds01/busybox:latest"
 NODES = ("node-1", "node-2", "node-3")
 OUTAGE = float(os.environ.get("DS01_E2E_PG_OUTAGE", "30"))
-TIMINGS = Timings(
-    collect_interval=0.5,
-    scrape_interval=1.0,
-    evaluation_interval=1.0,
-    group_wait=0.0,
-    group_interval=1.0,
-    repeat_interval=5.0,
-    exporter_stale_after=15.0,
-)
 
 
 @dataclass
@@ -71,7 +62,7 @@ def cluster(unprivileged_users) -> Iterator[Cluster]:
     policy = state / "ds01.yaml"
     policy.write_text(POLICY % (state / "topology.yaml"))
     supervisor = ClusterSupervisor(
-        ClusterOptions(policy, state / "up", len(NODES), TIMINGS, log_level="DEBUG")
+        ClusterOptions(policy, state / "up", len(NODES), E2E_TIMINGS, log_level="DEBUG")
     )
     began = time.monotonic()
     endpoints = supervisor.start()
