@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ds01.policy import CONTAINER_TYPES
 
 from .api_errors import json_body, register_error_handlers
+from .dispatch import LEAVE_LANE_KEY
 from .extension_api import ExtensionBodyError, grant_answer, listing, parse_extension
 from .extension_desk import ExtensionDesk
 from .history_api import register_history
@@ -191,6 +192,9 @@ def create_app(
         if isinstance(outcome, Allocation):
             return jsonify({"allocation": outcome.to_json()}), 201
         if wait > 0:
+            leave_lane = request.environ.get(LEAVE_LANE_KEY)
+            if leave_lane is not None:
+                leave_lane()  # the next decision need not wait for this long poll
             disconnected = request.environ.get("waitress.client_disconnected")
             waited = allocator.wait(
                 outcome.ticket,

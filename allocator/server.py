@@ -2,7 +2,8 @@
 
 The kernel reports the uid of the process that connected; a channel subclass reads it once
 per connection and a task subclass puts it into the WSGI environ as `ds01.peer`. A request
-body can never change it. An optional TCP listener (admins, bearer token) shares the threads.
+body can never change it. An optional TCP listener (admins, bearer token) shares the threads,
+and both feed decisions through one lane (allocator/dispatch.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer, UnixWSGIServer
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import WSGITask
+
+from .dispatch import LEAVE_LANE_KEY, LaneDispatcher, in_decision_lane
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class PeerCredTask(WSGITask):
     def get_environment(self) -> dict[str, Any]:
         environ = super().get_environment()
         environ[PEER_ENVIRON_KEY] = getattr(self.channel, "peer", None)
+        environ[LEAVE_LANE_KEY] = self.channel.server.task_dispatcher.leave_lane
         return environ
 
 
@@ -62,6 +67,10 @@ class PeerCredChannel(HTTPChannel):
 
 class PeerCredUnixServer(UnixWSGIServer):
     channel_class = PeerCredChannel
+
+
+class LaneTcpServer(TcpWSGIServer):
+    channel_class = PeerCredChannel  # no peer on TCP (None), but the same lane hook
 
 
 class SocketInUse(RuntimeError):
@@ -96,6 +105,7 @@ class AllocatorServer:
         *,
         listen: tuple[str, int] | None = None,
         threads: int = 64,
+        lane_for: Callable[[str, str], bool] = in_decision_lane,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +118,7 @@ class AllocatorServer:
         }
         self._map: dict = {}
         unix_adj = Adjustments(unix_socket=str(self.socket_path), unix_socket_perms="666", **common)
-        self._dispatcher = ThreadedTaskDispatcher()
+        self._dispatcher = LaneDispatcher(lane_for)
         self._dispatcher.set_thread_count(threads)
         self._servers = [
             PeerCredUnixServer(app, self._map, dispatcher=self._dispatcher, adj=unix_adj)
@@ -116,7 +126,7 @@ class AllocatorServer:
         self.tcp_address: tuple[str, int] | None = None
         if listen is not None:
             tcp_adj = Adjustments(listen=f"{listen[0]}:{listen[1]}", **common)
-            tcp = TcpWSGIServer(app, self._map, dispatcher=self._dispatcher, adj=tcp_adj)
+            tcp = LaneTcpServer(app, self._map, dispatcher=self._dispatcher, adj=tcp_adj)
             self._servers.append(tcp)
             self.tcp_address = (tcp.effective_host, tcp.effective_port)
         self._thread: threading.Thread | None = None
