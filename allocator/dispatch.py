@@ -31,8 +31,21 @@ def in_decision_lane(method: str, path: str) -> bool:
     return False
 
 
+class _Sleeper:
+    """An idle thread: its own condition, and whether it was woken holding a lane slot."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.wake = threading.Condition(lock)
+        self.lane_slot = False
+
+
 class LaneDispatcher(ThreadedTaskDispatcher):
-    """`runners` threads at most serve lane requests; other requests are served as before."""
+    """`runners` threads at most serve lane requests; other requests are served as before.
+
+    A thread is woken for the lane only when no runner holds the slot, and the slot is taken
+    at the wake-up: a second request arriving before that thread runs wakes nobody else (a
+    wasted wake-up per request cost more than the lane saved).
+    """
 
     def __init__(
         self, lane_for: Callable[[str, str], bool] = in_decision_lane, runners: int = 1
@@ -41,8 +54,8 @@ class LaneDispatcher(ThreadedTaskDispatcher):
         self.lane_for = lane_for
         self.runners = runners
         self.lane: deque[Any] = deque()
-        self.lane_running = 0
-        self._idle: list[threading.Condition] = []  # a stack: the last idle is woken first
+        self.lane_running = 0  # slots held, by runners and by threads woken to run
+        self._idle: list[_Sleeper] = []  # a stack: the last idle (a warm thread) goes first
         self._local = threading.local()
 
     def _in_lane(self, task: Any) -> bool:
@@ -51,22 +64,28 @@ class LaneDispatcher(ThreadedTaskDispatcher):
             return False
         return self.lane_for(requests[0].command, requests[0].path)
 
-    def _wake_one(self) -> None:
-        if self._idle:
-            self._idle.pop().notify()
+    def _wake(self, *, lane_slot: bool) -> None:
+        """Under the lock. With `lane_slot`, the woken thread owns a slot from now on."""
+        if not self._idle:
+            return
+        sleeper = self._idle.pop()
+        if lane_slot:
+            sleeper.lane_slot = True
+            self.lane_running += 1
+        sleeper.wake.notify()
 
-    def _work_for_me(self) -> bool:
-        return bool(self.queue) or (bool(self.lane) and self.lane_running < self.runners)
+    def _offer_lane(self) -> None:
+        if self.lane and self.lane_running < self.runners:
+            self._wake(lane_slot=True)
 
     def add_task(self, task: Any) -> None:
         with self.lock:
             if self._in_lane(task):
                 self.lane.append(task)
-                if self.lane_running < self.runners:
-                    self._wake_one()
+                self._offer_lane()
                 return
             self.queue.append(task)
-            self._wake_one()
+            self._wake(lane_slot=False)
             backlog = len(self.queue) - len(self._idle)
             if backlog > 0:
                 self.queue_logger.warning("Task queue depth is %d", backlog)
@@ -76,35 +95,42 @@ class LaneDispatcher(ThreadedTaskDispatcher):
         with self.lock:
             if self.stop_count:
                 while self._idle:
-                    self._idle.pop().notify()
+                    self._wake(lane_slot=False)
+
+    def _next_task(self, me: _Sleeper) -> Any | None:
+        """Under the lock: this thread's next task (waiting while there is none); None = stop."""
+        while True:
+            if me.lane_slot and self.lane:
+                return self.lane.popleft()
+            if me.lane_slot:  # nothing left for the slot (another runner took it)
+                me.lane_slot = False
+                self.lane_running -= 1
+            if self.stop_count > 0:
+                return None
+            if self.queue:
+                return self.queue.popleft()
+            if self.lane and self.lane_running < self.runners:
+                me.lane_slot = True
+                self.lane_running += 1
+                continue
+            self.active_count -= 1
+            self._idle.append(me)
+            me.wake.wait()
+            self.active_count += 1
 
     def handler_thread(self, thread_no: int) -> None:
-        wake = threading.Condition(self.lock)
-        self._local.in_lane = False
+        me = _Sleeper(self.lock)
+        self._local.sleeper = me
         while True:
             with self.lock:
-                if self._local.in_lane:  # the slot passes on in the same step: no gap
-                    self.lane_running -= 1
-                    self._local.in_lane = False
-                while not self._work_for_me() and self.stop_count == 0:
-                    self.active_count -= 1
-                    self._idle.append(wake)
-                    wake.wait()
-                    self.active_count += 1
-                if self.stop_count > 0:
+                task = self._next_task(me)
+                if task is None:
                     self.active_count -= 1
                     self.stop_count -= 1
                     self.threads.discard(thread_no)
                     self.thread_exit_cv.notify()
-                    if wake in self._idle:
-                        self._idle.remove(wake)
-                    break
-                if self.queue:
-                    task = self.queue.popleft()
-                else:
-                    task = self.lane.popleft()
-                    self.lane_running += 1
-                    self._local.in_lane = True
+                    self._offer_lane()  # a slot this thread gave up goes to another
+                    return
             try:
                 task.service()
             except BaseException:
@@ -112,13 +138,13 @@ class LaneDispatcher(ThreadedTaskDispatcher):
 
     def leave_lane(self) -> None:
         """The calling thread gives up its lane slot (it is about to block); a no-op outside."""
-        if not getattr(self._local, "in_lane", False):
+        me = getattr(self._local, "sleeper", None)
+        if me is None or not me.lane_slot:
             return
         with self.lock:
+            me.lane_slot = False
             self.lane_running -= 1
-            self._local.in_lane = False
-            if self.lane:
-                self._wake_one()
+            self._offer_lane()
 
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         stopped = super().shutdown(cancel_pending, timeout)

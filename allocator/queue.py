@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .model import Allocation, AllocationRequest, Denial
 
@@ -54,6 +55,7 @@ class Waiter:
     resolved_at: float | None = None
     attached: int = 0  # polls in progress
     last_seen: float = 0.0
+    history: dict[str, Any] | None = None  # the grant's history record, until committed
 
     @property
     def resolved(self) -> bool:
@@ -135,6 +137,7 @@ class WaitQueue:
         for ticket, (outcome, resolved_at) in mark.outcomes.items():
             waiter = self._waiting[ticket]
             waiter.outcome, waiter.resolved_at = outcome, resolved_at
+            waiter.history = None  # the rolled-back grant never happened
 
     def forget(self, ticket: str) -> None:
         """Keep no record of a ticket nobody was told about (granted or refused at once)."""

@@ -86,6 +86,7 @@ class Ticker:
                 return
             try:
                 self.allocator.tick()
+                self.allocator.store.checkpoint()  # outside the decision lock
             except Exception:
                 self.errors += 1
                 self.allocator.metrics.count_error("tick")

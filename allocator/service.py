@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +40,7 @@ from .queue import Candidate, Waiter, WaitQueue, plan_fifo
 from .quota import check_quota
 from .store import AllocationStore, StoreTx, WaitRecord
 from .store_retry import replay_lost_races
+from .tokens import TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Allocator:
         self.running = RunningContainers()  # guarded by _lock
         self.history = history or HistoryLog(None)  # grants and waits, for `container history`
         self._lock = threading.RLock()
+        self._tokens = TokenSource()  # allocation ids and tickets
         # This node's name: its allocations are the ones reconcile, expiry and adoption touch.
         self.node = store.node or effective_node(policy.services.node)
         self._shared = store.shared  # a cluster store: other allocators write too
@@ -149,7 +150,7 @@ class Allocator:
                         holding_by_node=by_node,
                     )
                 waiter = Waiter(
-                    ticket=f"t-{secrets.token_hex(8)}",
+                    ticket=f"t-{self._tokens.hex(8)}",
                     request=request,
                     group=group.name,
                     enqueued_at=now,
@@ -530,9 +531,13 @@ class Allocator:
             detail=f"{why} (waited {waited})",
         )
 
-    @staticmethod
-    def _wake(waiters: list[Waiter]) -> None:
+    def _wake(self, waiters: list[Waiter]) -> None:
+        """After the commit (never for a rolled-back decision): the grant lines go to the
+        history, then the waiters learn their outcome."""
         for waiter in waiters:
+            if waiter.history is not None:
+                self.history.write(**waiter.history)
+                waiter.history = None
             waiter.event.set()
 
     @contextlib.contextmanager
@@ -608,7 +613,7 @@ class Allocator:
                 woken.append(waiter)
                 continue
             alloc = Allocation(
-                id=secrets.token_hex(8),
+                id=self._tokens.hex(8),
                 user=req.user,
                 group=waiter.group,
                 devices=devices,
@@ -633,15 +638,15 @@ class Allocator:
                 now - waiter.enqueued_at,
             )
             waited = now - waiter.enqueued_at
-            self.history.write(
-                at=now,
-                event="grant",
-                user=req.user,
-                container=req.container_name,
-                decision="granted",
-                detail=device_names(reading, devices)
+            waiter.history = {  # written by _wake, once the grant is committed
+                "at": now,
+                "event": "grant",
+                "user": req.user,
+                "container": req.container_name,
+                "decision": "granted",
+                "detail": device_names(reading, devices)
                 + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
-            )
+            }
         return woken
 
     @staticmethod
@@ -690,7 +695,7 @@ class Allocator:
                 container=view,
                 devices=decision.devices,
                 group=group.name,
-                allocation_id=secrets.token_hex(8),
+                allocation_id=self._tokens.hex(8),
                 now=now,
             )
             tx.insert(alloc)

@@ -65,6 +65,9 @@ CREATE INDEX IF NOT EXISTS extensions_by_allocation ON extensions(allocation_id)
 """
 
 
+FALLBACK_CHECKPOINT_PAGES = 10000  # ~40 MiB of WAL: the writer checkpoints past this
+
+
 class StoreConflict(RuntimeError):
     """A write that would put a device in two live allocations."""
 
@@ -125,6 +128,10 @@ class AllocationStore(Protocol):
     where: str  # for logs and messages: a path, or host:port/dbname (never a password)
 
     def transaction(self) -> contextlib.AbstractContextManager[StoreTx]: ...
+
+    def checkpoint(self) -> None:
+        """Housekeeping the ticker runs outside the decision lock (SQLite: the WAL copy)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -364,6 +371,10 @@ class SqliteAllocationStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # The ticker copies the WAL into the database (checkpoint(), off the decision path: a
+        # commit that checkpoints pays the copy and two fsyncs under the lock). The writer
+        # still checkpoints by itself if the ticker falls far behind, so the WAL stays bounded.
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
         # 64 MiB of page cache: the indexes of a long history stay in memory (default: 2 MiB).
         self._conn.execute("PRAGMA cache_size=-65536")
         self._conn.executescript(SCHEMA)
@@ -371,6 +382,11 @@ class SqliteAllocationStore:
         if "node" not in columns:  # a database from before the cluster store
             self._conn.execute("ALTER TABLE allocations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
         self._live: dict[str, Allocation] | None = None
+        self._checkpointer = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._checkpoint_lock = threading.Lock()
+        self._commits = 0  # since the last checkpoint; read and reset by checkpoint()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqliteTx]:
@@ -386,7 +402,20 @@ class SqliteAllocationStore:
                 raise
             self._conn.execute("COMMIT")
             self._live = tx.live_cache
+            self._commits += 1
+
+    def checkpoint(self) -> None:
+        """Copy committed pages from the WAL into the database (PASSIVE: never blocks the
+        writer); nothing to do when nothing was committed since the last one."""
+        if not self._commits or not self._checkpoint_lock.acquire(blocking=False):
+            return
+        try:
+            self._commits = 0
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._checkpoint_lock.release()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._checkpoint_lock:
+            self._checkpointer.close()
             self._conn.close()

@@ -279,6 +279,9 @@ class PostgresAllocationStore:
             "nothing was changed, retry in a moment"
         )
 
+    def checkpoint(self) -> None:
+        return None  # the server does its own
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -4,8 +4,9 @@ Runs a real allocator (`ds01 allocator`: waitress on a Unix socket, SQLite WAL, 
 as a child process and drives it through the same client the wrapper uses, one client process
 per worker (allocate, then release, in a loop). It does so with 0, 10k and 200k released
 allocations already in the store, and once against an empty Flask app served by the
-allocator's own server (`AllocatorServer`) and called by the same client: the ceiling that
-waitress, Flask and the client set on this machine. Goals (issue 16): grants/s with 200k
+allocator's own server (`AllocatorServer`, whose one-runner decision lane serves its routes
+too) and called by the same client: the ceiling that waitress, Flask and the client set on
+this machine. Goals (issue 16): grants/s with 200k
 released rows within 1.2x of the empty store; >= 0.7x the empty app's throughput.
 
     .venv/bin/python bench/allocator_load.py [--seconds 5] [--workers 4] [--history 0,10000,200000]

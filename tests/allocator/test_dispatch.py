@@ -44,9 +44,11 @@ class Probe:
         self._lock = threading.Lock()
         self.now = 0
         self.most = 0
+        self.threads: set[int] = set()
 
     def __enter__(self) -> Probe:
         with self._lock:
+            self.threads.add(threading.get_ident())
             self.now += 1
             self.most = max(self.most, self.now)
         return self
@@ -106,6 +108,7 @@ def test_decisions_run_one_at_a_time_and_other_requests_side_by_side(lane_server
     polled = _at_once([lambda c=c: c.call("GET", "/v1/tickets/t-1") for c in clients])
     assert [status for status, _ in decided + polled] == [200] * 8
     assert parts["probes"]["lane"].most == 1
+    assert len(parts["probes"]["lane"].threads) == 1  # one warm runner, not a new thread each
     assert parts["probes"]["free"].most > 1  # four 50 ms polls overlapped
 
 

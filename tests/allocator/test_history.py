@@ -3,13 +3,19 @@ the identity behind the socket (real unprivileged users), never by what the call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 
 import pytest
 
 from allocator.client import AllocatorClient, Refused
 from allocator.history import HistoryLog, read_tail, select_history
+from allocator.model import AllocationRequest
+from allocator.service import Allocator, Settings
+from allocator.store import SqliteAllocationStore
+from ds01.policy import parse_policy
 from enforcer.audit import AuditLog
 from tests.allocator.conftest import as_user
 from tests.gateway.clients import call_as, unprivileged_users
@@ -171,3 +177,35 @@ def test_read_tail_parses_only_lines_that_mention_the_user(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert [r["n"] for r in read_tail(path, mentioning="alice")] == [1]
     assert [r["n"] for r in read_tail(path)] == [1, 2, 3, 4]
+
+
+class DiskFullAtCommit(SqliteAllocationStore):
+    """The real store, whose commit fails while `full` (as on a full disk)."""
+
+    full = False
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with super().transaction() as tx:
+            yield tx
+            if self.full:
+                raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_grant_whose_commit_fails_leaves_no_granted_line(tmp_path, sim_backend):
+    store = DiskFullAtCommit(tmp_path / "a.sqlite")
+    history = HistoryLog(tmp_path / "history.jsonl")
+    service = Allocator(
+        store=store,
+        backend=sim_backend,
+        policy=parse_policy({}),
+        settings=Settings(inventory_refresh=0),
+        history=history,
+    )
+    store.full = True
+    with pytest.raises(sqlite3.OperationalError):
+        service.submit(AllocationRequest(user="alice"), wait=False)
+    assert read_tail(history.path) == []
+    store.full = False
+    service.submit(AllocationRequest(user="alice"), wait=False)
+    assert [r["decision"] for r in read_tail(history.path)] == ["granted"]

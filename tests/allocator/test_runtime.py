@@ -58,3 +58,20 @@ def test_the_ticker_prunes_at_its_interval(tmp_path, sim_backend):
         assert ticker.errors == 0
     finally:
         ticker.stop()
+
+
+def test_the_ticker_checkpoints_the_store_outside_the_decisions(tmp_path, sim_backend):
+    service = _service(tmp_path, sim_backend, FrozenClock())
+    database = tmp_path / "a.sqlite"
+    before = database.stat().st_size
+    for _ in range(100):
+        _grant_and_release(service)
+    assert database.stat().st_size == before  # the commits wrote the WAL only
+    ticker = Ticker(service, 0.01).start()
+    try:
+        eventually(
+            lambda: database.stat().st_size > before, WAIT, "the ticker to checkpoint the WAL"
+        )
+        assert ticker.errors == 0
+    finally:
+        ticker.stop()

@@ -157,3 +157,37 @@ def test_vanished_marks_and_release_are_stored_together(tmp_path):
         tx.update(replace(tx.get("a2"), vanished=()))
     with SqliteAllocationStore(path).transaction() as tx:
         assert [(a.id, a.vanished) for a in tx.live()] == [("a2", ())]
+
+
+def _grow(store: SqliteAllocationStore, count: int) -> None:
+    for n in range(count):
+        with store.transaction() as tx:
+            tx.insert(_alloc(f"grow{n:04d}", [f"MIG-{n}"], user=f"user{n}"))
+
+
+def test_commits_leave_the_copy_into_the_database_to_checkpoint(tmp_path):
+    """A commit only appends to the WAL (no copy and fsyncs under the decision lock); the
+    ticker's checkpoint() copies the pages into the database file."""
+    path = tmp_path / "a.sqlite"
+    store = SqliteAllocationStore(path)
+    before = path.stat().st_size
+    _grow(store, 300)
+    assert path.stat().st_size == before
+    store.checkpoint()
+    assert path.stat().st_size > before
+    store.close()
+    with SqliteAllocationStore(path).transaction() as tx:
+        assert len(tx.live()) == 300
+
+
+def test_without_checkpoints_the_writer_still_bounds_the_wal(tmp_path, monkeypatch):
+    """A ticker that stopped must not let the WAL fill the disk: past the fallback size the
+    writer checkpoints by itself."""
+    monkeypatch.setattr("allocator.store.FALLBACK_CHECKPOINT_PAGES", 50)
+    path = tmp_path / "a.sqlite"
+    store = SqliteAllocationStore(path)
+    before = path.stat().st_size
+    _grow(store, 300)
+    assert path.stat().st_size > before
+    wal = path.with_name(path.name + "-wal").stat().st_size
+    assert wal < 300 * 4096  # reset and reused, not one frame per commit ever made
