@@ -22,7 +22,7 @@ from ds01.supervisor import Endpoints, unreachable_folder
 from ds01.up import banner, demo_policy
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
 from tests.harness.components import require_binary
-from tests.harness.processes import processes_mentioning, wait_for_log
+from tests.harness.processes import processes_mentioning, stop_stack, wait_for_log
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -199,9 +199,7 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
                 requests.get(url, timeout=2)
         assert processes_mentioning(str(state / "state")) == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_stack(proc, state / "state")
         for name in names:
             try:
                 docker_client.containers.get(name).remove(force=True)

@@ -20,7 +20,7 @@ from ds01.supervisor import Endpoints
 from ds01.up import build_parser
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
 from tests.harness.components import require_cluster_stack, require_root
-from tests.harness.processes import processes_mentioning, wait_for_log
+from tests.harness.processes import processes_mentioning, stop_stack, wait_for_log
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -182,17 +182,5 @@ def test_ds01_up_nodes_2_runs_two_nodes_reloads_them_and_ctrl_c_stops_all(
         assert proc.wait(90) == 0
         assert processes_mentioning(str(state)) == []
     finally:
-        _stop(proc)
+        stop_stack(proc, state)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C first: its parts run in sessions of their own, so a SIGKILL of `ds01 up` alone
-    would leave them (and their dockerds) running after a failed assertion."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -30,3 +32,21 @@ def wait_for_log(path: Path, text: str, proc: subprocess.Popen, bound: float = 6
         assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{log[-4000:]}"
         time.sleep(0.2)
     return path.read_text()
+
+
+def stop_stack(proc: subprocess.Popen, state: Path) -> None:
+    """Teardown of a `ds01 up` a test started, whatever the test left: Ctrl-C first (its parts
+    run in sessions of their own, so a SIGKILL of `ds01 up` alone would leave them and their
+    dockerds running), then SIGKILL for anything still holding the state folder."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in processes_mentioning(str(state)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
