@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -65,6 +66,8 @@ CREATE INDEX IF NOT EXISTS extensions_by_allocation ON extensions(allocation_id)
 """
 
 
+CHECKPOINT_COMMITS = 200  # ~1,000 WAL pages: SQLite's own default threshold
+CHECKPOINT_EVERY = 1.0  # seconds: fewer commits than that are copied after a second
 FALLBACK_CHECKPOINT_PAGES = 10000  # ~40 MiB of WAL: the writer checkpoints past this
 
 
@@ -387,6 +390,7 @@ class SqliteAllocationStore:
         )
         self._checkpoint_lock = threading.Lock()
         self._commits = 0  # since the last checkpoint; read and reset by checkpoint()
+        self._checkpointed_at = time.monotonic()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqliteTx]:
@@ -406,11 +410,16 @@ class SqliteAllocationStore:
 
     def checkpoint(self) -> None:
         """Copy committed pages from the WAL into the database (PASSIVE: never blocks the
-        writer); nothing to do when nothing was committed since the last one."""
-        if not self._commits or not self._checkpoint_lock.acquire(blocking=False):
+        writer) once CHECKPOINT_COMMITS commits or CHECKPOINT_EVERY seconds have gathered:
+        its two fsyncs are paid a few times a second at most, however busy the allocator."""
+        due = self._commits >= CHECKPOINT_COMMITS or (
+            self._commits and time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY
+        )
+        if not due or not self._checkpoint_lock.acquire(blocking=False):
             return
         try:
             self._commits = 0
+            self._checkpointed_at = time.monotonic()
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             self._checkpoint_lock.release()

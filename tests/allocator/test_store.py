@@ -191,3 +191,18 @@ def test_without_checkpoints_the_writer_still_bounds_the_wal(tmp_path, monkeypat
     assert path.stat().st_size > before
     wal = path.with_name(path.name + "-wal").stat().st_size
     assert wal < 300 * 4096  # reset and reused, not one frame per commit ever made
+
+
+def test_a_few_commits_wait_for_the_checkpoint_interval(tmp_path, monkeypatch):
+    """Two fsyncs per tick would be paid for every trickle of commits: a few commits are
+    copied only once CHECKPOINT_EVERY has passed."""
+    monkeypatch.setattr("allocator.store.CHECKPOINT_EVERY", 3600.0)
+    path = tmp_path / "a.sqlite"
+    store = SqliteAllocationStore(path)
+    before = path.stat().st_size
+    _grow(store, 20)
+    store.checkpoint()
+    assert path.stat().st_size == before
+    monkeypatch.setattr("allocator.store.CHECKPOINT_EVERY", 0.0)
+    store.checkpoint()
+    assert path.stat().st_size > before
