@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import pytest
 import requests
 
 from tests.harness.components import require_binary
+from tests.harness.processes import stop_stack
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -106,13 +106,7 @@ def test_every_command_of_the_first_ten_minutes_works_as_printed(
         assert re.search(r"grant\s+mine", out), out  # container history
         assert "retired mine" in out
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_stack(proc, state)
         for name in ("mine", "try", "demo-busy", "demo-idle"):
             try:
                 docker_client.containers.get(name).remove(force=True)
