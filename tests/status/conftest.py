@@ -160,6 +160,7 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
             scrape_interval=1.0,
             evaluation_interval=1.0,
             rule_files=tuple(f"rules/{p.name}" for p in rule_files),
+            node="gpu-a",  # as `ds01 up` renders it: every series carries its node
         )
         try:
             prometheus = start_prometheus(

@@ -74,6 +74,33 @@ def test_user_dashboard_has_a_user_variable_and_filters_on_it():
             assert '$user"' in query.expr, query.where
 
 
+# A series selector: a metric name, with or without its {matchers}, not a function call.
+_SELECTOR = re.compile(r"\b((?:ds01[_:][\w:]*)|ALERTS|up)\b(\{[^}]*\})?(?!\s*\()")
+
+
+def test_admin_dashboard_has_a_node_variable_and_every_series_filters_on_it():
+    """Several GPU nodes behind one Prometheus: the admin picks one, some or all nodes."""
+    board = load_dashboards()["ds01-admin.json"]
+    [node] = [v for v in board["templating"]["list"] if v["name"] == "node"]
+    assert node["includeAll"] and node["multi"] and node["allValue"] == ".*"
+    for query in queries("ds01-admin.json", board):
+        if not query.where.startswith("panel"):
+            continue
+        selectors = _SELECTOR.findall(query.expr)
+        assert selectors, query.expr
+        for metric, matchers in selectors:
+            assert 'node=~"$node"' in matchers, (query.where, metric, query.expr)
+
+
+def test_joins_on_a_device_also_match_its_node():
+    """Device UUIDs are the node's: a join on the UUID alone could pair two nodes' series."""
+    for name, board in load_dashboards().items():
+        for query in queries(name, board):
+            for keys in re.findall(r"on\s*\(([^)]*)\)", query.expr):
+                if "device_uuid" in keys:
+                    assert "node" in keys, (name, query.where, query.expr)
+
+
 def test_admin_dashboard_covers_the_issue():
     titles = " | ".join(p.get("title", "") for p in panels(load_dashboards()["ds01-admin.json"]))
     for needed in (

@@ -155,7 +155,12 @@ def evaluate(url: str, expr: str, instant: bool) -> int:
 
 
 def test_every_dashboard_query_returns_data(live):
-    values = {**GRAFANA_VALUES, "user": live.fleet.me, "datasource": "ds01-prometheus"}
+    values = {
+        **GRAFANA_VALUES,
+        "user": live.fleet.me,
+        "node": ".*",  # Grafana's "All" (allValue)
+        "datasource": "ds01-prometheus",
+    }
     pending = [
         (query.dashboard, query.where, substitute(query.expr, values), query.instant)
         for name, board in load_dashboards().items()
