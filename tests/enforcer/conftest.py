@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from ds01.policy import Policy, parse_policy
 from ds01.stack import Prometheus, free_port, start_prometheus
@@ -266,17 +267,27 @@ def enforcer_factory(
 
 @pytest.fixture
 def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
-    """Factory: `python -m ds01.cli enforcer …` as a child process; killed at teardown."""
+    """Factory: `python -m ds01.cli enforcer …` as a child process, answering /healthz; killed
+    at teardown. By default every call runs on the same port, policy and state (a restart);
+    `policy`, `folder` and `port` give one its own (several enforcers at once)."""
     children: list[subprocess.Popen] = []
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("stop_grace: 0s\nidle_warning: 0s\n")
-    port = free_port()
+    default_port = free_port()
 
-    def start(*extra: str) -> RunningEnforcer:
+    def start(
+        *extra: str,
+        policy: dict[str, Any] | None = None,
+        folder: Path | None = None,
+        port: int | None = None,
+    ) -> RunningEnforcer:
+        folder = folder or tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        policy_file = folder / "policy.yaml"
+        policy_file.write_text(yaml.safe_dump(policy or {"stop_grace": "0s", "idle_warning": "0s"}))
+        port = port or default_port
         argv = [
             sys.executable, "-m", "ds01.cli", "enforcer",
             "--policy", str(policy_file),
-            "--state-dir", str(tmp_path / "state"),
+            "--state-dir", str(folder / "state"),
             "--listen", f"127.0.0.1:{port}",
             "--docker-host", dockerd.url,
             "--token-file", str(token_file),
@@ -284,22 +295,22 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
             "--retry-initial", "0.1s", "--retry-max", "0.5s", "--poll-interval", "0.2s",
             *extra,
         ]  # fmt: skip
-        log = open(tmp_path / f"enforcer-{len(children)}.log", "ab")
-        child = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        log_path = folder / f"enforcer-{len(children)}.log"
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         children.append(child)
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
             if child.poll() is not None:
-                pytest.fail(f"enforcer exited {child.returncode}: {_tail(tmp_path)}")
+                pytest.fail(f"enforcer exited {child.returncode}: {log_path.read_text()[-2000:]}")
             try:
                 return requests.get(f"{url}/healthz", timeout=1).status_code == 200
             except requests.RequestException:
                 return False
 
-        eventually(up, WAIT, "the enforcer to answer /healthz")
-        running = RunningEnforcer(url, tmp_path / "state" / "enforcer-audit.jsonl")
+        eventually(up, WAIT, f"the enforcer at {url} to answer /healthz")
+        running = RunningEnforcer(url, folder / "state" / "enforcer-audit.jsonl")
         running.extra["process"] = child
         return running
 
@@ -308,11 +319,6 @@ def cli_enforcer(tmp_path, token_file, dockerd, enforcer_prometheus):
         if child.poll() is None:
             child.kill()
         child.wait(10)
-
-
-def _tail(tmp_path: Path) -> str:
-    logs = sorted(tmp_path.glob("enforcer-*.log"))
-    return logs[-1].read_text()[-2000:] if logs else ""
 
 
 @pytest.fixture

@@ -5,22 +5,17 @@ check keep one from stopping the other's containers."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from ds01.cluster_policy import ClusterNode
 from ds01.promconfig import AlertmanagerSettings, render_alertmanager_config
 from ds01.stack import free_port
-from tests.enforcer.conftest import GPU, REPO, WAIT, RunningEnforcer
-from tests.harness.waiting import eventually
+from tests.enforcer.conftest import GPU, RunningEnforcer
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +23,9 @@ NODES = ("gpu-a", "gpu-b")
 
 
 @pytest.fixture
-def node_enforcers(
-    tmp_path, token_file, dockerd, enforcer_prometheus
-) -> Iterator[Callable[[], dict[str, RunningEnforcer]]]:
+def node_enforcers(cli_enforcer, tmp_path) -> Callable[[], dict[str, RunningEnforcer]]:
     """Start one `ds01 enforcer` per node, each with its own policy (services.node) and state,
-    the same cluster node list; killed at teardown."""
-    children: list[subprocess.Popen] = []
+    the same cluster node list."""
 
     def start() -> dict[str, RunningEnforcer]:
         ports = {name: free_port() for name in NODES}
@@ -47,54 +39,17 @@ def node_enforcers(
                 for name in NODES
             ]
         }
-        running = {}
-        for name in NODES:
-            folder = tmp_path / name
-            folder.mkdir()
-            policy = {
-                "stop_grace": "0s",
-                "idle_warning": "0s",
-                "cluster": cluster,
-                "services": {"node": name},
-            }
-            (folder / "policy.yaml").write_text(yaml.safe_dump(policy))
-            argv = [
-                sys.executable, "-m", "ds01.cli", "enforcer",
-                "--policy", str(folder / "policy.yaml"),
-                "--state-dir", str(folder / "state"),
-                "--listen", f"127.0.0.1:{ports[name]}",
-                "--docker-host", dockerd.url,
-                "--token-file", str(token_file),
-                "--prometheus-url", enforcer_prometheus.url,
-                "--retry-initial", "0.1s", "--retry-max", "0.5s", "--poll-interval", "0.2s",
-            ]  # fmt: skip
-            with open(folder / "enforcer.log", "ab") as log:
-                child = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            children.append(child)
-            running[name] = RunningEnforcer(
-                f"http://127.0.0.1:{ports[name]}", folder / "state" / "enforcer-audit.jsonl"
+        policy = {"stop_grace": "0s", "idle_warning": "0s", "cluster": cluster}
+        return {
+            name: cli_enforcer(
+                policy={**policy, "services": {"node": name}},
+                folder=tmp_path / name,
+                port=ports[name],
             )
-            running[name].extra.update(process=child, log=folder / "enforcer.log")
-        for enforcer in running.values():
-            eventually(lambda e=enforcer: _healthy(e), WAIT, f"{enforcer.url}/healthz")
-        return running
+            for name in NODES
+        }
 
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(10)
-
-
-def _healthy(enforcer: RunningEnforcer) -> bool:
-    process = enforcer.extra["process"]
-    if process.poll() is not None:
-        log: Path = enforcer.extra["log"]
-        pytest.fail(f"enforcer exited {process.returncode}: {log.read_text()[-2000:]}")
-    try:
-        return requests.get(f"{enforcer.url}/healthz", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
+    return start
 
 
 def _idle_stop(box, node: str) -> dict:
