@@ -30,12 +30,6 @@ from .cluster_plan import (
 from .gpu.sim import topology_devices, topology_for_node
 from .policy import PolicyError, load_policy, parse_policy
 from .postgres_server import PostgresServer, start_postgres
-from .promconfig import (
-    AlertmanagerSettings,
-    PrometheusSettings,
-    render_alertmanager_config,
-    render_prometheus_config,
-)
 from .stack import (
     Alertmanager,
     ChildProcess,
@@ -44,9 +38,7 @@ from .stack import (
     StackError,
     ensure_busybox_image,
     free_port,
-    start_alertmanager,
     start_dockerd,
-    start_prometheus,
 )
 from .supervisor import (
     RELOADED_ON_SIGHUP,
@@ -55,7 +47,7 @@ from .supervisor import (
     StackSupervisor,
     Timings,
     rewrite_rule_files,
-    rule_files,
+    start_monitoring,
 )
 from .webauth import write_private
 
@@ -229,33 +221,14 @@ class ClusterSupervisor:
     def _start_monitoring(self, policy: Any) -> None:
         """One Alertmanager routing each node's alerts to that node's enforcer, one Prometheus
         scraping every node (targets labelled with their node), both rendered from the policy."""
-        state, t, ep = self.options.state_dir, self.options.timings, self.endpoints
-        alerts = AlertmanagerSettings.from_policy(
+        ep, ports = self.endpoints, self.plans[0].ports
+        self._alertmanager, self._prometheus = start_monitoring(
+            self.options.state_dir,
             policy,
-            group_wait=t.group_wait,
-            group_interval=t.group_interval,
-            repeat_interval=t.repeat_interval,
+            self.options.timings,
+            ports=(ports.alertmanager, ports.prometheus),
         )
-        self._alertmanager = start_alertmanager(
-            state / "alertmanager",
-            render_alertmanager_config(alerts),
-            port=self.plans[0].ports.alertmanager,
-        )
-        assert self._alertmanager.sender_password_file is not None
         ep.alertmanager_http_config = str(self._alertmanager.admin_http_config)
-        prom = PrometheusSettings.from_policy(
-            policy,
-            alertmanager_targets=(f"127.0.0.1:{self._alertmanager.port}",),
-            alertmanager_password_file=str(self._alertmanager.sender_password_file),
-            scrape_interval=t.scrape_interval,
-            evaluation_interval=t.evaluation_interval,
-        )
-        self._prometheus = start_prometheus(
-            state / "prometheus",
-            render_prometheus_config(prom),
-            port=self.plans[0].ports.prometheus,
-            extra_files=rule_files(policy, t),
-        )
         for node in ep.nodes.values():
             node.alertmanager_http_config = ep.alertmanager_http_config
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -138,6 +139,51 @@ def rewrite_rule_files(prometheus_dir: Path, policy: Policy, timings: Timings) -
         (prometheus_dir / name).write_text(text)
 
 
+def start_monitoring(
+    state: Path,
+    policy: Policy,
+    timings: Timings,
+    *,
+    ports: tuple[int, int],
+    routes: dict[str, Any] | None = None,
+    targets: dict[str, Any] | None = None,
+) -> tuple[Alertmanager, Prometheus]:
+    """One Alertmanager and one Prometheus rendered from the policy for these timings, the
+    Prometheus sending to that Alertmanager with its password. `ports`: (Alertmanager,
+    Prometheus); `routes` and `targets`: the layout's own settings (one host, or none when
+    the policy lists its nodes)."""
+    alerts = AlertmanagerSettings.from_policy(
+        policy,
+        group_wait=timings.group_wait,
+        group_interval=timings.group_interval,
+        repeat_interval=timings.repeat_interval,
+        **(routes or {}),
+    )
+    alertmanager = start_alertmanager(
+        state / "alertmanager", render_alertmanager_config(alerts), port=ports[0]
+    )
+    assert alertmanager.sender_password_file is not None
+    try:
+        prom = PrometheusSettings.from_policy(
+            policy,
+            alertmanager_targets=(f"127.0.0.1:{alertmanager.port}",),
+            alertmanager_password_file=str(alertmanager.sender_password_file),
+            scrape_interval=timings.scrape_interval,
+            evaluation_interval=timings.evaluation_interval,
+            **(targets or {}),
+        )
+        prometheus = start_prometheus(
+            state / "prometheus",
+            render_prometheus_config(prom),
+            port=ports[1],
+            extra_files=rule_files(policy, timings),
+        )
+    except BaseException:
+        alertmanager.stop()  # the caller never got it: nobody else would stop it
+        raise
+    return alertmanager, prometheus
+
+
 def _duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
@@ -257,40 +303,21 @@ class StackSupervisor:
 
     def _start_monitoring(self, token: str, ports: ServicePorts) -> None:
         """One Prometheus and one Alertmanager, with rules and routes rendered from the policy."""
-        state = self.options.state_dir
         ep = self.endpoints
-        t = self.options.timings
-        alerts = AlertmanagerSettings.from_policy(
+        self._alertmanager, self._prometheus = start_monitoring(
+            self.options.state_dir,
             self.policy,
-            enforcer_url=ep.enforcer,
-            token_file=token,
-            group_wait=t.group_wait,
-            group_interval=t.group_interval,
-            repeat_interval=t.repeat_interval,
+            self.options.timings,
+            ports=(ports.alertmanager, ports.prometheus),
+            routes={"enforcer_url": ep.enforcer, "token_file": token},
+            targets={
+                "exporter_targets": (f"127.0.0.1:{ports.exporter}",),
+                "allocator_targets": (f"127.0.0.1:{ports.allocator}",),
+                "enforcer_targets": (f"127.0.0.1:{ports.enforcer}",),
+            },
         )
-        self._alertmanager = start_alertmanager(
-            state / "alertmanager", render_alertmanager_config(alerts), port=ports.alertmanager
-        )
-        self.children.append(self._alertmanager.child)
-        assert self._alertmanager.sender_password_file is not None
+        self.children += [self._alertmanager.child, self._prometheus.child]
         ep.alertmanager_http_config = str(self._alertmanager.admin_http_config)
-        prom = PrometheusSettings.from_policy(
-            self.policy,
-            exporter_targets=(f"127.0.0.1:{ports.exporter}",),
-            allocator_targets=(f"127.0.0.1:{ports.allocator}",),
-            enforcer_targets=(f"127.0.0.1:{ports.enforcer}",),
-            alertmanager_targets=(f"127.0.0.1:{ports.alertmanager}",),
-            alertmanager_password_file=str(self._alertmanager.sender_password_file),
-            scrape_interval=t.scrape_interval,
-            evaluation_interval=t.evaluation_interval,
-        )
-        self._prometheus = start_prometheus(
-            state / "prometheus",
-            render_prometheus_config(prom),
-            port=ports.prometheus,
-            extra_files=rule_files(self.policy, t),
-        )
-        self.children.append(self._prometheus.child)
 
     def _start_docker(self) -> None:
         ep = self.endpoints
