@@ -60,40 +60,36 @@ def test_nodes_refuses_what_cannot_work_on_one_machine(argv, message, tmp_path):
     assert not Path(given).exists(), "nothing started, nothing written"
 
 
-def test_a_policy_with_its_own_cluster_section_is_refused_by_name(tmp_path):
+def _refused_two_nodes(tmp_path: Path, changes: dict, first_part: str):
+    """`ds01 up --nodes 2` with the example policy plus `changes`: (its result, the policy);
+    asserts that `first_part` of the state (the first thing it would start) never appeared."""
     require_root("ds01 up --nodes")
-    policy = tmp_path / "mine.yaml"
     example = yaml.safe_load((REPO / "config" / "ds01.example.yaml").read_text())
-    example["cluster"] = {"nodes": [{"name": "a", "exporter": "a:1", "enforcer": "http://a:2"}]}
-    policy.write_text(yaml.safe_dump(example))
+    policy = tmp_path / "mine.yaml"
+    policy.write_text(yaml.safe_dump({**example, **changes}))
     state = Path(tempfile.mkdtemp(prefix="ds01p-", dir="/tmp"))  # short: socket paths
     try:
         done = _up("--nodes", "2", "--state-dir", str(state / "s"), "--policy", str(policy))
-        assert not (state / "s" / "node-1").exists(), "refused before any node started"
+        assert not (state / "s" / first_part).exists(), "refused before anything started"
     finally:
         shutil.rmtree(state, ignore_errors=True)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    return done, policy
+
+
+def test_a_policy_with_its_own_cluster_section_is_refused_by_name(tmp_path):
+    cluster = {"nodes": [{"name": "a", "exporter": "a:1", "enforcer": "http://a:2"}]}
+    done, policy = _refused_two_nodes(tmp_path, {"cluster": cluster}, "node-1")
     assert f"{policy}: cluster: ds01 up --nodes writes its own cluster section" in done.stderr
 
 
 def test_a_topology_whose_fixed_uuids_every_node_would_share_is_refused(tmp_path):
-    require_root("ds01 up --nodes")
     topology = tmp_path / "fixed.yaml"
     topology.write_text("gpus:\n  - {model: NVIDIA H200, uuid: GPU-fixed-0}\n")
-    example = yaml.safe_load((REPO / "config" / "ds01.example.yaml").read_text())
-    example["gpu"] = {"backend": "sim", "sim_topology": str(topology)}
-    policy = tmp_path / "mine.yaml"
-    policy.write_text(yaml.safe_dump(example))
-    state = Path(tempfile.mkdtemp(prefix="ds01p-", dir="/tmp"))  # short: socket paths
-    try:
-        done = _up("--nodes", "2", "--state-dir", str(state / "s"), "--policy", str(policy))
-        assert not (state / "s" / "postgres").exists(), "refused before anything started"
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
-    assert done.returncode == 1, done.stderr
+    gpu = {"backend": "sim", "sim_topology": str(topology)}
+    done, _ = _refused_two_nodes(tmp_path, {"gpu": gpu}, "postgres")
     assert f"sim topology {topology} gives every node the same devices (GPU-fixed-0" in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_cluster_banner_prints_each_nodes_docker_host_and_the_shared_parts():
