@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ds01.statefiles import private_database
+from ds01.wal_checkpoint import WalCheckpointer
 
 from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
@@ -385,10 +386,7 @@ class SqliteAllocationStore:
         if "node" not in columns:  # a database from before the cluster store
             self._conn.execute("ALTER TABLE allocations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
         self._live: dict[str, Allocation] | None = None
-        self._checkpointer = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        self._checkpoint_lock = threading.Lock()
+        self._checkpointer = WalCheckpointer(self.path)
         self._commits = 0  # since the last checkpoint; read and reset by checkpoint()
         self._checkpointed_at = time.monotonic()
 
@@ -415,16 +413,14 @@ class SqliteAllocationStore:
         due = self._commits >= CHECKPOINT_COMMITS or (
             self._commits and time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY
         )
-        if not due or not self._checkpoint_lock.acquire(blocking=False):
+        if not due:
             return
-        try:
-            self._commits = 0
+        copied = self._commits
+        if self._checkpointer.run():
+            self._commits -= copied  # commits made during the copy count towards the next
             self._checkpointed_at = time.monotonic()
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            self._checkpoint_lock.release()
 
     def close(self) -> None:
-        with self._lock, self._checkpoint_lock:
-            self._checkpointer.close()
+        self._checkpointer.close()
+        with self._lock:
             self._conn.close()

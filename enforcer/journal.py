@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ds01.statefiles import private_database
+from ds01.wal_checkpoint import WalCheckpointer
 
 from .payload import Alert
 
@@ -189,8 +190,7 @@ class Journal:
         self._migrate()
         self._reader = _connect(self.path, "NORMAL")
         self._read_lock = threading.Lock()
-        self._checkpointer = _connect(self.path, "NORMAL")
-        self._checkpoint_lock = threading.Lock()
+        self._checkpointer = WalCheckpointer(self.path)
         self._pending: list[_Write] = []
         self._pending_cond = threading.Condition()
         self._closing = False
@@ -214,17 +214,14 @@ class Journal:
             self._closing = True
             self._pending_cond.notify()
         self._writer.join(30)
-        with self._read_lock, self._checkpoint_lock:
-            for db in (self._db, self._reader, self._checkpointer):
+        self._checkpointer.close()
+        with self._read_lock:
+            for db in (self._db, self._reader):
                 db.close()
 
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database (PASSIVE: never blocks a writer)."""
-        if self._checkpoint_lock.acquire(blocking=False):  # one at a time is enough
-            try:
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                self._checkpoint_lock.release()
+        self._checkpointer.run()
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:
