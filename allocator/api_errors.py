@@ -36,7 +36,7 @@ def json_body(*, required: bool) -> Any:
         # werkzeug's stream wrappers (a grant pays this on every request).
         raw = environ["wsgi.input"].read(int(length))
     else:
-        raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: werkzeug's 413
+        raw = request.get_data(cache=True)  # too long (werkzeug's 413) or not a number
     if not raw:
         if required:
             raise BadBody("the body must be JSON (Content-Type: application/json)")
