@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import waitress
 from flask import Flask
+from waitress import wasyncore
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.policy import Policy
@@ -116,7 +118,8 @@ class Enforcer:
         self.worker.wake()  # the worker publishes the queue metrics: no extra query per webhook
 
     def make_server(self, host: str, port: int, *, threads: int = HTTP_THREADS):
-        """A waitress server for the app (run() blocks; close() from another thread ends it)."""
+        """A waitress server for the app: run() blocks until a signal ends it, or until
+        `stop_server` (from another thread) has the loop close its sockets."""
         return waitress.create_server(
             self.app,
             host=host,
@@ -126,6 +129,12 @@ class Enforcer:
             connection_limit=1000,  # Alertmanager bursts: queue connections, don't refuse them
             max_request_body_size=self.config.max_body * 2,  # Flask answers 413 below this
         )
+
+    @staticmethod
+    def stop_server(server: Any) -> None:
+        """End `server.run()` from another thread: the loop thread closes its own sockets
+        (closing them from here races its select(): EBADF in the loop thread)."""
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
 
     def close(self) -> None:
         self.worker.stop()

@@ -259,9 +259,9 @@ def enforcer_factory(
 
     yield start
     for service, server, thread in started:
-        server.close()
-        server.task_dispatcher.shutdown()
+        service.stop_server(server)
         thread.join(5)
+        server.task_dispatcher.shutdown()
         service.close()
 
 
