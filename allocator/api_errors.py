@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from ds01.jsonbody import JsonBodyError, parse_json
 
+from .decision_log import DecisionLogUnwritable
 from .store import StoreRetry, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify({"error": name, "message": exc.description or exc.name}), exc.code or 500
 
     @app.errorhandler(sqlite3.OperationalError)
-    def state_unwritable(exc: sqlite3.OperationalError):
+    @app.errorhandler(DecisionLogUnwritable)
+    def state_unwritable(exc: sqlite3.OperationalError | DecisionLogUnwritable):
         logger.error("allocator state: %s", exc)
         message = f"the GPU allocator cannot record allocations right now ({exc}); try again later"
         return jsonify({"error": "unavailable", "message": message}), 503

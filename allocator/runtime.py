@@ -28,7 +28,8 @@ from .lifecycle import DockerWatcher
 from .metrics import AllocatorCollector, AllocatorMetrics
 from .server import AllocatorServer
 from .service import Allocator, Settings
-from .store import AllocationStore, SqliteAllocationStore, StoreUnavailable
+from .store import AllocationStore, StoreUnavailable
+from .store_sqlite import SqliteAllocationStore
 
 logger = logging.getLogger(__name__)
 

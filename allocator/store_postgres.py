@@ -21,15 +21,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .extensions import Extension
 from .model import LIVE_STATES, RELEASED, Allocation
-from .store import (
-    StoreConflict,
-    StoreRetry,
-    StoreUnavailable,
-    WaitRecord,
-    allocation_from_row,
-    allocation_row,
-    extension_row,
-)
+from .store import StoreConflict, StoreRetry, StoreUnavailable, WaitRecord
+from .store_rows import allocation_from_row, allocation_row, extension_row
 from .store_schema import SchemaTooNew, apply_migrations
 
 logger = logging.getLogger(__name__)

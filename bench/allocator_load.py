@@ -33,7 +33,7 @@ import yaml
 from allocator.client import AllocatorClient
 from allocator.lifecycle import released
 from allocator.model import RESERVED, Allocation
-from allocator.store import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore
 from bench.goals import Goal, percentile, report
 from ds01.stack import ChildProcess
 

@@ -7,6 +7,7 @@ import http.client
 import pytest
 
 from allocator.client import AllocatorClient, Refused
+from allocator.store_sqlite import SqliteAllocationStore
 from ds01.jsonbody import json_depth, parse_json
 from tests.allocator.conftest import as_user
 from tests.harness.disk import small_disk_at
@@ -75,22 +76,38 @@ def test_bad_requests_get_json_errors(allocator, method, path, body, code, error
 def test_a_full_disk_is_a_503_with_a_message_and_the_allocator_recovers(
     allocator_factory, short_dir
 ):
+    """A decision is answered only once its line is in the decision log: the few that still
+    fit in the log's last page are kept; then a clear 503; after the disk is freed, grants
+    resume and every decision answered meanwhile reaches the database."""
     with small_disk_at(short_dir / "full", size="2m") as disk:
         runtime = allocator_factory(name="full")
         alice = as_user(AllocatorClient(str(runtime.socket_path)), "alice")
-        alice.allocate()
+        first = alice.allocate()
         disk.fill()
 
+        answered = []
         with pytest.raises(Refused) as refused:
-            alice.allocate()
+            for _ in range(200):  # a log line is a few hundred bytes; a page is 4 KiB
+                alloc = alice.allocate()
+                answered.append(alice.release(alloc["id"]))
 
         assert refused.value.status == 503
         assert refused.value.reason == "unavailable"
         assert "cannot record allocations right now" in refused.value.message
         assert "full" in refused.value.message
+        assert len(answered) < 50
+        live = {a.id for a in runtime.allocator.live()}
+        assert live == {first["id"]}  # the refused grant left nothing behind
         disk.free()
-        assert alice.allocate()["state"] == "reserved"
+        again = alice.allocate()
+        assert again["state"] == "reserved"
         runtime.stop()
+        store = SqliteAllocationStore(runtime.store.path)
+        with store.transaction() as tx:
+            assert {a.id for a in tx.live()} == {first["id"], again["id"]}
+            kept = {a.id: a.state for a in tx.history()}
+        store.close()
+        assert all(kept[a["id"]] == "released" for a in answered)
 
 
 def test_a_chunked_body_is_read_and_a_body_on_release_is_still_checked(allocator):

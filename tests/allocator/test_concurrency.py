@@ -101,6 +101,7 @@ def test_200_simultaneous_requests_20_users_8_devices(
     reasons = {r[2][1] for r in held if r[2][0] == "refused"}
     assert reasons <= {"quota", "timeout"}
 
+    runtime.store.fold()  # the decision log into the database this test reads
     rows = _history(runtime.store.path)
     _assert_never_shared_never_over_quota(rows)
     live_devices = [d for a in runtime.allocator.live() for d in a.devices]

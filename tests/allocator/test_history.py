@@ -14,7 +14,7 @@ from allocator.client import AllocatorClient, Refused
 from allocator.history import HistoryLog, read_tail, select_history
 from allocator.model import AllocationRequest
 from allocator.service import Allocator, Settings
-from allocator.store import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore
 from ds01.policy import parse_policy
 from enforcer.audit import AuditLog
 from tests.allocator.conftest import as_user

@@ -5,7 +5,7 @@ from __future__ import annotations
 from allocator.model import AllocationRequest
 from allocator.runtime import Ticker, prune_history
 from allocator.service import Allocator, Settings
-from allocator.store import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore
 from ds01.clock import FrozenClock
 from ds01.policy import parse_policy
 from tests.harness.waiting import eventually

@@ -6,7 +6,7 @@ import pytest
 
 from allocator.model import RESERVED, Allocation, AllocationRequest, AllocatorError
 from allocator.service import Allocator, Settings, wait_failed_message
-from allocator.store import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore
 from ds01.clock import FrozenClock
 from ds01.policy import parse_policy
 

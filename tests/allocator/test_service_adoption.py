@@ -15,7 +15,7 @@ from allocator.lifecycle import ContainerEvent, ContainerView
 from allocator.metrics import AllocatorMetrics
 from allocator.model import BOUND, HELD, RELEASED, RESERVED, AllocationRequest, AllocatorError
 from allocator.service import Allocator, Settings
-from allocator.store import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore
 from ds01.clock import FrozenClock
 from ds01.policy import parse_policy
 

@@ -5,7 +5,8 @@ import pytest
 
 from allocator.lifecycle import released
 from allocator.model import BOUND, RESERVED, Allocation
-from allocator.store import SqliteAllocationStore, SqliteTx, StoreConflict
+from allocator.store import StoreConflict
+from allocator.store_sqlite import SqliteAllocationStore, SqliteTx
 
 
 def _alloc(alloc_id, devices, user="alice", state=RESERVED):
@@ -180,10 +181,11 @@ def test_commits_leave_the_copy_into_the_database_to_checkpoint(tmp_path):
         assert len(tx.live()) == 300
 
 
-def test_without_checkpoints_the_writer_still_bounds_the_wal(tmp_path, monkeypatch):
-    """A ticker that stopped must not let the WAL fill the disk: past the fallback size the
-    writer checkpoints by itself."""
-    monkeypatch.setattr("allocator.store.FALLBACK_CHECKPOINT_PAGES", 50)
+def test_without_checkpoints_the_writer_still_bounds_the_log_and_the_wal(tmp_path, monkeypatch):
+    """A ticker that stopped must not let the decision log or the WAL fill the disk: past the
+    fallback sizes the writer folds the log and checkpoints by itself."""
+    monkeypatch.setattr("allocator.store_sqlite.FALLBACK_FOLD_DECISIONS", 20)
+    monkeypatch.setattr("allocator.store_sqlite.FALLBACK_CHECKPOINT_PAGES", 50)
     path = tmp_path / "a.sqlite"
     store = SqliteAllocationStore(path)
     before = path.stat().st_size
@@ -191,18 +193,20 @@ def test_without_checkpoints_the_writer_still_bounds_the_wal(tmp_path, monkeypat
     assert path.stat().st_size > before
     wal = path.with_name(path.name + "-wal").stat().st_size
     assert wal < 300 * 4096  # reset and reused, not one frame per commit ever made
+    [segment] = tmp_path.glob("a.sqlite-decisions.*")
+    assert len(segment.read_bytes().splitlines()) < 20  # emptied at each fold
 
 
 def test_a_few_commits_wait_for_the_checkpoint_interval(tmp_path, monkeypatch):
     """Two fsyncs per tick would be paid for every trickle of commits: a few commits are
     copied only once CHECKPOINT_EVERY has passed."""
-    monkeypatch.setattr("allocator.store.CHECKPOINT_EVERY", 3600.0)
+    monkeypatch.setattr("allocator.store_sqlite.CHECKPOINT_EVERY", 3600.0)
     path = tmp_path / "a.sqlite"
     store = SqliteAllocationStore(path)
     before = path.stat().st_size
     _grow(store, 20)
     store.checkpoint()
     assert path.stat().st_size == before
-    monkeypatch.setattr("allocator.store.CHECKPOINT_EVERY", 0.0)
+    monkeypatch.setattr("allocator.store_sqlite.CHECKPOINT_EVERY", 0.0)
     store.checkpoint()
     assert path.stat().st_size > before
