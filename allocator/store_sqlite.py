@@ -395,15 +395,18 @@ class SqliteAllocationStore:
         """Begin a transaction holding every logged decision, then this one's `writes`."""
         self._conn.execute("BEGIN IMMEDIATE")
         decisions = [*self._log.pending, LoggedDecision(self._log.last_seq + 1, tuple(writes))]
-        SqliteTx(self._conn, node=self.node).upsert(coalesce(decisions))
+        if self._log.pending or writes:
+            SqliteTx(self._conn, node=self.node).upsert(coalesce(decisions))
 
     def _write_folded(self, decisions: Sequence[LoggedDecision] = ()) -> None:
         """Inside an open transaction: fold `decisions`, note how far the log is folded,
-        commit, and let the log forget what the database now holds."""
+        commit, and let the log forget what the database now holds. With nothing to fold,
+        nothing is written (a read still answers on a full disk)."""
         if decisions:
             SqliteTx(self._conn, node=self.node).upsert(coalesce(decisions))
         through = self._log.last_seq
-        self._conn.execute("UPDATE decision_log_folded SET through = ?", (through,))
+        if through != self._through:
+            self._conn.execute("UPDATE decision_log_folded SET through = ?", (through,))
         self._conn.execute("COMMIT")
         self._folded += through - self._through
         self._through = through

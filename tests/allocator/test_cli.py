@@ -44,6 +44,19 @@ def test_bad_flags_are_refused_naming_the_flag(capsys, tmp_path, extra, message)
     assert message in capsys.readouterr().err
 
 
+def test_a_damaged_decision_log_is_refused_naming_the_file_and_line(capsys, tmp_path):
+    """Starting without the decisions after a damaged line would lose track of devices: the
+    admin decides (the message says how), the allocator does not guess."""
+    segment = tmp_path / "allocator.sqlite-decisions.1"
+    segment.write_bytes(b"not a decision\n{}\n")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--state-dir", str(tmp_path), "--gpu-backend", "sim"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"refusing to start: {segment}, line 1, is not a decision record" in err
+    assert "move the file aside" in err
+
+
 def test_invalid_policy_is_refused_with_the_key(capsys, tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("gpu_wait: soon\n")
