@@ -11,6 +11,7 @@ import hmac
 import logging
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,12 @@ def user_name(uid: int) -> str:
         return f"uid{uid}"
 
 
-def identify(environ: dict[str, Any], token: str | None, acting_for: Any) -> Caller | None:
-    """Who calls: the socket's peer uid, or an admin with the token; None = unauthenticated."""
+def identify(
+    environ: dict[str, Any], token: str | None, acting_for: Callable[[], Any]
+) -> Caller | None:
+    """Who calls: the socket's peer uid, or an admin with the token; None = unauthenticated.
+    `acting_for()` (the `user` the request names) is asked only of an admin: nobody else may
+    act for another user, so nobody else's request needs it parsed."""
     peer = environ.get(PEER_ENVIRON_KEY)
     if peer is not None:
         caller = Caller(user_name(peer.uid), admin=peer.uid == 0)
@@ -74,10 +79,11 @@ def identify(environ: dict[str, Any], token: str | None, acting_for: Any) -> Cal
         if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
             return None
         caller = Caller("root", admin=True)
-    if caller.admin and acting_for:
-        if not isinstance(acting_for, str) or not _USER.match(acting_for):
-            raise BadRequest(f"user: not a valid user name: {acting_for!r}")
-        return Caller(acting_for, admin=True)
+    named = acting_for() if caller.admin else None
+    if named:
+        if not isinstance(named, str) or not _USER.match(named):
+            raise BadRequest(f"user: not a valid user name: {named!r}")
+        return Caller(named, admin=True)
     return caller
 
 
@@ -128,8 +134,12 @@ def create_app(
     register_error_handlers(app)  # first: the specific handlers below take precedence
 
     def caller(body: Any = None) -> Caller:
-        acting_for = (body or {}).get("user") if isinstance(body, dict) else None
-        acting_for = acting_for or request.args.get("user")
+        def acting_for() -> Any:
+            named = body.get("user") if isinstance(body, dict) else None
+            if named or not request.environ.get("QUERY_STRING"):
+                return named
+            return request.args.get("user")
+
         found = identify(request.environ, token, acting_for)
         if found is None:
             raise PermissionError("unauthenticated")

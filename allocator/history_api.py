@@ -63,6 +63,7 @@ def register_history(
             raise bad_request(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
         since_text = request.args.get("since")
         since = _number(since_text, "since", bad_request) if since_text else None
+        log.flush()  # what this allocator decided up to now, its own lines included
         records = [r for path in sources() for r in read_tail(path, mentioning=who.user)]
         chosen = select_history(
             records,

@@ -88,6 +88,7 @@ class Ticker:
             try:
                 self.allocator.tick()
                 self.allocator.store.checkpoint()  # outside the decision lock
+                self.allocator.history.flush()  # this tick's grant and wait lines, one write
             except Exception:
                 self.errors += 1
                 self.allocator.metrics.count_error("tick")
@@ -118,6 +119,7 @@ class AllocatorRuntime:
         if self.watcher is not None:
             self.watcher.stop()
         self.store.close()
+        self.allocator.history.flush()
 
 
 def open_store(policy: Policy, db_path: str | os.PathLike[str]) -> AllocationStore:

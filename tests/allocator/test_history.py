@@ -19,6 +19,8 @@ from ds01.policy import parse_policy
 from enforcer.audit import AuditLog
 from tests.allocator.conftest import as_user
 from tests.gateway.clients import call_as, unprivileged_users
+from tests.harness.disk import small_disk_at
+from tests.harness.waiting import eventually
 
 __all__ = ["unprivileged_users"]
 
@@ -132,6 +134,40 @@ def test_bad_history_queries_are_refused_with_the_field(allocator_factory):
         assert status == 400 and body["message"].startswith(field), body
 
 
+def _line(log: HistoryLog, n: int, detail: str = "") -> None:
+    log.write(at=float(n), event="grant", user="alice", decision="granted", detail=detail or str(n))
+
+
+def test_lines_go_out_at_a_flush_and_a_full_disk_costs_only_the_lines_of_that_flush(short_dir):
+    """A grant pays no write of its own; a flush the disk cannot take is cut back out of the
+    file (no torn line for the next one to follow) and counted."""
+    with small_disk_at(short_dir / "disk", size="1m") as disk:
+        log = HistoryLog(disk.path / "history.jsonl")
+        for n in range(3):
+            _line(log, n)
+        assert read_tail(log.path) == []  # gathered, not written
+        log.flush()
+        assert [r["detail"] for r in read_tail(log.path)] == ["0", "1", "2"]
+        disk.fill()
+        for n in range(3, 40):
+            _line(log, n, detail="x" * 200)  # more than the last page holds
+        log.flush()
+        assert log.errors == 37
+        disk.free()
+        _line(log, 40)
+        log.close()
+        assert [r["detail"] for r in read_tail(log.path)] == ["0", "1", "2", "40"]
+
+
+@pytest.mark.integration
+def test_a_grants_line_reaches_the_file_by_the_next_tick(allocator_factory, short_dir):
+    path = short_dir / "history.jsonl"
+    runtime = allocator_factory(history_log=path)
+    AllocatorClient(str(runtime.socket_path)).allocate()
+    records = eventually(lambda: read_tail(path), 10, "the ticker to write the grant's line")
+    assert [r["decision"] for r in records] == ["granted"]
+
+
 def test_the_history_log_without_a_path_keeps_nothing(tmp_path):
     log = HistoryLog(None)
     log.write(at=0, event="grant", user="a", decision="granted", detail="")
@@ -205,7 +241,9 @@ def test_a_grant_whose_commit_fails_leaves_no_granted_line(tmp_path, sim_backend
     store.full = True
     with pytest.raises(sqlite3.OperationalError):
         service.submit(AllocationRequest(user="alice"), wait=False)
+    history.flush()
     assert read_tail(history.path) == []
     store.full = False
     service.submit(AllocationRequest(user="alice"), wait=False)
+    history.flush()
     assert [r["decision"] for r in read_tail(history.path)] == ["granted"]
