@@ -75,7 +75,7 @@ INSERT INTO decision_log_folded SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM decisio
 """
 
 
-CHECKPOINT_DECISIONS = 200  # folded since the last copy: ~1,000 WAL pages, SQLite's default
+CHECKPOINT_DECISIONS = 1000  # folded since the last copy: ~1,000 WAL pages at 100k rows
 CHECKPOINT_EVERY = 1.0  # seconds: fewer decisions than that are copied after a second
 FALLBACK_CHECKPOINT_PAGES = 10000  # ~40 MiB of WAL: the writer checkpoints past this
 FALLBACK_FOLD_DECISIONS = 20000  # a commit folds the log itself past this (a stalled ticker)

@@ -6,7 +6,7 @@ import pytest
 from allocator.lifecycle import released
 from allocator.model import BOUND, RESERVED, Allocation
 from allocator.store import StoreConflict
-from allocator.store_sqlite import SqliteAllocationStore, SqliteTx
+from allocator.store_sqlite import CHECKPOINT_DECISIONS, SqliteAllocationStore, SqliteTx
 
 
 def _alloc(alloc_id, devices, user="alice", state=RESERVED):
@@ -160,25 +160,30 @@ def test_vanished_marks_and_release_are_stored_together(tmp_path):
         assert [(a.id, a.vanished) for a in tx.live()] == [("a2", ())]
 
 
+def _wal_frames(path) -> int:
+    return path.with_name(path.name + "-wal").stat().st_size // (4096 + 24)
+
+
 def _grow(store: SqliteAllocationStore, count: int) -> None:
     for n in range(count):
         with store.transaction() as tx:
             tx.insert(_alloc(f"grow{n:04d}", [f"MIG-{n}"], user=f"user{n}"))
 
 
-def test_commits_leave_the_copy_into_the_database_to_checkpoint(tmp_path):
-    """A commit only appends to the WAL (no copy and fsyncs under the decision lock); the
-    ticker's checkpoint() copies the pages into the database file."""
+def test_decisions_leave_the_fold_and_the_copy_into_the_database_to_checkpoint(tmp_path):
+    """A decision only appends to the log (no SQLite, no copy and fsyncs under the decision
+    lock); the ticker's checkpoint() folds the log and, once CHECKPOINT_DECISIONS are
+    folded, copies the WAL into the database file."""
     path = tmp_path / "a.sqlite"
     store = SqliteAllocationStore(path)
-    before = path.stat().st_size
-    _grow(store, 300)
-    assert path.stat().st_size == before
+    before, frames = path.stat().st_size, _wal_frames(path)  # the schema's
+    _grow(store, CHECKPOINT_DECISIONS)
+    assert (path.stat().st_size, _wal_frames(path)) == (before, frames)
     store.checkpoint()
     assert path.stat().st_size > before
     store.close()
     with SqliteAllocationStore(path).transaction() as tx:
-        assert len(tx.live()) == 300
+        assert len(tx.live()) == CHECKPOINT_DECISIONS
 
 
 def test_without_checkpoints_the_writer_still_bounds_the_log_and_the_wal(tmp_path, monkeypatch):
