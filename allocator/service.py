@@ -540,15 +540,16 @@ class Allocator:
                 waiter.history = None
             waiter.event.set()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[StoreTx]:
+    def _transaction(self) -> contextlib.AbstractContextManager[StoreTx]:
         """A store transaction; with a shared store, a rollback also rolls back the queue (so
         a replay after a lost race decides again from the same waiters) and this node's
         published waits are brought up to date before the commit."""
         if not self._shared:
-            with self.store.transaction() as tx:
-                yield tx
-            return
+            return self.store.transaction()  # one node: nothing to add (nor to pay for)
+        return self._shared_transaction()
+
+    @contextlib.contextmanager
+    def _shared_transaction(self) -> Iterator[StoreTx]:
         mark, published = self.queue.checkpoint(), self._published
         try:
             with self.store.transaction() as tx:
