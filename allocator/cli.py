@@ -19,7 +19,7 @@ from ds01.policy import Policy
 from ds01.policy_reload import PolicyReloader
 from ds01.tokenfile import TokenFileError, load_token
 
-from .decision_log import DecisionLogCorrupt
+from .decision_log import DecisionLogCorrupt, StateInUse
 from .runtime import build_runtime
 from .server import SocketInUse, refuse_live_socket
 from .service import Settings
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except TokenFileError as exc:
         parser.error(f"cluster.postgres_dsn_file: refusing to start: {exc}")
-    except DecisionLogCorrupt as exc:
+    except (DecisionLogCorrupt, StateInUse) as exc:
         parser.error(f"refusing to start: {exc}")
 
     def use_policy(fresh: Policy) -> None:

@@ -14,6 +14,7 @@ is folded once however the folding and the cleanup of the files interleave with 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -35,6 +36,10 @@ class DecisionLogUnwritable(OSError):
 
 class DecisionLogCorrupt(RuntimeError):
     """A line in the middle of a segment is not a decision: the admin must look at it."""
+
+
+class StateInUse(RuntimeError):
+    """Another allocator holds this state: two writers would each trust their own copy."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +111,28 @@ class DecisionLog:
     def __init__(self, database: Path, node: str = "") -> None:
         self.node = node
         self._folder, self._prefix = database.parent, database.name + "-decisions."
+        self._writer = self._take_writer_lock(database)
         self.pending: list[LoggedDecision] = []  # logged, not yet folded, in order
         self.last_seq = 0
         self._fd: int | None = None
         self._path: Path | None = None
         self._size = 0  # bytes of whole lines in the open segment
+
+    @staticmethod
+    def _take_writer_lock(database: Path) -> int:
+        """An exclusive lock for as long as this process runs: a second allocator on the same
+        state refuses to start (each keeps the live allocations in memory and would trust its
+        own copy). The kernel drops the lock with the process, however it ends."""
+        path = database.with_name(database.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateInUse(
+                f"another allocator is using {database} (it holds {path}); stop it first"
+            ) from None
+        return fd
 
     def segments(self) -> list[Path]:
         """Every segment file, oldest first."""
@@ -194,6 +216,14 @@ class DecisionLog:
                 logger.warning("cannot empty %s", self._path, exc_info=True)
 
     def close(self) -> None:
+        """Close the open segment (the next append opens a new one)."""
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._path, self._size = None, None, 0
+
+    def release(self) -> None:
+        """Close everything and let another allocator take this state."""
+        self.close()
+        if self._writer >= 0:
+            os.close(self._writer)
+            self._writer = -1

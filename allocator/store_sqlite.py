@@ -460,5 +460,5 @@ class SqliteAllocationStore:
             logger.exception("decision log left for the next start to fold: %s", self.path)
         self._checkpointer.close()
         with self._lock:
-            self._log.close()
             self._conn.close()
+            self._log.release()

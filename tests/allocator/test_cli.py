@@ -57,6 +57,19 @@ def test_a_damaged_decision_log_is_refused_naming_the_file_and_line(capsys, tmp_
     assert "move the file aside" in err
 
 
+def test_a_second_allocator_on_the_same_state_is_refused(capsys, tmp_path):
+    """Each allocator trusts its own in-memory copy of the live allocations: two on one
+    state file would hand out the same device."""
+    from allocator.store_sqlite import SqliteAllocationStore
+
+    first = SqliteAllocationStore(tmp_path / "allocator.sqlite")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--state-dir", str(tmp_path), "--gpu-backend", "sim"])
+    assert stop.value.code == 2
+    assert "refusing to start: another allocator is using" in capsys.readouterr().err
+    first.close()
+
+
 def test_invalid_policy_is_refused_with_the_key(capsys, tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("gpu_wait: soon\n")

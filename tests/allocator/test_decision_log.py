@@ -17,6 +17,7 @@ from allocator.decision_log import (
     DecisionLogCorrupt,
     DecisionLogUnwritable,
     LoggedDecision,
+    StateInUse,
     coalesce,
     encode,
     parse_segment,
@@ -181,3 +182,34 @@ def test_a_full_disk_refuses_the_decision_and_keeps_every_one_answered(short_dir
         store.close()
         assert set(_in_database(path)) == {*kept, "after"}
         assert os.stat(segment).st_mode & 0o777 == 0o600
+
+
+def test_one_writer_per_state_file_and_a_dead_ones_lock_goes_with_it(tmp_path):
+    path = tmp_path / "a.sqlite"
+    first = SqliteAllocationStore(path)
+    with pytest.raises(StateInUse, match="another allocator is using"):
+        SqliteAllocationStore(path)
+    first.close()
+    SqliteAllocationStore(path).close()  # a clean stop lets go
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD.format(root=str(ROOT), path=str(path))],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        with pytest.raises(StateInUse):
+            SqliteAllocationStore(path)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    SqliteAllocationStore(path).close()  # the kernel dropped the killed one's lock
+
+
+_HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from allocator.store_sqlite import SqliteAllocationStore
+store = SqliteAllocationStore({path!r})
+print("holding", flush=True)
+time.sleep(60)
+"""

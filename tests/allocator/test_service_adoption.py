@@ -45,17 +45,24 @@ def registry():
 
 @pytest.fixture
 def make_service(tmp_path, sim_backend, clock, registry):
-    """Factory: an Allocator on one SQLite file; calling it again is a restart."""
+    """Factory: an Allocator on one SQLite file; calling it again is a restart (the one
+    before lets go of the state, as its process would by ending)."""
+    made: list[Allocator] = []
 
     def make(*, registered: bool = True):
-        return Allocator(
-            store=SqliteAllocationStore(tmp_path / "a.sqlite"),
-            backend=sim_backend,
-            policy=parse_policy(POLICY),
-            clock=clock,
-            metrics=AllocatorMetrics(registry if registered else None),
-            settings=Settings(inventory_refresh=0, ticket_grace=3600),
-        )
+        for before in made:
+            before.store.close()
+        made[:] = [
+            Allocator(
+                store=SqliteAllocationStore(tmp_path / "a.sqlite"),
+                backend=sim_backend,
+                policy=parse_policy(POLICY),
+                clock=clock,
+                metrics=AllocatorMetrics(registry if registered else None),
+                settings=Settings(inventory_refresh=0, ticket_grace=3600),
+            )
+        ]
+        return made[0]
 
     return make
 

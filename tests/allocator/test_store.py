@@ -1,3 +1,4 @@
+import contextlib
 import sqlite3
 from dataclasses import replace
 
@@ -7,6 +8,17 @@ from allocator.lifecycle import released
 from allocator.model import BOUND, RESERVED, Allocation
 from allocator.store import StoreConflict
 from allocator.store_sqlite import CHECKPOINT_DECISIONS, SqliteAllocationStore, SqliteTx
+
+
+@contextlib.contextmanager
+def _fresh(path):
+    """One transaction of a store opened for it and closed after (as a restart would)."""
+    store = SqliteAllocationStore(path)
+    try:
+        with store.transaction() as tx:
+            yield tx
+    finally:
+        store.close()
 
 
 def _alloc(alloc_id, devices, user="alice", state=RESERVED):
@@ -141,22 +153,22 @@ def test_a_rolled_back_transaction_leaves_live_as_it_was(tmp_path):
 
 
 def test_vanished_marks_and_release_are_stored_together(tmp_path):
-    """Read back through a fresh store (no in-memory copy): what update() wrote to disk."""
+    """Read back through a fresh store each time (no in-memory copy): what update() wrote."""
     path = tmp_path / "a.sqlite"
-    with SqliteAllocationStore(path).transaction() as tx:
+    with _fresh(path) as tx:
         tx.insert(_alloc("a1", ["MIG-1", "MIG-2"]))
         tx.update(replace(tx.get("a1"), vanished=("MIG-2",)))
-    with SqliteAllocationStore(path).transaction() as tx:
+    with _fresh(path) as tx:
         [alloc] = tx.live()
         assert (alloc.id, alloc.vanished) == ("a1", ("MIG-2",))
         tx.update(released(alloc, at=2.0, reason="released"))
-    with SqliteAllocationStore(path).transaction() as tx:
+    with _fresh(path) as tx:
         assert tx.live() == []
         assert tx.get("a1").vanished == ("MIG-2",)
         tx.insert(_alloc("a2", ["MIG-1", "MIG-2"], user="bob"))  # released: free again
         tx.update(replace(tx.get("a2"), vanished=("MIG-1",)))
         tx.update(replace(tx.get("a2"), vanished=()))
-    with SqliteAllocationStore(path).transaction() as tx:
+    with _fresh(path) as tx:
         assert [(a.id, a.vanished) for a in tx.live()] == [("a2", ())]
 
 
