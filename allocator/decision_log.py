@@ -125,6 +125,7 @@ class DecisionLog:
         own copy). The kernel drops the lock with the process, however it ends."""
         path = database.with_name(database.name + ".lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, MODE)
+        os.fchmod(fd, MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
