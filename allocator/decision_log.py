@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ds01.whole_append import TornAppend, append_whole
+
 from .model import RELEASED, Allocation
 from .store_rows import allocation_from_row, allocation_row
 
@@ -172,11 +174,11 @@ class DecisionLog:
             if self._fd is None:
                 self.open()
             assert self._fd is not None
-            written = os.write(self._fd, line)
-            while written < len(line):  # a short write: the disk filled up half-way
-                written += os.write(self._fd, line[written:])
+            append_whole(self._fd, line, self._size)
         except OSError as exc:
-            self._cut_back()
+            if isinstance(exc, TornAppend):  # its reader drops the torn last line
+                logger.warning("%s: a cut-short line stays at its end", self._path)
+                self.close()  # the next decision starts a new segment
             raise DecisionLogUnwritable(exc.errno, self._explain(exc)) from exc
         self._size += len(line)
         self.last_seq = decision.seq
@@ -188,17 +190,6 @@ class DecisionLog:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return f"the disk under {where} is full"
         return f"cannot write {where}: {exc.strerror or exc}"
-
-    def _cut_back(self) -> None:
-        """Remove a partly written line; if that fails, abandon the segment (its torn last
-        line is dropped when it is read back)."""
-        if self._fd is None:
-            return
-        try:
-            os.ftruncate(self._fd, self._size)
-        except OSError:
-            logger.warning("%s: a cut-short line stays at its end", self._path, exc_info=True)
-            self.close()
 
     def folded(self, through: int) -> None:
         """The database now holds every decision up to `through`: forget them, and empty the

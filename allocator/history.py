@@ -9,7 +9,6 @@ files. Records share the audit log's keys; `select_history` is the pure filter.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ds01.whole_append import append_whole
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,10 @@ class HistoryLog:
             data, lines = b"".join(self._lines), len(self._lines)
             self._lines.clear()
             try:
-                written = os.write(self._fd, data)
-                while written < len(data):
-                    written += os.write(self._fd, data[written:])
+                append_whole(self._fd, data, self._size)
             except OSError:
                 self.errors += lines
                 logger.warning("%d history lines not written: %s", lines, self.path, exc_info=True)
-                with contextlib.suppress(OSError):  # else the next line would follow a torn one
-                    os.ftruncate(self._fd, self._size)
                 return
             self._size += len(data)
 
