@@ -351,20 +351,18 @@ class SqliteAllocationStore:
         self._checkpointed_at = time.monotonic()
 
     def _fold_left_over(self) -> dict[str, Allocation]:
-        """Fold what the last run logged and did not fold (a crash, a full disk at exit); the
-        live allocations. If the fold fails, its decisions stay pending for the ticker."""
-        left = self._log.recover(self._through)
+        """Fold what the last run logged and did not fold (a crash, a full disk at exit), and
+        let its files go; the live allocations. If the fold fails, the decisions stay pending
+        for the ticker."""
+        self._log.pending = self._log.recover(self._through)
+        left = len(self._log.pending)
         try:
-            if left:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._write_folded(left)
-                logger.info("folded %d decisions the last run left unfolded", len(left))
-            self._log.folded(self._log.last_seq)  # the files of the last run go
+            self._fold_locked()
         except sqlite3.Error:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
             logger.exception("cannot fold the last run's decision log yet: %s", self.path)
-            self._log.pending = left
+        else:
+            if left:
+                logger.info("folded %d decisions the last run left unfolded", left)
         live = {a.id: a for a in SqliteTx(self._conn).load_live()}
         for allocation in coalesce(self._log.pending):
             live.pop(allocation.id, None)
@@ -394,16 +392,14 @@ class SqliteAllocationStore:
     def _open_sql(self, writes: list[Allocation]) -> None:
         """Begin a transaction holding every logged decision, then this one's `writes`."""
         self._conn.execute("BEGIN IMMEDIATE")
-        decisions = [*self._log.pending, LoggedDecision(self._log.last_seq + 1, tuple(writes))]
         if self._log.pending or writes:
-            SqliteTx(self._conn, node=self.node).upsert(coalesce(decisions))
+            this_one = LoggedDecision(self._log.last_seq + 1, tuple(writes))
+            SqliteTx(self._conn, node=self.node).upsert(coalesce([*self._log.pending, this_one]))
 
-    def _write_folded(self, decisions: Sequence[LoggedDecision] = ()) -> None:
-        """Inside an open transaction: fold `decisions`, note how far the log is folded,
-        commit, and let the log forget what the database now holds. With nothing to fold,
-        nothing is written (a read still answers on a full disk)."""
-        if decisions:
-            SqliteTx(self._conn, node=self.node).upsert(coalesce(decisions))
+    def _write_folded(self) -> None:
+        """Inside the transaction `_open_sql` began: note how far the log is folded, commit,
+        and let the log forget what the database now holds. With nothing to fold, nothing is
+        written (a read still answers on a full disk)."""
         through = self._log.last_seq
         if through != self._through:
             self._conn.execute("UPDATE decision_log_folded SET through = ?", (through,))
@@ -415,25 +411,26 @@ class SqliteAllocationStore:
     def fold(self) -> None:
         """Write every logged decision into the database now (one transaction)."""
         with self._lock:
-            if not self._log.pending:
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._write_folded(self._log.pending)
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+            if self._log.pending:
+                self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        """Under the lock: fold the log in one transaction; a failure rolls it back and
+        leaves every decision pending."""
+        try:
+            self._open_sql([])
+            self._write_folded()
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _fold_quietly(self) -> None:
         """The commit's own fold for a stalled ticker: its decision is logged already, so a
         failure here is only logged (the log keeps everything until a fold succeeds)."""
         try:
-            self._open_sql([])
-            self._write_folded()
+            self._fold_locked()
         except (sqlite3.Error, StoreConflict):
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
             logger.exception("cannot fold the decision log into %s", self.path)
 
     def checkpoint(self) -> None:
