@@ -87,8 +87,8 @@ class Ticker:
                 return
             try:
                 self.allocator.tick()
-                self.allocator.store.checkpoint()  # outside the decision lock
                 self.allocator.history.flush()  # this tick's grant and wait lines, one write
+                self.allocator.store.checkpoint()  # outside the decision lock
             except Exception:
                 self.errors += 1
                 self.allocator.metrics.count_error("tick")
