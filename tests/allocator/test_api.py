@@ -258,7 +258,10 @@ def test_identity_comes_from_the_socket_not_the_body(allocator, client):
     assert mine["holding"] == 0  # nothing was charged to alice
 
 
-def test_only_the_owner_or_root_may_release(allocator, client):
+@pytest.mark.parametrize("forged", ["", "?user=alice"], ids=["plain", "naming-the-owner"])
+def test_only_the_owner_or_root_may_release(allocator, client, forged):
+    """Naming the owner in the query string makes no one the owner: only root may act for
+    another user."""
     require_root("switching to another uid")
     alloc = as_user(client, "alice").allocate()
     read_end, write_end = os.pipe()
@@ -269,7 +272,7 @@ def test_only_the_owner_or_root_may_release(allocator, client):
             os.setuid(65534)
             sock = socket.socket(socket.AF_UNIX)
             sock.connect(str(allocator.socket_path))
-            sock.sendall(f"DELETE /v1/allocations/{alloc['id']} HTTP/1.0\r\n\r\n".encode())
+            sock.sendall(f"DELETE /v1/allocations/{alloc['id']}{forged} HTTP/1.0\r\n\r\n".encode())
             os.write(write_end, sock.recv(100))
         finally:
             os._exit(0)
