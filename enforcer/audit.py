@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ds01.clock import SYSTEM_CLOCK, Clock
+from ds01.whole_append import append_whole
 
 MODE = 0o640
 
@@ -58,7 +59,9 @@ class AuditLog:
         }
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         with self._lock:
-            os.write(self._fd, line)
+            # A full disk can take part of a line: cut back to the whole ones (as the size was
+            # just before) rather than glue the next record to the torn half.
+            append_whole(self._fd, line, os.fstat(self._fd).st_size)
             os.fsync(self._fd)
         return record
 

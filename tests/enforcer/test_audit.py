@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from ds01.clock import FrozenClock
 from enforcer.audit import AuditLog, read_audit
 
@@ -55,3 +57,22 @@ def test_mode_is_0640_whatever_the_umask(tmp_path):
 
 def test_missing_log_reads_as_empty(tmp_path):
     assert read_audit(tmp_path / "none.jsonl") == []
+
+
+def test_a_full_disk_refuses_a_record_whole_and_the_next_one_reads_back(small_disk):
+    """A write the disk takes only part of is cut back: no torn line glues itself to the next
+    record (read_audit would fail on it), and every record that was written reads back."""
+    path = small_disk.path / "audit.jsonl"
+    log = AuditLog(path)
+    log.write(**FIELDS)  # the last page is partly used: the fill leaves it be
+    small_disk.fill()
+    written = 1
+    with pytest.raises(OSError):
+        for _ in range(100):
+            log.write(**{**FIELDS, "detail": "x" * 300})
+            written += 1
+    small_disk.free()
+    log.write(**{**FIELDS, "decision": "after"})
+    log.close()
+    records = read_audit(path)
+    assert len(records) == written + 1 and records[-1]["decision"] == "after"
