@@ -29,6 +29,7 @@ from ds01.stack import (
     start_prometheus,
 )
 from tests.harness.components import require_binary, require_postgres, require_root
+from tests.harness.containers import remove_container
 from tests.harness.smtp import smtp_sink
 
 __all__ = ["smtp_sink"]  # a real SMTP server for Alertmanager's email receiver
@@ -105,7 +106,7 @@ def containers(docker_client, busybox_image) -> Iterator[Callable[..., object]]:
     yield run
     for container in made:
         try:
-            container.remove(force=True)
+            remove_container(container)
         except docker.errors.NotFound:
             continue  # the test removed it itself
 

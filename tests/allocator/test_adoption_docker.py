@@ -8,6 +8,7 @@ import pytest
 from allocator.client import AllocatorClient
 from allocator.lifecycle import ContainerEvent, ContainerView
 from tests.allocator.conftest import WAIT, as_user, write_topology
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def test_a_direct_gpu_container_is_adopted_then_held_bound_and_released_by_its_e
     eventually(lambda: client.get(alloc.id)["state"] == "held", WAIT, "held after die")
     container.start()
     eventually(lambda: client.get(alloc.id)["state"] == "bound", WAIT, "bound after start")
-    container.remove(force=True)
+    remove_container(container)
     eventually(lambda: client.get(alloc.id)["state"] == "released", WAIT, "freed on destroy")
     assert client.get(alloc.id)["release_reason"] == "container_removed"
     assert _grant_now(client, "carol") == (201, [devices[0]])
@@ -91,13 +92,13 @@ def test_a_second_container_on_the_device_is_refused_and_the_device_is_never_gra
     assert _grant_now(client, "carol") == (201, [devices[1]])
     assert _grant_now(client, "root") == (503, "no_capacity")
 
-    first.remove(force=True)  # its allocation goes; bob's container still runs on the device
+    remove_container(first)  # its allocation goes; bob's container still runs on the device
     eventually(lambda: client.get(adopted.id)["state"] == "released", WAIT, "first freed")
     [bobs] = eventually(lambda: _bound_to(runtime, second.id), WAIT, "second adopted now")
     assert (bobs.user, bobs.container_type) == ("bob", "compose")
     assert _grant_now(client, "root") == (503, "no_capacity")
 
-    second.remove(force=True)
+    remove_container(second)
     eventually(lambda: client.get(bobs.id)["state"] == "released", WAIT, "second freed")
     assert _grant_now(client, "root") == (201, [devices[0]])
 
@@ -119,7 +120,7 @@ def test_an_owner_over_quota_is_not_adopted_and_the_device_stays_blocked_while_i
     alice.release(held[0])  # back within quota: the running container is adopted now
     [alloc] = eventually(lambda: _bound_to(runtime, container.id), WAIT, "adopted later")
     assert alloc.user == "alice" and alloc.devices == tuple(free)
-    container.remove(force=True)
+    remove_container(container)
     eventually(lambda: client.get(alloc.id)["state"] == "released", WAIT, "freed")
     released = client.get(held[0])["devices"]
     granted = [_grant_now(client, "bob") for _ in range(2)]
@@ -149,7 +150,7 @@ def test_an_adopted_container_stopped_while_the_allocator_was_down_is_held_after
     second = allocator_factory(policy=policy, docker=docker_client, name="restart")
     [after] = _bound_to(second, container.id)
     assert (after.id, after.state) == (adopted.id, "held")
-    container.remove(force=True)
+    remove_container(container)
     eventually(lambda: not _bound_to(second, container.id), WAIT, "freed on destroy")
 
 
@@ -162,5 +163,5 @@ def test_a_start_event_is_completed_by_an_inspect_and_kept_as_is_when_the_contai
     bare = ContainerEvent("start", ContainerView(container.id, "", "", "", True), 1.0)
     full = runtime.watcher.inspected(bare).container
     assert (full.gpu_devices, full.user, full.container_type) == ((device,), "bob", "compose")
-    container.remove(force=True)
+    remove_container(container)
     assert runtime.watcher.inspected(bare) == bare

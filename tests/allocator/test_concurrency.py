@@ -15,6 +15,7 @@ import pytest
 
 from allocator.client import AllocatorClient, Refused
 from tests.allocator.conftest import as_user, write_topology
+from tests.harness.containers import remove_container
 
 USERS = [f"user{i:02d}" for i in range(20)]
 QUOTA = 2
@@ -134,4 +135,4 @@ def test_200_simultaneous_requests_20_users_8_devices(
         assert max(per_user.values()) <= QUOTA
     finally:
         for container in made:
-            container.remove(force=True)
+            remove_container(container)

@@ -18,6 +18,7 @@ from allocator.client import AllocatorClient, Refused
 from ds01.stack import ChildProcess
 from tests.allocator.conftest import WAIT, write_policy
 from tests.harness.components import require_binary
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -116,7 +117,7 @@ def test_removing_the_container_frees_the_device_at_once(stack, docker_client):
     runtime, client, container = stack()
     assert container("deploy", "rm1") == 0
     alloc_id = _allocation_of(docker_client, "rm1")
-    docker_client.containers.get("rm1").remove(force=True)  # plain docker, no retire
+    remove_container(docker_client.containers.get("rm1"))  # plain docker, no retire
     eventually(lambda: client.get(alloc_id)["state"] == "released", WAIT, "freed on destroy")
     assert client.get(alloc_id)["release_reason"] == "container_removed"
 
@@ -182,7 +183,7 @@ def test_wrapper_turns_gpus_all_into_one_allocated_device_with_labels(
         note = f"ds01: --gpus all gives one device here: {device['index']} ({device['profile']})"
         assert note in run.stderr and "MIG-" not in run.stderr
     finally:
-        docker_client.containers.get("wrapped").remove(force=True)
+        remove_container(docker_client.containers.get("wrapped"))
 
 
 def test_wrapper_gives_a_two_device_request_to_docker_in_a_form_it_accepts(
@@ -225,7 +226,7 @@ def test_a_failed_docker_run_after_a_grant_releases_the_allocation_at_once(
         assert client.allocations(everyone=True) == []  # live ones only: nothing is held
         assert not runtime.allocator.live()
     finally:
-        taken.remove(force=True)
+        remove_container(taken)
 
 
 def test_a_container_that_ran_and_failed_keeps_its_allocation(
@@ -244,7 +245,7 @@ def test_a_container_that_ran_and_failed_keeps_its_allocation(
         alloc_id = docker_client.containers.get("failing").labels["ds01.allocation"]
         assert client.get(alloc_id)["state"] in ("bound", "held")
     finally:
-        docker_client.containers.get("failing").remove(force=True)
+        remove_container(docker_client.containers.get("failing"))
 
 
 def test_wrapper_passes_everything_else_through_unchanged(stack, dockerd):
@@ -329,12 +330,12 @@ def test_an_allocator_started_while_docker_is_down_follows_docker_once_it_answer
         late_socket.symlink_to(dockerd.socket_path)  # Docker answers now
 
         eventually(lambda: client.get(alloc["id"])["state"] == "bound", WAIT, "reconciled")
-        container.remove(force=True)
+        remove_container(container)
         container = None
         eventually(lambda: client.get(alloc["id"])["state"] == "released", WAIT, "followed")
     finally:
         if container is not None:
-            container.remove(force=True)
+            remove_container(container)
         child.stop()
 
 
@@ -422,7 +423,7 @@ def test_restart_keeps_every_allocation(short_dir, dockerd, docker_client, busyb
         after = client.get(running["id"])
         assert after["state"] == "held" and after["container_id"] == container.id
         assert {d["state"] for d in client.devices() if d["allocation"]} == {"reserved", "held"}
-        container.remove(force=True)
+        remove_container(container)
         eventually(lambda: client.get(running["id"])["state"] == "released", WAIT, "freed")
         with pytest.raises(Refused):
             client.get("nope")
@@ -447,4 +448,4 @@ def test_root_stopping_someone_elses_container_tells_its_owner_why(
         assert stop["detail"] == "maintenance (container stop by root)"
         assert client.history() == []  # root's own history holds nothing of it
     finally:
-        box.remove(force=True)
+        remove_container(box)

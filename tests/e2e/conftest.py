@@ -18,6 +18,7 @@ from ds01.supervisor import Endpoints, StackOptions, StackSupervisor, Timings
 from tests.gateway.clients import unprivileged_users, user_workdir
 from tests.harness import waiting
 from tests.harness.components import require_binary
+from tests.harness.containers import remove_container
 
 __all__ = ["unprivileged_users", "user_workdir"]  # fixtures for tests through the gateway
 
@@ -168,7 +169,7 @@ def stack(
     # Containers this test made must not outlive it: the next stack would judge them.
     for container in docker_client.containers.list(all=True):
         if container.id not in before:
-            container.remove(force=True)
+            remove_container(container)
     if "DS01_E2E_STATE" not in os.environ:
         shutil.rmtree(state, ignore_errors=True)
     for pid in pids:

@@ -32,6 +32,7 @@ from ds01.supervisor import Endpoints
 from tests.e2e.conftest import E2E_TIMINGS, POLICY, TOPOLOGY
 from tests.gateway.clients import CompatUser, run_as
 from tests.harness.components import require_cluster_stack
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -90,7 +91,7 @@ def made(cluster) -> Iterator[list[tuple[str, str]]]:
     for node, name in names:
         client = docker.DockerClient(base_url=cluster.node(node).docker_host)
         try:
-            client.containers.get(name).remove(force=True)
+            remove_container(client.containers.get(name))
         except docker.errors.NotFound:
             pass
         finally:

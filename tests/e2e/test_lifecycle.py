@@ -15,6 +15,8 @@ import docker
 import pytest
 import requests
 
+from tests.harness.containers import remove_container
+
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
@@ -186,5 +188,5 @@ def test_gpu_container_bypassing_the_wrapper_is_stopped_as_unmanaged(
         )
         assert [(r["container"], r["reason"]) for r in records] == [("e2e-rogue", "unmanaged")]
     finally:
-        client.containers.get("e2e-rogue").remove(force=True)
+        remove_container(client.containers.get("e2e-rogue"))
         client.close()

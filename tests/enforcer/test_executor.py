@@ -17,6 +17,7 @@ from enforcer.executor import Executor
 from enforcer.facts import DockerSource
 from enforcer.payload import parse_webhook
 from tests.enforcer.conftest import GPU, alert_for, make_policy, webhook
+from tests.harness.containers import remove_container
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,7 @@ def test_a_container_gone_before_the_act_is_skipped_gone(dockerd, containers):
     box = containers(gpus=[GPU])
     facts = source.container(box.id)
     assert facts is not None and facts.running
-    box.remove(force=True)
+    remove_container(box)
 
     stopped = executor.stop(facts, _alert(box))
     removed = executor.remove(facts)

@@ -15,6 +15,7 @@ import requests
 from ds01.containers import parse_docker_time
 from tests.exporter.conftest import IDLE_TIMEOUT, REPO
 from tests.exporter.helpers import WAIT, parse, value
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -160,7 +161,7 @@ def test_scrape_shows_exactly_the_contract_series(
         == idle_deadline
     )
 
-    busy.remove(force=True)
+    remove_container(busy)
     gone = eventually(lambda: shows(exporter, idle.id, absent=(busy.id,)), WAIT, "removal")
     assert busy.id not in {s.labels.get("container_id") for s in gone}
 
@@ -288,7 +289,7 @@ def test_docker_outage_serves_the_last_snapshot_then_catches_up(
     )
     stale = exporter.scrape()
     stamp = value(stale, "ds01_exporter_last_collect_timestamp_seconds")
-    old.remove(force=True)
+    remove_container(old)
     new = containers(gpus=[sim_inventory[1].device_uuid])
     busy_uuid = sim_inventory[3].device_uuid
     sim_state.set_device(sim_inventory[3].index, busy=True)

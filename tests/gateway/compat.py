@@ -27,6 +27,7 @@ from tests.gateway.clients import (
     ensure_devcontainer_image,
     run_as,
 )
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 CLIS = docker_clis()
@@ -81,7 +82,7 @@ def remove_users_containers(matrix: Matrix) -> Iterator[None]:
         for container in matrix.docker.containers.list(
             all=True, filters={"label": f"{LABEL_USER}={user.name}"}
         ):
-            container.remove(force=True)
+            remove_container(container)
     for allocation in matrix.allocator.allocations(everyone=True):
         if allocation["state"] in LIVE_STATES:  # no hold period between cases: quota is 2
             matrix.allocator.release(allocation["id"])
@@ -192,7 +193,7 @@ def every_gpu_taken(matrix: Matrix) -> Iterator[None]:
         )
         yield
     finally:
-        blocker.remove(force=True)
+        remove_container(blocker)
 
 
 def waiting_in_queue(matrix: Matrix, user: CompatUser) -> bool:

@@ -26,6 +26,7 @@ from ds01.gpu import GpuDevice
 from ds01.gpu.sim import SimBackend
 from ds01.policy import Policy, load_policy
 from tests.gateway.clients import unprivileged_users, user_workdir
+from tests.harness.containers import remove_container
 
 __all__ = ["unprivileged_users", "user_workdir"]  # fixtures every gateway test may use
 
@@ -99,7 +100,7 @@ class GatewayStack:
         """Remove every container on the engine (the next test starts from none)."""
         for container in self.docker.containers.list(all=True):
             try:
-                container.remove(force=True)
+                remove_container(container)
             except Exception:  # noqa: BLE001 - already gone
                 continue
 

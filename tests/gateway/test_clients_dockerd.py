@@ -26,6 +26,7 @@ from tests.gateway.clients import (
 )
 from tests.gateway.clients import unprivileged_users as _users_fixture
 from tests.gateway.compat import BUILDS
+from tests.harness.containers import remove_named
 
 pytestmark = pytest.mark.integration
 unprivileged_users = _users_fixture  # the session fixture, used by name
@@ -84,7 +85,7 @@ def test_docker_cli_gpu_forms(docker_client, busybox_image, dockerd, label, cli,
         }
         assert request["Capabilities"] == [["gpu"]]
     finally:
-        docker_client.api.remove_container(name, force=True)
+        remove_named(docker_client, name)
 
 
 @pytest.mark.parametrize(("label", "cli"), CLIS, ids=[label for label, _ in CLIS])
@@ -157,7 +158,7 @@ def test_devcontainer_up_with_gpu_run_args(docker_client, dockerd, tmp_path):
         assert _device_request(docker_client, outcome["containerId"])["Count"] == -1
     finally:
         if "containerId" in outcome:
-            docker_client.api.remove_container(outcome["containerId"], force=True)
+            remove_named(docker_client, outcome["containerId"])
 
 
 @pytest.mark.parametrize(("label", "cli", "buildkit"), BUILDS)

@@ -41,6 +41,7 @@ from tests.gateway.compat import (
 )
 from tests.gateway.compat import matrix as _matrix_fixture
 from tests.gateway.compat import remove_users_containers as _cleanup_fixture
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -236,7 +237,7 @@ def test_devcontainer_built_from_a_dockerfile(matrix: Matrix, user_workdir, labe
         assert_gpu_container(matrix, container.id, user=matrix.alice, ctype="devcontainer", count=1)
         assert container.exec_run(["cat", "/built"]).output == b"built\n"
     finally:
-        container.remove(force=True)
+        remove_container(container)
         matrix.docker.images.remove(container.image.id, force=True)
 
 

@@ -42,6 +42,7 @@ from tests.gateway.compat import (
 )
 from tests.gateway.compat import matrix as _matrix_fixture
 from tests.gateway.compat import remove_users_containers as _cleanup_fixture
+from tests.harness.containers import remove_container
 
 pytestmark = pytest.mark.integration
 unprivileged_users = _users_fixture  # fixtures, used by name
@@ -368,7 +369,7 @@ def test_compose_builds_then_runs_with_a_gpu(matrix: Matrix, user_workdir):
         assert made.exec_run(["cat", "/c"]).output == b"c\n"
     finally:
         for container in matrix.docker.containers.list(all=True, filters={"ancestor": tag}):
-            container.remove(force=True)
+            remove_container(container)
         if matrix.docker.images.list(name=tag):
             matrix.docker.images.remove(tag, force=True)
 

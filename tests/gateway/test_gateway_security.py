@@ -16,6 +16,7 @@ from tests.gateway.clients import (
     require_docker_cli,
     run_as,
 )
+from tests.harness.containers import remove_named
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -48,12 +49,7 @@ def alice_container(gateway_stack, as_user, unprivileged_users):
     )
     assert made.returncode == 0, made.stderr
     yield name
-    import docker
-
-    try:
-        gateway_stack.docker.api.remove_container(name, force=True)
-    except docker.errors.NotFound:
-        pass  # the test removed it
+    remove_named(gateway_stack.docker, name)  # unless the test removed it
 
 
 def test_users_are_not_in_the_docker_group(unprivileged_users):
@@ -228,7 +224,7 @@ def test_prune_by_a_user_removes_only_their_own(gateway_stack, as_user, unprivil
     assert as_user(bob, "container", "prune", "-f").returncode == 0
     remaining = {c.name for c in gateway_stack.docker.containers.list(all=True)}
     assert names[alice.name] in remaining and names[bob.name] not in remaining
-    gateway_stack.docker.api.remove_container(names[alice.name], force=True)
+    remove_named(gateway_stack.docker, names[alice.name])
 
 
 def test_a_user_gpu_container_is_stamped_and_bound(gateway_stack, as_user, unprivileged_users):

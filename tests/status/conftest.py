@@ -14,6 +14,7 @@ import yaml
 
 from ds01.gpu_status.query import LAST_COLLECT_QUERY, SERIES_QUERY
 from ds01.stack import free_port
+from tests.harness.containers import remove_container
 from tests.harness.waiting import eventually
 from tests.status.servers import FixedPrometheus, serve
 
@@ -190,6 +191,6 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
             context.__exit__(None, None, None)
         for container in made:
             try:
-                container.remove(force=True)
+                remove_container(container)
             except docker.errors.NotFound:
                 continue
