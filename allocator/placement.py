@@ -7,7 +7,7 @@ asks for it by profile; whole GPUs go only to groups with `allow_full_gpu`, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ds01.gpu import GpuDevice
@@ -47,6 +47,16 @@ def eligible_devices(
         if ok:
             chosen.append(device)
     return tuple(sorted(chosen, key=device_order))
+
+
+def usable_by(uuids: Iterable[str], user: str, owners: Mapping[str, set[str]]) -> tuple[str, ...]:
+    """The devices among `uuids` (order kept) that run nobody else's compute process: a
+    device with someone else's process, or one whose owner is unknown ("?"), is not handed out.
+
+    `owners`: who runs compute processes on each device that has any."""
+    if not owners:
+        return tuple(uuids)
+    return tuple(u for u in uuids if not (owners.get(u, set()) - {user}))
 
 
 class EligibilityCache:

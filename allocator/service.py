@@ -12,14 +12,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ds01.clock import SYSTEM_CLOCK, Clock
 from ds01.cluster_policy import effective_node
 from ds01.durations import format_duration
-from ds01.gpu import GpuBackend, GpuReading
-from ds01.policy import Policy
+from ds01.gpu import GpuBackend, GpuDevice, GpuReading
+from ds01.policy import GroupPolicy, Policy
 
 from .adoption import adopted_allocation, decide_adoption, first_come, foreign_containers
 from .advice import device_names, wait_failed_message
@@ -35,7 +36,7 @@ from .model import (
     AllocatorError,
     Denial,
 )
-from .placement import EligibilityCache, feasibility
+from .placement import EligibilityCache, feasibility, usable_by
 from .queue import Candidate, Waiter, WaitQueue, plan_fifo
 from .quota import check_quota
 from .store import AllocationStore, StoreTx, WaitRecord
@@ -106,6 +107,12 @@ class Allocator:
             self._deny("invalid", "count must be at least 1")
         group = self.policy.group_of(request.user)
         reading = self.inventory.current()
+        eligible = self.placement.eligible(
+            reading.devices,
+            profile=request.profile,
+            full_gpu=request.full_gpu,
+            allow_full_gpu=group.allow_full_gpu,
+        )
         verdict = feasibility(
             reading.devices,
             count=request.count,
@@ -113,12 +120,7 @@ class Allocator:
             full_gpu=request.full_gpu,
             allow_full_gpu=group.allow_full_gpu,
             group=group.name,
-            eligible=self.placement.eligible(
-                reading.devices,
-                profile=request.profile,
-                full_gpu=request.full_gpu,
-                allow_full_gpu=group.allow_full_gpu,
-            ),
+            eligible=eligible,
         )
         if not verdict.ok:
             self._deny(verdict.reason, verdict.message)
@@ -126,41 +128,19 @@ class Allocator:
             now = self.clock.time()  # inside the lock: times follow commit order
             with self._transaction() as tx:
                 live = tx.live()
-                by_node = tx.holdings(request.user)  # every node's: the quota is cluster-wide
-                holding = sum(by_node.values())
-                waiting = self.queue.waiting_for(request.user) + sum(
-                    tx.waiting_elsewhere(request.user, now).values()
-                )
-                quota = check_quota(
-                    user=request.user,
-                    group=group.name,
-                    max_gpus=group.max_gpus,
-                    holding=holding,
-                    waiting=waiting,
-                    count=request.count,
-                    by_node=by_node if self._shared else None,
-                )
-                if not quota.allowed:
-                    self._deny(
-                        "quota",
-                        quota.message,
-                        holding=holding,
-                        waiting=waiting,
-                        max_gpus=group.max_gpus,
-                        holding_by_node=by_node,
-                    )
-                waiter = Waiter(
-                    ticket=f"t-{self._tokens.hex(8)}",
-                    request=request,
-                    group=group.name,
-                    enqueued_at=now,
-                    deadline=now + self.policy.gpu_wait,
-                    last_seen=now,
-                )
-                self.queue.add(waiter)
-                woken = self._serve(tx, live, reading, now)
-                if not waiter.resolved and not wait:
-                    self.queue.drop(waiter.ticket, self.clock.time())
+                self._check_quota(tx, request, group, now)
+                granted = None
+                if not len(self.queue):  # nobody ahead: no ticket unless it has to wait
+                    granted = self._grant(tx, request, group.name, eligible, reading, live, now)
+                if granted is None:
+                    waiter = self._enqueue(request, group.name, now)
+                    woken = self._serve(tx, live, reading, now)
+                    if not waiter.resolved and not wait:
+                        self.queue.drop(waiter.ticket, self.clock.time())
+            if granted is not None:
+                alloc, record = granted
+                self.history.write(**record)  # after the commit, as _wake does for waiters
+                return alloc
             if isinstance(waiter.outcome, Allocation) or not (wait or waiter.resolved):
                 self.queue.forget(waiter.ticket)  # answered now: the ticket is never shown
             self._wake(woken)
@@ -186,6 +166,47 @@ class Allocator:
             detail=f"no free device for {request.count} ({request.profile or 'any profile'}); "
             f"position {position}, waits up to {format_duration(self.policy.gpu_wait)}",
         )
+        return waiter
+
+    def _check_quota(
+        self, tx: StoreTx, request: AllocationRequest, group: GroupPolicy, now: float
+    ) -> None:
+        """Refuse (AllocatorError) a request that would take the user past the group's quota,
+        counting what they hold and wait for on every node."""
+        by_node = tx.holdings(request.user)  # every node's: the quota is cluster-wide
+        holding = sum(by_node.values())
+        waiting = self.queue.waiting_for(request.user) + sum(
+            tx.waiting_elsewhere(request.user, now).values()
+        )
+        quota = check_quota(
+            user=request.user,
+            group=group.name,
+            max_gpus=group.max_gpus,
+            holding=holding,
+            waiting=waiting,
+            count=request.count,
+            by_node=by_node if self._shared else None,
+        )
+        if not quota.allowed:
+            self._deny(
+                "quota",
+                quota.message,
+                holding=holding,
+                waiting=waiting,
+                max_gpus=group.max_gpus,
+                holding_by_node=by_node,
+            )
+
+    def _enqueue(self, request: AllocationRequest, group: str, now: float) -> Waiter:
+        waiter = Waiter(
+            ticket=f"t-{self._tokens.hex(8)}",
+            request=request,
+            group=group,
+            enqueued_at=now,
+            deadline=now + self.policy.gpu_wait,
+            last_seen=now,
+        )
+        self.queue.add(waiter)
         return waiter
 
     def wait(
@@ -575,7 +596,7 @@ class Allocator:
         """Grant what the FIFO plan allows, inside the caller's transaction; returns the woken."""
         if not len(self.queue):
             return []
-        held = {u for a in live for u in a.devices} | set(self.running.devices())
+        held = self._held(live)
         free = [d.device_uuid for d in reading.devices if d.device_uuid not in held]
         owners = self._process_owners(reading, free)
         waiters = list(self.queue)
@@ -589,11 +610,7 @@ class Allocator:
                 full_gpu=req.full_gpu,
                 allow_full_gpu=group.allow_full_gpu,
             )
-            usable = tuple(
-                d.device_uuid
-                for d in eligible
-                if not owners or not (owners.get(d.device_uuid, set()) - {req.user})
-            )
+            usable = usable_by((d.device_uuid for d in eligible), req.user, owners)
             candidates.append(Candidate(waiter.ticket, req.count, usable))
         woken = []
         holding: dict[str, int] = {}
@@ -613,42 +630,85 @@ class Allocator:
                 self.metrics.denied("quota", now - waiter.enqueued_at)
                 woken.append(waiter)
                 continue
-            alloc = Allocation(
-                id=self._tokens.hex(8),
-                user=req.user,
-                group=waiter.group,
-                devices=devices,
-                state=RESERVED,
-                created_at=now,
-                expires_at=now + self.policy.reservation_ttl,
-                container_name=req.container_name,
-                container_type=req.container_type,
-                profile=req.profile or "",
-                node=self.node,
+            alloc, record = self._insert_grant(
+                tx, req, waiter.group, devices, reading, waiter.enqueued_at, now
             )
-            tx.insert(alloc)
+            waiter.history = record  # written by _wake, once the grant is committed
             holding[req.user] = holding.get(req.user, 0) + req.count
             self.queue.resolve(ticket, alloc, now)
-            self.metrics.granted(now - waiter.enqueued_at)
             woken.append(waiter)
-            logger.info(
-                "granted allocation=%s user=%s devices=%s waited=%.3fs",
-                alloc.id,
-                req.user,
-                ",".join(devices),
-                now - waiter.enqueued_at,
-            )
-            waited = now - waiter.enqueued_at
-            waiter.history = {  # written by _wake, once the grant is committed
-                "at": now,
-                "event": "grant",
-                "user": req.user,
-                "container": req.container_name,
-                "decision": "granted",
-                "detail": device_names(reading, devices)
-                + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
-            }
         return woken
+
+    def _grant(
+        self,
+        tx: StoreTx,
+        request: AllocationRequest,
+        group: str,
+        eligible: Sequence[GpuDevice],
+        reading: GpuReading,
+        live: list[Allocation],
+        now: float,
+    ) -> tuple[Allocation, dict[str, Any]] | None:
+        """With nobody waiting, the FIFO plan of one: the first usable free devices among
+        `eligible`, granted without a ticket; None when too few are free (it queues)."""
+        held = self._held(live)
+        free = [d.device_uuid for d in eligible if d.device_uuid not in held]
+        usable = usable_by(free, request.user, self._process_owners(reading, free))
+        if len(usable) < request.count:
+            return None
+        return self._insert_grant(tx, request, group, usable[: request.count], reading, now, now)
+
+    def _insert_grant(
+        self,
+        tx: StoreTx,
+        req: AllocationRequest,
+        group: str,
+        devices: tuple[str, ...],
+        reading: GpuReading,
+        enqueued_at: float,
+        now: float,
+    ) -> tuple[Allocation, dict[str, Any]]:
+        """A reserved allocation of `devices`, inserted; with the history record to write
+        once the transaction has committed."""
+        alloc = Allocation(
+            id=self._tokens.hex(8),
+            user=req.user,
+            group=group,
+            devices=devices,
+            state=RESERVED,
+            created_at=now,
+            expires_at=now + self.policy.reservation_ttl,
+            container_name=req.container_name,
+            container_type=req.container_type,
+            profile=req.profile or "",
+            node=self.node,
+        )
+        tx.insert(alloc)
+        waited = now - enqueued_at
+        self.metrics.granted(waited)
+        logger.info(
+            "granted allocation=%s user=%s devices=%s waited=%.3fs",
+            alloc.id,
+            req.user,
+            ",".join(devices),
+            waited,
+        )
+        record = {
+            "at": now,
+            "event": "grant",
+            "user": req.user,
+            "container": req.container_name,
+            "decision": "granted",
+            "detail": device_names(reading, devices)
+            + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
+        }
+        return alloc, record
+
+    def _held(self, live: list[Allocation]) -> set[str]:
+        """Devices not free: in a live allocation, or used by a running container."""
+        held = {u for a in live for u in a.devices}
+        held.update(self.running.devices())
+        return held
 
     @staticmethod
     def _bound_to(alloc: Allocation, view: ContainerView) -> bool:

@@ -1,4 +1,4 @@
-from allocator.placement import EligibilityCache, eligible_devices, feasibility
+from allocator.placement import EligibilityCache, eligible_devices, feasibility, usable_by
 from ds01.gpu.sim import load_topology
 
 INVENTORY = load_topology(None)  # GPU 0: 3g.71gb, 2g.35gb, 1g.18gb, 1g.18gb; GPU 1 whole
@@ -70,3 +70,10 @@ def test_feasibility_uses_the_eligible_devices_it_is_given():
         eligible=(),
     )  # fmt: skip
     assert not verdict.ok and "only 0 device(s)" in verdict.message
+
+
+def test_usable_devices_run_nobody_elses_process_and_keep_their_order():
+    owners = {"b": {"bob"}, "c": {"alice"}, "d": {"?"}, "e": {"alice", "bob"}}
+    assert usable_by(["a", "b", "c", "d", "e"], "alice", owners) == ("a", "c")
+    assert usable_by(["c", "a"], "bob", owners) == ("a",)
+    assert usable_by(["b", "a"], "bob", {}) == ("b", "a")  # no processes anywhere

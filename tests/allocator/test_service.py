@@ -67,6 +67,27 @@ def test_waiter_times_out_at_gpu_wait(service, clock):
     assert waiter.outcome.message.startswith("GPU allocation failed after 3 minutes.")
 
 
+def test_a_request_nobody_waits_ahead_of_is_granted_without_a_ticket(service):
+    granted = service.submit(AllocationRequest("alice", profile="1g.18gb"))
+    assert isinstance(granted, Allocation) and granted.state == RESERVED
+    assert len(service.queue) == 0 and list(service.queue) == []
+    assert [a.id for a in service.live("alice")] == [granted.id]
+
+
+def test_a_newcomer_never_takes_a_free_device_a_waiter_ahead_of_it_can_use(service):
+    """Strict FIFO: bob waits for both 1g.18gb instances; the one that is free stays his
+    claim, so carol, asking for one after him, queues behind him instead of taking it."""
+    alice = service.submit(AllocationRequest("alice", profile="1g.18gb"))
+    bob = service.submit(AllocationRequest("bob", count=2, profile="1g.18gb"))
+    carol = service.submit(AllocationRequest("carol", profile="1g.18gb"))
+    assert not bob.resolved and not carol.resolved
+    assert [w.ticket for w in service.queue] == [bob.ticket, carol.ticket]
+    service.release(alice.id, user="alice")
+    assert isinstance(bob.outcome, Allocation) and len(bob.outcome.devices) == 2
+    assert not carol.resolved
+    assert service.submit(AllocationRequest("dave", profile="3g.71gb")).profile == "3g.71gb"
+
+
 def test_quota_counts_waiting_requests(service):
     service.submit(AllocationRequest("alice", profile="3g.71gb"))
     service.submit(AllocationRequest("bob", profile="3g.71gb"))  # waits
