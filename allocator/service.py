@@ -1,47 +1,33 @@
-"""The allocator: quota, placement and the FIFO queue decided together under one writer lock.
+"""The allocator users talk to: ask, wait, release, look; and the clock's tick.
 
-Every decision (quota check, device choice, insert) happens in one store transaction while
-the allocator lock is held, so no device is ever in two allocations and no user passes quota.
-A device that a running container uses is never granted; a GPU container that bypassed the
-allocator is adopted (given a bound allocation) when `adoption.decide_adoption` allows it.
+Quota, placement and the FIFO queue are decided together under one writer lock, in one store
+transaction (`allocator_core`); grants come from `granting`, what Docker's containers do to
+allocations from `container_sync`. This layer checks who may do what and when.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
 
-from ds01.clock import SYSTEM_CLOCK, Clock
-from ds01.cluster_policy import effective_node
 from ds01.durations import format_duration
-from ds01.gpu import GpuBackend, GpuDevice, GpuReading
-from ds01.policy import GroupPolicy, Policy
+from ds01.policy import GroupPolicy
 
-from .adoption import adopted_allocation, decide_adoption, first_come, foreign_containers
-from .advice import device_names, wait_failed_message
-from .history import HistoryLog
-from .inventory import CachedInventory, RunningContainers, process_owner
-from .lifecycle import ContainerEvent, ContainerView, reconcile, released, transition
-from .metrics import AllocatorMetrics, AllocatorSnapshot
-from .model import (
-    HELD,
-    RESERVED,
-    Allocation,
-    AllocationRequest,
-    AllocatorError,
-    Denial,
-)
-from .placement import EligibilityCache, feasibility, usable_by
-from .queue import Candidate, Waiter, WaitQueue, plan_fifo
+from .advice import wait_failed_message
+from .allocator_core import Settings
+from .container_sync import ContainerSync
+from .device_table import device_rows
+from .lifecycle import released
+from .metrics import AllocatorSnapshot
+from .model import HELD, RESERVED, Allocation, AllocationRequest, Denial
+from .placement import feasibility
+from .queue import Waiter
 from .quota import check_quota
-from .store import AllocationStore, StoreTx, WaitRecord
+from .store import StoreTx
 from .store_retry import replay_lost_races
-from .tokens import TokenSource
+
+__all__ = ["Allocator", "Forbidden", "NotFound", "Settings", "wait_failed_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,49 +40,8 @@ class Forbidden(PermissionError):
     """The caller does not own it."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Tunables that are not policy: ticket grace and inventory refresh, in seconds."""
-
-    ticket_grace: float = 10.0
-    inventory_refresh: float = 1.0
-
-
-class Allocator:
-    def __init__(
-        self,
-        *,
-        store: AllocationStore,
-        backend: GpuBackend,
-        policy: Policy,
-        clock: Clock = SYSTEM_CLOCK,
-        metrics: AllocatorMetrics | None = None,
-        settings: Settings = Settings(),
-        owner_of_pid: Callable[[int], str | None] = process_owner,
-        history: HistoryLog | None = None,
-    ) -> None:
-        self.store, self.policy, self.clock = store, policy, clock
-        self.metrics = metrics or AllocatorMetrics(None)
-        self.settings = settings
-        self.inventory = CachedInventory(
-            backend, settings.inventory_refresh, on_error=lambda: self.metrics.count_error("gpu")
-        )
-        self.owner_of_pid = owner_of_pid
-        self.queue = WaitQueue()
-        self.placement = EligibilityCache()  # per inventory reading: asked on every request
-        self.running = RunningContainers()  # guarded by _lock
-        self.history = history or HistoryLog(None)  # grants and waits, for `container history`
-        self._lock = threading.RLock()
-        self._tokens = TokenSource()  # allocation ids and tickets
-        # This node's name: its allocations are the ones reconcile, expiry and adoption touch.
-        self.node = store.node or effective_node(policy.services.node)
-        self._shared = store.shared  # a cluster store: other allocators write too
-        self._published: tuple[WaitRecord, ...] | None = None  # waits other nodes see
-
-    @property
-    def lock(self) -> threading.RLock:
-        """The decision lock (taken before a store transaction), for desks beside this one."""
-        return self._lock
+class Allocator(ContainerSync):
+    """The allocator users talk to: requests, waits, releases, views and the clock's tick."""
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -322,149 +267,28 @@ class Allocator:
             return tx.holdings(user), tx.waiting_elsewhere(user, self.clock.time())
 
     def devices(self) -> list[dict]:
-        """Every device with its holder and state (free, busy, reserved, bound, held, vanished).
-
-        `busy`: compute processes, or a running container that no allocation gives it.
-        """
+        """Every device with its holder and state (see `device_table.device_rows`)."""
         reading = self.inventory.current()
-        holders = {uuid: a for a in self.live() for uuid in a.devices}
+        live = self.live()
         with self._lock:
             in_use = self.running.devices()
-        rows = []
+        return device_rows(reading, live, in_use)
+
+    def snapshot(self) -> AllocatorSnapshot:
+        reading = self.inventory.current()
+        allocations = tuple(self.live())
+        with self._lock:
+            length = len(self.queue)
+            in_use = self.running.devices()
+        held = {u for a in allocations for u in a.devices} | set(in_use)
+        free: dict[str, int] = {d.profile: 0 for d in reading.devices}
         for device in reading.devices:
-            alloc = holders.pop(device.device_uuid, None)
             sample = reading.samples.get(device.device_uuid)
-            pids = list(sample.process_pids) if sample else []
-            foreign = None if alloc else in_use.get(device.device_uuid)
-            state = alloc.state if alloc else ("busy" if pids or foreign else "free")
-            holder = alloc or foreign
-            rows.append(
-                {
-                    "device_uuid": device.device_uuid,
-                    "index": device.index,
-                    "kind": device.kind,
-                    "profile": device.profile,
-                    "model": device.model,
-                    "state": state,
-                    "allocation": alloc.id if alloc else "",
-                    "user": holder.user if holder else "",
-                    "container_id": holder.container_id if holder else "",
-                    "container_name": (
-                        alloc.container_name if alloc else foreign.name if foreign else ""
-                    ),
-                    "pids": pids,
-                }
-            )
-        for gone_uuid, alloc in holders.items():
-            rows.append(
-                {
-                    "device_uuid": gone_uuid,
-                    "index": "",
-                    "kind": "",
-                    "profile": "",
-                    "model": "",
-                    "state": "vanished",
-                    "allocation": alloc.id,
-                    "user": alloc.user,
-                    "container_id": alloc.container_id,
-                    "container_name": alloc.container_name,
-                    "pids": [],
-                }
-            )
-        return rows
+            if device.device_uuid not in held and not (sample and sample.process_pids):
+                free[device.profile] += 1
+        return AllocatorSnapshot(allocations, length, free)
 
-    # --- lifecycle --------------------------------------------------------------------------
-
-    @replay_lost_races
-    def apply_event(self, event: ContainerEvent) -> Allocation | None:
-        """Apply one Docker container event: move the allocation bound to the container (by id)
-        or named by its label, track running GPU containers, adopt foreign ones."""
-        reading = self.inventory.current()
-        view = event.container
-        with self._lock:
-            with self._transaction() as tx:
-                now = self.clock.time()
-                alloc = self._allocation_of(tx, view)
-                changed = None
-                if alloc is not None:
-                    changed = transition(alloc, event, hold=self.policy.gpu_hold_after_stop)
-                    if changed is not None:
-                        tx.update(changed)
-                        logger.info(
-                            "allocation=%s %s -> %s container=%s event=%s",
-                            alloc.id,
-                            alloc.state,
-                            changed.state,
-                            view.short_id,
-                            event.action,
-                        )
-                    elif alloc.live and view.user != alloc.user and not self._bound_to(alloc, view):
-                        logger.warning(
-                            "container %s (user %r) claims allocation %s of %s; ignored",
-                            view.short_id,
-                            view.user,
-                            alloc.id,
-                            alloc.user,
-                        )
-                self.running.follow(event)
-                adopted = self._adopt_foreign(tx, reading, now)
-                woken = self._serve(tx, tx.live(), reading, now) if len(self.queue) else []
-            self._wake(woken)
-        if changed is None:
-            return next((a for a in adopted if a.container_id == view.container_id), None)
-        return changed
-
-    @replay_lost_races
-    def reconcile(self, containers: Iterable[ContainerView]) -> int:
-        """Bring the store in line with Docker's containers and the GPU inventory; adopt."""
-        views = list(containers)
-        by_allocation: dict[str, ContainerView] = {}
-        for view in views:
-            if view.allocation:
-                by_allocation.setdefault(view.allocation, view)
-        by_container = {v.container_id: v for v in views}
-        reading = self.inventory.current()
-        present = {d.device_uuid for d in reading.devices}
-        with self._lock:
-            now = self.clock.time()  # inside the lock: times follow commit order
-            with self._transaction() as tx:
-                live = tx.live()
-                changes = reconcile(
-                    live,
-                    by_allocation,
-                    now=now,
-                    hold=self.policy.gpu_hold_after_stop,
-                    by_container=by_container,
-                )
-                changed_ids = {c.id for c in changes}
-                for alloc in live:
-                    gone = tuple(u for u in alloc.devices if u not in present)
-                    if gone != alloc.vanished and alloc.id not in changed_ids:
-                        changes.append(replace(alloc, vanished=gone))
-                    elif alloc.id in changed_ids:
-                        index = next(i for i, c in enumerate(changes) if c.id == alloc.id)
-                        changes[index] = replace(changes[index], vanished=gone)
-                for change in changes:
-                    tx.update(change)
-                    if change.vanished:
-                        logger.warning(
-                            "allocation=%s holds devices missing from the inventory: %s",
-                            change.id,
-                            ",".join(change.vanished),
-                        )
-                self.running.replace_all(views)
-                adopted = self._adopt_foreign(tx, reading, now)
-                woken = self._serve(tx, tx.live(), reading, now)
-                running = len(self.running.views())
-            self._wake(woken)
-        logger.info(
-            "reconciled: %d live allocations, %d changed, %d adopted, %d running GPU containers",
-            len(live),
-            len(changes),
-            len(adopted),
-            running,
-        )
-        return len(changes) + len(adopted)
+    # --- time -------------------------------------------------------------------------------
 
     @replay_lost_races
     def tick(self) -> None:
@@ -504,26 +328,7 @@ class Allocator:
                 woken += self._serve(tx, tx.live(), reading, now)
             self._wake(woken)
 
-    def snapshot(self) -> AllocatorSnapshot:
-        reading = self.inventory.current()
-        allocations = tuple(self.live())
-        with self._lock:
-            length = len(self.queue)
-            in_use = self.running.devices()
-        held = {u for a in allocations for u in a.devices} | set(in_use)
-        free: dict[str, int] = {d.profile: 0 for d in reading.devices}
-        for device in reading.devices:
-            sample = reading.samples.get(device.device_uuid)
-            if device.device_uuid not in held and not (sample and sample.process_pids):
-                free[device.profile] += 1
-        return AllocatorSnapshot(allocations, length, free)
-
     # --- internals --------------------------------------------------------------------------
-
-    def _deny(self, reason: str, message: str, **details: object) -> None:
-        self.metrics.denied(reason)
-        logger.info("denied reason=%s: %s", reason, message.splitlines()[0])
-        raise AllocatorError(Denial(reason, message, dict(details)))
 
     def _ticket(self, ticket: str, user: str, admin: bool) -> Waiter:
         waiter = self.queue.get(ticket)
@@ -540,271 +345,3 @@ class Allocator:
                     "left queue ticket=%s user=%s: %s", waiter.ticket, waiter.request.user, why
                 )
                 self._wait_ended(waiter, "left the queue", why, self.clock.time())
-
-    def _wait_ended(self, waiter: Waiter, decision: str, why: str, now: float) -> None:
-        waited = format_duration(now - waiter.enqueued_at)
-        self.history.write(
-            at=now,
-            event="wait",
-            user=waiter.request.user,
-            container=waiter.request.container_name,
-            decision=decision,
-            detail=f"{why} (waited {waited})",
-        )
-
-    def _wake(self, waiters: list[Waiter]) -> None:
-        """After the commit (never for a rolled-back decision): the grant lines go to the
-        history, then the waiters learn their outcome."""
-        for waiter in waiters:
-            if waiter.history is not None:
-                self.history.write(**waiter.history)
-                waiter.history = None
-            waiter.event.set()
-
-    def _transaction(self) -> contextlib.AbstractContextManager[StoreTx]:
-        """A store transaction; with a shared store, a rollback also rolls back the queue (so
-        a replay after a lost race decides again from the same waiters) and this node's
-        published waits are brought up to date before the commit."""
-        if not self._shared:
-            return self.store.transaction()  # one node: nothing to add (nor to pay for)
-        return self._shared_transaction()
-
-    @contextlib.contextmanager
-    def _shared_transaction(self) -> Iterator[StoreTx]:
-        mark, published = self.queue.checkpoint(), self._published
-        try:
-            with self.store.transaction() as tx:
-                yield tx
-                self._publish_waits(tx)
-        except BaseException:
-            self.queue.restore(mark)
-            self._published = published
-            raise
-
-    def _publish_waits(self, tx: StoreTx) -> None:
-        """Tell the other nodes what this node's users wait for (their quota counts it)."""
-        waits = tuple(
-            WaitRecord(w.ticket, w.request.user, w.request.count, w.deadline) for w in self.queue
-        )
-        if waits != self._published:
-            tx.publish_waits(waits)
-            self._published = waits
-
-    def _serve(
-        self, tx: StoreTx, live: list[Allocation], reading: GpuReading, now: float
-    ) -> list[Waiter]:
-        """Grant what the FIFO plan allows, inside the caller's transaction; returns the woken."""
-        if not len(self.queue):
-            return []
-        held = self._held(live)
-        free = [d.device_uuid for d in reading.devices if d.device_uuid not in held]
-        owners = self._process_owners(reading, free)
-        waiters = list(self.queue)
-        candidates = []
-        for waiter in waiters:
-            req = waiter.request
-            group = self.policy.group_of(req.user)
-            eligible = self.placement.eligible(
-                reading.devices,
-                profile=req.profile,
-                full_gpu=req.full_gpu,
-                allow_full_gpu=group.allow_full_gpu,
-            )
-            usable = usable_by((d.device_uuid for d in eligible), req.user, owners)
-            candidates.append(Candidate(waiter.ticket, req.count, usable))
-        woken = []
-        holding: dict[str, int] = {}
-        counted: set[str] = set()  # users whose cluster-wide holdings were read
-        for alloc in live:
-            holding[alloc.user] = holding.get(alloc.user, 0) + len(alloc.devices)
-        for ticket, devices in plan_fifo(candidates, free):
-            waiter = next(w for w in waiters if w.ticket == ticket)
-            req = waiter.request
-            limit = self.policy.group_of(req.user).max_gpus
-            if self._shared and req.user not in counted:
-                holding[req.user] = sum(tx.holdings(req.user).values())  # every node's
-                counted.add(req.user)
-            if limit is not None and holding.get(req.user, 0) + req.count > limit:
-                denial = Denial("quota", f"GPU quota exceeded for {req.user} while waiting")
-                self.queue.resolve(ticket, denial, now)
-                self.metrics.denied("quota", now - waiter.enqueued_at)
-                woken.append(waiter)
-                continue
-            alloc, record = self._insert_grant(
-                tx, req, waiter.group, devices, reading, waiter.enqueued_at, now
-            )
-            waiter.history = record  # written by _wake, once the grant is committed
-            holding[req.user] = holding.get(req.user, 0) + req.count
-            self.queue.resolve(ticket, alloc, now)
-            woken.append(waiter)
-        return woken
-
-    def _grant(
-        self,
-        tx: StoreTx,
-        request: AllocationRequest,
-        group: str,
-        eligible: Sequence[GpuDevice],
-        reading: GpuReading,
-        live: list[Allocation],
-        now: float,
-    ) -> tuple[Allocation, dict[str, Any]] | None:
-        """With nobody waiting, the FIFO plan of one: the first usable free devices among
-        `eligible`, granted without a ticket; None when too few are free (it queues)."""
-        held = self._held(live)
-        free = [d.device_uuid for d in eligible if d.device_uuid not in held]
-        usable = usable_by(free, request.user, self._process_owners(reading, free))
-        if len(usable) < request.count:
-            return None
-        return self._insert_grant(tx, request, group, usable[: request.count], reading, now, now)
-
-    def _insert_grant(
-        self,
-        tx: StoreTx,
-        req: AllocationRequest,
-        group: str,
-        devices: tuple[str, ...],
-        reading: GpuReading,
-        enqueued_at: float,
-        now: float,
-    ) -> tuple[Allocation, dict[str, Any]]:
-        """A reserved allocation of `devices`, inserted; with the history record to write
-        once the transaction has committed."""
-        alloc = Allocation(
-            id=self._tokens.hex(8),
-            user=req.user,
-            group=group,
-            devices=devices,
-            state=RESERVED,
-            created_at=now,
-            expires_at=now + self.policy.reservation_ttl,
-            container_name=req.container_name,
-            container_type=req.container_type,
-            profile=req.profile or "",
-            node=self.node,
-        )
-        tx.insert(alloc)
-        waited = now - enqueued_at
-        self.metrics.granted(waited)
-        logger.info(
-            "granted allocation=%s user=%s devices=%s waited=%.3fs",
-            alloc.id,
-            req.user,
-            ",".join(devices),
-            waited,
-        )
-        record = {
-            "at": now,
-            "event": "grant",
-            "user": req.user,
-            "container": req.container_name,
-            "decision": "granted",
-            "detail": device_names(reading, devices)
-            + (f" after waiting {format_duration(waited)}" if waited >= 1 else ""),
-        }
-        return alloc, record
-
-    def _held(self, live: list[Allocation]) -> set[str]:
-        """Devices not free: in a live allocation, or used by a running container."""
-        held = {u for a in live for u in a.devices}
-        held.update(self.running.devices())
-        return held
-
-    @staticmethod
-    def _bound_to(alloc: Allocation, view: ContainerView) -> bool:
-        return bool(alloc.container_id) and alloc.container_id == view.container_id
-
-    def _allocation_of(self, tx: StoreTx, view: ContainerView) -> Allocation | None:
-        """The live allocation bound to this container id, else the one its label names."""
-        if view.container_id:
-            for alloc in tx.live():
-                if alloc.container_id == view.container_id:
-                    return alloc
-        return tx.get(view.allocation) if view.allocation else None
-
-    def _adopt_foreign(self, tx: StoreTx, reading: GpuReading, now: float) -> list[Allocation]:
-        """Give each running GPU container that no allocation is bound to a bound allocation,
-        when `decide_adoption` allows; first started first. Re-run after every change."""
-        running = first_come(self.running.views())
-        if not running:
-            return []
-        live = tx.live()
-        if not foreign_containers(running, live):
-            return []
-        bound = {a.container_id for a in live if a.container_id}
-        adopted: list[Allocation] = []
-        for position, view in enumerate(running):
-            if view.container_id in bound:
-                continue
-            group = self.policy.group_of(view.user)
-            decision = decide_adoption(
-                container=view,
-                live=live,
-                inventory=reading.devices,
-                earlier=running[:position],
-                group=group.name,
-                max_gpus=group.max_gpus,
-                allow_full_gpu=group.allow_full_gpu,
-                waiting=self.queue.waiting_for(view.user)
-                + self._waits_elsewhere(tx, view.user, now),
-                holding_elsewhere=self._held_elsewhere(tx, view.user),
-            )
-            if not decision.adopt:
-                self._note_refusal(view, decision.reason)
-                continue
-            alloc = adopted_allocation(
-                container=view,
-                devices=decision.devices,
-                group=group.name,
-                allocation_id=self._tokens.hex(8),
-                now=now,
-            )
-            tx.insert(alloc)
-            live.append(alloc)
-            adopted.append(alloc)
-            self.running.adopted(view.container_id)
-            self.metrics.adoption("adopted")
-            logger.info(
-                "adopted container=%s name=%s user=%s type=%s allocation=%s devices=%s: %s",
-                view.short_id,
-                view.name,
-                view.user,
-                view.container_type,
-                alloc.id,
-                ",".join(alloc.devices),
-                decision.reason,
-            )
-        return adopted
-
-    def _held_elsewhere(self, tx: StoreTx, user: str) -> int:
-        """The user's devices on other nodes (0 for a single node's store)."""
-        if not self._shared:
-            return 0
-        return sum(n for node, n in tx.holdings(user).items() if node != self.node)
-
-    def _waits_elsewhere(self, tx: StoreTx, user: str, now: float) -> int:
-        return sum(tx.waiting_elsewhere(user, now).values()) if self._shared else 0
-
-    def _note_refusal(self, view: ContainerView, reason: str) -> None:
-        """Count a refusal once per container start; log it again only when the reason changes."""
-        first, changed = self.running.refused(view.container_id, reason)
-        if first:
-            self.metrics.adoption("refused")
-        if changed:
-            logger.warning(
-                "not adopting container=%s name=%s user=%s: %s; it stays unmanaged and its "
-                "devices are not granted while it runs",
-                view.short_id,
-                view.name,
-                view.user,
-                reason,
-            )
-
-    def _process_owners(self, reading: GpuReading, uuids: list[str]) -> dict[str, set[str]]:
-        """For free devices with compute processes: who runs them ("?" when unknown)."""
-        owners: dict[str, set[str]] = {}
-        for uuid_ in uuids:
-            sample = reading.samples.get(uuid_)
-            if sample is not None and sample.processes:  # no tuple built for idle devices
-                owners[uuid_] = {self.owner_of_pid(pid) or "?" for pid in sample.process_pids}
-        return owners
