@@ -9,7 +9,7 @@ too) and called by the same client: the ceiling that waitress, Flask and the cli
 this machine. Goals (issue 16): grants/s with 200k
 released rows within 1.2x of the empty store; >= 0.7x the empty app's throughput.
 
-    .venv/bin/python bench/allocator_load.py [--seconds 5] [--workers 4] [--history 0,10000,200000]
+    .venv/bin/python bench/allocator_load.py [--seconds 12] [--rounds-load 8] [--workers 4] [--history 0,10000,200000]
 """
 
 from __future__ import annotations
@@ -196,10 +196,10 @@ def start_allocator(folder: Path, gpus: int) -> tuple[ChildProcess, AllocatorCli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--seconds", type=float, default=6.0, help="load per target, over all rounds (6)"
+        "--seconds", type=float, default=12.0, help="load per target, over all rounds (12)"
     )
     parser.add_argument(
-        "--rounds-load", type=int, default=4, help="rounds the load is split into (4)"
+        "--rounds-load", type=int, default=8, help="rounds the load is split into (8)"
     )
     parser.add_argument("--workers", type=int, default=4, help="concurrent client processes (4)")
     parser.add_argument("--rounds", type=int, default=20, help="release-to-grant rounds (20)")
