@@ -23,6 +23,7 @@ from .decision_log import DecisionLogCorrupt, StateInUse
 from .runtime import build_runtime
 from .server import SocketInUse, refuse_live_socket
 from .service import Settings
+from .store_sqlite import StateUnopenable
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except TokenFileError as exc:
         parser.error(f"cluster.postgres_dsn_file: refusing to start: {exc}")
-    except (DecisionLogCorrupt, StateInUse) as exc:
+    except (DecisionLogCorrupt, StateInUse, StateUnopenable) as exc:
         parser.error(f"refusing to start: {exc}")
 
     def use_policy(fresh: Policy) -> None:

@@ -314,6 +314,52 @@ class SqliteTx:
         return None
 
 
+class StateUnopenable(RuntimeError):
+    """The database cannot be opened (a full disk, an I/O error): the allocator refuses to
+    start, and nothing is lost; the database and its decision log stay as they are."""
+
+
+def _connect(path: os.PathLike[str]) -> sqlite3.Connection:
+    """The one connection, set up and migrated (an older database gains its `node` column)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # The ticker copies the WAL into the database (checkpoint(), off the decision path: a
+        # commit that checkpoints pays the copy and two fsyncs under the lock). The writer
+        # still checkpoints by itself if the ticker falls far behind, so the WAL stays bounded.
+        conn.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
+        # 64 MiB of page cache: the indexes of a long history stay in memory (default: 2 MiB).
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(allocations)")}
+        if "node" not in columns:  # a database from before the cluster store
+            conn.execute("ALTER TABLE allocations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _why_unopenable(path: os.PathLike[str], exc: Exception) -> str:
+    """What went wrong and what to do, naming a full disk when that is the cause (SQLite
+    reports it as a disk I/O error when a crashed run's WAL cannot be recovered)."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        full = os.statvfs(folder).f_bavail == 0
+    except OSError:
+        full = False
+    if full:
+        what = f"the disk under {folder} is full ({exc})"
+    else:
+        what = str(exc)
+    return (
+        f"cannot open {os.fspath(path)}: {what}; nothing is lost (the database and its "
+        "decision log stay as they are): fix that and start again"
+    )
+
+
 class SqliteAllocationStore:
     """SQLite (WAL) at `path` with its decision log beside it; one connection, one lock."""
 
@@ -324,30 +370,22 @@ class SqliteAllocationStore:
         self.path = private_database(path)  # 0600: every user's allocations
         self.where = str(self.path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        # The ticker copies the WAL into the database (checkpoint(), off the decision path: a
-        # commit that checkpoints pays the copy and two fsyncs under the lock). The writer
-        # still checkpoints by itself if the ticker falls far behind, so the WAL stays bounded.
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}")
-        # 64 MiB of page cache: the indexes of a long history stay in memory (default: 2 MiB).
-        self._conn.execute("PRAGMA cache_size=-65536")
-        self._conn.executescript(SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(allocations)")}
-        if "node" not in columns:  # a database from before the cluster store
-            self._conn.execute("ALTER TABLE allocations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
-        self._log = DecisionLog(self.path, node)
-        self._folded = 0  # decisions folded since the last WAL copy; reset by checkpoint()
-        (self._through,) = self._conn.execute(
-            "SELECT through FROM decision_log_folded"
-        ).fetchone()  # the last decision folded
-        self._live = self._fold_left_over()
-        self._log.open()
-        self._checkpointer = WalCheckpointer(self.path)
+        self._log = DecisionLog(self.path, node)  # first: StateInUse before SQLite is touched
+        conn = None
+        try:
+            conn = self._conn = _connect(self.path)
+            (self._through,) = self._conn.execute(
+                "SELECT through FROM decision_log_folded"
+            ).fetchone()  # the last decision folded
+            self._folded = 0  # decisions folded since the last WAL copy; reset by checkpoint()
+            self._live = self._fold_left_over()
+            self._log.open()
+            self._checkpointer = WalCheckpointer(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            self._log.release()
+            raise StateUnopenable(_why_unopenable(self.path, exc)) from exc
         self._checkpointed_at = time.monotonic()
 
     def _fold_left_over(self) -> dict[str, Allocation]:

@@ -9,7 +9,8 @@ too) and called by the same client: the ceiling that waitress, Flask and the cli
 this machine. Goals (issue 16): grants/s with 200k
 released rows within 1.2x of the empty store; >= 0.7x the empty app's throughput.
 
-    .venv/bin/python bench/allocator_load.py [--seconds 12] [--rounds-load 8] [--workers 4] [--history 0,10000,200000]
+    .venv/bin/python bench/allocator_load.py [--seconds 12] [--rounds-load 8] [--workers 4]
+        [--history 0,10000,200000]
 """
 
 from __future__ import annotations

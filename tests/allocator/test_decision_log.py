@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from allocator import cli
 from allocator.decision_log import (
     DecisionLogCorrupt,
     DecisionLogUnwritable,
@@ -24,7 +25,7 @@ from allocator.decision_log import (
 )
 from allocator.lifecycle import released
 from allocator.model import BOUND, RESERVED, Allocation
-from allocator.store_sqlite import SqliteAllocationStore
+from allocator.store_sqlite import SqliteAllocationStore, StateUnopenable
 from tests.harness.disk import small_disk_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,8 +77,9 @@ def test_a_cut_short_last_line_is_dropped_and_a_damaged_one_before_it_is_refused
         parse_segment(lines[0] + b"garbage\n" + lines[1], "seg")
 
 
-def test_decisions_answered_before_a_sigkill_are_all_there_after_a_restart(tmp_path):
-    """No close(), no fold: the process dies right after its last commit returned."""
+def _decide_then_die(path: Path, grants: int = 50) -> None:
+    """A child process makes `grants` grants (every fifth one released again) on the store at
+    `path`, then SIGKILLs itself: no close(), no fold, right after its last commit returned."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys
@@ -86,8 +88,8 @@ def test_decisions_answered_before_a_sigkill_are_all_there_after_a_restart(tmp_p
         from allocator.model import RESERVED, Allocation
         from allocator.store_sqlite import SqliteAllocationStore
 
-        store = SqliteAllocationStore({str(tmp_path / "a.sqlite")!r})
-        for n in range(50):
+        store = SqliteAllocationStore({str(path)!r})
+        for n in range({grants}):
             alloc = Allocation(f"a{{n:02d}}", "alice", "student", (f"MIG-{{n}}",), RESERVED,
                                created_at=float(n))
             with store.transaction() as tx:
@@ -100,7 +102,11 @@ def test_decisions_answered_before_a_sigkill_are_all_there_after_a_restart(tmp_p
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert run.returncode == -9, run.stderr.decode()
-    assert _segments(tmp_path) and _in_database(tmp_path / "a.sqlite") == {}
+    assert _segments(path.parent) and _in_database(path) == {}
+
+
+def test_decisions_answered_before_a_sigkill_are_all_there_after_a_restart(tmp_path):
+    _decide_then_die(tmp_path / "a.sqlite")
 
     store = SqliteAllocationStore(tmp_path / "a.sqlite")
     with store.transaction() as tx:
@@ -109,6 +115,57 @@ def test_decisions_answered_before_a_sigkill_are_all_there_after_a_restart(tmp_p
     in_db = _in_database(tmp_path / "a.sqlite")  # folded at the start, before any decision
     assert len(in_db) == 50 and in_db["a05"] == "released" and in_db["a06"] == "reserved"
     assert [p.read_bytes() for p in _segments(tmp_path)] == [b""]  # the dead run's files went
+    store.close()
+
+
+def test_a_full_disk_after_a_crash_refuses_the_start_clearly_and_loses_nothing(short_dir, capsys):
+    """SQLite cannot recover a crashed run's WAL on a full disk: the allocator says so and
+    exits 2 (its service manager tries again); once there is room, everything is there."""
+    with small_disk_at(short_dir / "disk", size="1m") as disk:
+        path = disk.path / "a.sqlite"
+        _decide_then_die(path, grants=20)
+        disk.fill()
+        with pytest.raises(StateUnopenable, match=f"the disk under {disk.path} is full"):
+            SqliteAllocationStore(path)
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["--state-dir", str(disk.path), "--db", str(path), "--gpu-backend", "sim"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"refusing to start: cannot open {path}: the disk under {disk.path} is full" in err
+        assert "nothing is lost" in err
+
+        disk.free()
+        store = SqliteAllocationStore(path)  # the refused starts let go of the writer lock
+        with store.transaction() as tx:
+            assert [a.id for a in tx.live()] == [f"a{n:02d}" for n in range(20) if n % 5]
+        store.close()
+        assert len(_in_database(path)) == 20
+
+
+class FoldFailsWhileOpening(SqliteAllocationStore):
+    """The real store whose first fold (the one at start) fails, as SQLite fails a write."""
+
+    failures = 1
+
+    def _fold_locked(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._fold_locked()
+
+
+def test_a_start_whose_fold_fails_serves_from_the_log_and_the_ticker_folds_later(tmp_path):
+    path = tmp_path / "a.sqlite"
+    _decide_then_die(path, grants=20)
+    store = FoldFailsWhileOpening(path)  # logged, not fatal
+    with store.transaction() as tx:
+        assert [a.id for a in tx.live()] == [f"a{n:02d}" for n in range(20) if n % 5]
+        tx.insert(_alloc("new", "MIG-new"))  # a decision on top of the unfolded ones
+    assert _in_database(path) == {}
+    store.checkpoint()  # what the ticker calls every tick
+    in_db = _in_database(path)
+    assert len(in_db) == 21 and in_db["a05"] == "released" and in_db["new"] == RESERVED
+    assert all(p.read_bytes() == b"" for p in _segments(tmp_path))
     store.close()
 
 
@@ -208,7 +265,8 @@ def test_one_writer_per_state_file_and_a_dead_ones_lock_goes_with_it(tmp_path):
 _HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from allocator.store_sqlite import SqliteAllocationStore
+from allocator import cli
+from allocator.store_sqlite import SqliteAllocationStore, StateUnopenable
 store = SqliteAllocationStore({path!r})
 print("holding", flush=True)
 time.sleep(60)
