@@ -85,14 +85,16 @@ class Granting(AllocatorCore):
         live: list[Allocation],
         now: float,
     ) -> tuple[Allocation, dict[str, Any]] | None:
-        """With nobody waiting, the FIFO plan of one: the first usable free devices among
-        `eligible`, granted without a ticket; None when too few are free (it queues)."""
+        """With nobody waiting, the FIFO plan of a queue of one (no Waiter, no ticket): the
+        devices it gives, granted; None when too few are free (the request queues)."""
         held = self._held(live)
         free = [d.device_uuid for d in eligible if d.device_uuid not in held]
         usable = usable_by(free, request.user, self._process_owners(reading, free))
-        if len(usable) < request.count:
+        plan = plan_fifo([Candidate("", request.count, usable)], free)
+        if not plan:
             return None
-        return self._insert_grant(tx, request, group, usable[: request.count], reading, now, now)
+        [(_, devices)] = plan
+        return self._insert_grant(tx, request, group, devices, reading, now, now)
 
     def _insert_grant(
         self,
