@@ -32,7 +32,7 @@ from ds01.supervisor import Endpoints
 from tests.e2e.conftest import E2E_TIMINGS, POLICY, TOPOLOGY
 from tests.gateway.clients import CompatUser, run_as
 from tests.harness.components import require_cluster_stack
-from tests.harness.containers import remove_container
+from tests.harness.containers import remove_named
 from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -91,9 +91,7 @@ def made(cluster) -> Iterator[list[tuple[str, str]]]:
     for node, name in names:
         client = docker.DockerClient(base_url=cluster.node(node).docker_host)
         try:
-            remove_container(client.containers.get(name))
-        except docker.errors.NotFound:
-            pass
+            remove_named(client, name)
         finally:
             client.close()
     for node in NODES:  # a stale pid on a simulated device would read as a foreign process

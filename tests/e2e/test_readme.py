@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.harness.components import require_binary
-from tests.harness.containers import remove_container
+from tests.harness.containers import remove_named
 from tests.harness.processes import stop_stack
 from tests.harness.waiting import eventually
 
@@ -110,7 +110,7 @@ def test_every_command_of_the_first_ten_minutes_works_as_printed(
         stop_stack(proc, state)
         for name in ("mine", "try", "demo-busy", "demo-idle"):
             try:
-                remove_container(docker_client.containers.get(name))
+                remove_named(docker_client, name)
             except Exception:  # noqa: BLE001 - already gone
                 continue
         shutil.rmtree(state, ignore_errors=True)

@@ -22,7 +22,7 @@ from ds01.supervisor import Endpoints, unreachable_folder
 from ds01.up import banner, demo_policy
 from tests.gateway.clients import run_as, unprivileged_users  # noqa: F401 - a fixture
 from tests.harness.components import require_binary
-from tests.harness.containers import remove_container
+from tests.harness.containers import remove_named
 from tests.harness.processes import processes_mentioning, stop_stack, wait_for_log
 from tests.harness.waiting import eventually
 
@@ -203,7 +203,7 @@ def test_ds01_up_starts_everything_reloads_on_sighup_and_ctrl_c_stops_it(
         stop_stack(proc, state / "state")
         for name in names:
             try:
-                remove_container(docker_client.containers.get(name))
+                remove_named(docker_client, name)
             except Exception:  # noqa: BLE001 - never created
                 continue
         shutil.rmtree(state, ignore_errors=True)

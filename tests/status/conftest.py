@@ -93,7 +93,6 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
     """Containers on two MIG instances (bob busy, the caller idle) and one without a GPU, the
     exporter (sim backend), stand-ins for allocator and enforcer, and Prometheus with the
     repository's rules, scraping every second; ready once gpu-status has something to show."""
-    import docker
     from docker.types import DeviceRequest
 
     from ds01.gpu.sim import SimStateFile, load_topology
@@ -190,7 +189,4 @@ def live(tmp_path_factory, dockerd, docker_client, busybox_image) -> Iterator[Li
         for context in servers:
             context.__exit__(None, None, None)
         for container in made:
-            try:
-                remove_container(container)
-            except docker.errors.NotFound:
-                continue
+            remove_container(container)
